@@ -1,0 +1,197 @@
+"""The CTR model on TorchRec: sharded ID embeddings + a user-interest arch + an MLP head.
+
+    batch.sparse_features --SparseArch (EmbeddingCollection, sharded by DMP)--> embeddings
+    embeddings, batch.hist_sims --OverArch (dense, replicated)--> logits (B,)
+
+One item table serves the target and the history: it is a single `EmbeddingConfig` with
+two feature names (`item`, `hist_item`), so the ids of both are looked up in one sharded
+table (one copy of the rows, updated by both uses) inside one EmbeddingCollection. An
+EmbeddingCollection (unpooled) is used for every feature, users and targets being
+sequences of length 1, because the same table cannot be split between an
+EmbeddingBagCollection and an EmbeddingCollection without duplicating it, and
+EmbeddingCollection shards table-wise, row-wise and column-wise on CPU (gloo) and GPU.
+
+Table names are prefixed with `t_`: a table named like a module attribute fails to shard.
+`forward` only calls the two arches: TrainPipelineSparseDist traces it with torch.fx and
+treats the shard-free OverArch as a leaf, so everything data-dependent lives there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+from models.dta import bucketize
+from models.interest import InterestInputs
+from models.mlp import MLP
+from pipeline.batch import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, Batch
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the model needs to know about the data (from the prepared data's manifest)."""
+
+    num_users: int
+    num_items: int
+    num_categories: int  # 0 when the items have no categories
+    bucket_boundaries: tuple[float, ...]  # M-1 cut points
+
+    @property
+    def num_buckets(self) -> int:
+        return len(self.bucket_boundaries) + 1
+
+    @property
+    def has_categories(self) -> bool:
+        return self.num_categories > 0
+
+
+class SparseArch(nn.Module):
+    """EmbeddingCollection over users, items (target and history) and categories.
+
+    Returns a dict feature name -> JaggedTensor of (N, D) embeddings.
+
+    >>> spec = FeatureSpec(num_users=10, num_items=20, num_categories=0, bucket_boundaries=(0.0,))
+    >>> arch = SparseArch(spec, embedding_dim=4)
+    >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+    ...     keys=["user", "item", "hist_item"], values=torch.tensor([1, 2, 3, 4, 5, 6]),
+    ...     lengths=torch.tensor([1, 1, 1, 1, 0, 2], dtype=torch.int32))
+    >>> arch(kjt)["hist_item"].values().shape
+    torch.Size([2, 4])
+    """
+
+    def __init__(
+        self, spec: FeatureSpec, embedding_dim: int, device: torch.device | None = None
+    ) -> None:
+        super().__init__()
+        tables = [
+            EmbeddingConfig(
+                name="t_user",
+                embedding_dim=embedding_dim,
+                num_embeddings=spec.num_users,
+                feature_names=[USER],
+            ),
+            EmbeddingConfig(
+                name="t_item",
+                embedding_dim=embedding_dim,
+                num_embeddings=spec.num_items,
+                feature_names=[ITEM, HIST_ITEM],
+            ),
+        ]
+        if spec.has_categories:
+            tables.append(
+                EmbeddingConfig(
+                    name="t_category",
+                    embedding_dim=embedding_dim,
+                    num_embeddings=spec.num_categories,
+                    feature_names=[CATEGORY, HIST_CATEGORY],
+                )
+            )
+        self.embedding_collection = EmbeddingCollection(tables=tables, device=device)
+
+    def forward(self, features: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+        return self.embedding_collection(features)
+
+
+def _padded(jt_values: torch.Tensor, offsets: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Jagged (N, D) values with (B+1,) offsets -> (B, max_len, D), zeros on padding."""
+    return torch.ops.fbgemm.jagged_to_padded_dense(jt_values, [offsets], [max_len], 0.0)
+
+
+class OverArch(nn.Module):
+    """Everything dense: pads the history, bucketizes similarities, runs the interest arch
+    and the head MLP over [interest, target, user].
+
+    embeddings: SparseArch output; hist_sims (N,) aligned with the history -> logits (B,).
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        interest: nn.Module,
+        embedding_dim: int,
+        mlp_dims: list[int],
+        use_user_embedding: bool = True,
+    ) -> None:
+        super().__init__()
+        self.has_categories = spec.has_categories
+        self.use_user_embedding = use_user_embedding
+        self.interest = interest
+        self.register_buffer(
+            "bucket_boundaries", torch.tensor(spec.bucket_boundaries, dtype=torch.float32)
+        )
+        item_dim = self.item_dim(embedding_dim, spec)
+        head_in = interest.out_dim + item_dim + (embedding_dim if use_user_embedding else 0)
+        self.head = MLP(head_in, [*mlp_dims, 1])
+
+    @staticmethod
+    def item_dim(embedding_dim: int, spec: FeatureSpec) -> int:
+        """Size of an item's representation: its id embedding, plus its category's."""
+        return embedding_dim * (2 if spec.has_categories else 1)
+
+    def interest_inputs(
+        self, embeddings: dict[str, JaggedTensor], hist_sims: torch.Tensor
+    ) -> InterestInputs:
+        history_jt = embeddings[HIST_ITEM]
+        lengths = history_jt.lengths().long()
+        offsets = history_jt.offsets().long()
+        max_len = max(int(lengths.max()), 1) if lengths.numel() else 1
+        target = embeddings[ITEM].values()
+        history = _padded(history_jt.values(), offsets, max_len)
+        if self.has_categories:
+            target = torch.cat([target, embeddings[CATEGORY].values()], dim=-1)
+            categories = _padded(embeddings[HIST_CATEGORY].values(), offsets, max_len)
+            history = torch.cat([history, categories], dim=-1)
+        sims = _padded(hist_sims.unsqueeze(-1), offsets, max_len).squeeze(-1)
+        mask = torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)
+        return InterestInputs(
+            target=target,
+            history=history,
+            mask=mask,
+            sims=sims,
+            buckets=bucketize(sims, self.bucket_boundaries),
+            lengths=lengths,
+        )
+
+    def forward(self, embeddings: dict[str, JaggedTensor], hist_sims: torch.Tensor) -> torch.Tensor:
+        x = self.interest_inputs(embeddings, hist_sims)
+        parts = [self.interest(x), x.target]
+        if self.use_user_embedding:
+            parts.append(embeddings[USER].values())
+        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+class CTRModel(nn.Module):
+    """SparseArch + OverArch. forward(batch) -> logits (B,)."""
+
+    def __init__(self, sparse_arch: SparseArch, over_arch: OverArch) -> None:
+        super().__init__()
+        self.sparse_arch = sparse_arch
+        self.over_arch = over_arch
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        embeddings = self.sparse_arch(batch.sparse_features)
+        return self.over_arch(embeddings, batch.hist_sims)
+
+
+class CTRTask(nn.Module):
+    """Training wrapper: forward(batch) -> (loss, (loss, logits, labels)), detached outputs,
+    the contract of torchrec's TrainPipeline. `autocast` runs the model in bf16 on GPU."""
+
+    def __init__(self, model: CTRModel, autocast: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.autocast = autocast
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(batch).float()
+        loss = self.loss_fn(logits, batch.labels)
+        return loss, (loss.detach(), logits.detach(), batch.labels)

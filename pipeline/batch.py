@@ -1,0 +1,62 @@
+"""The training batch: sparse ids as a KeyedJaggedTensor plus what aligns with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
+
+USER, ITEM, HIST_ITEM = "user", "item", "hist_item"
+CATEGORY, HIST_CATEGORY = "category", "hist_category"
+
+
+@dataclass
+class Batch(Pipelineable):
+    """One batch of B samples.
+
+    sparse_features: KJT with keys `user`, `item` (one id per sample), `hist_item`
+        (jagged history, oldest first) and, when the data has categories, `category` and
+        `hist_category` (aligned with `hist_item`).
+    hist_sims: (N,) float32, cosine similarity of each history item to its sample's
+        target, aligned with `sparse_features["hist_item"].values()`.
+    labels: (B,) float32.
+
+    Implements what TrainPipelineSparseDist needs: `to`, `pin_memory`, `record_stream`.
+    """
+
+    sparse_features: KeyedJaggedTensor
+    hist_sims: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        return Batch(
+            sparse_features=self.sparse_features.to(device=device, non_blocking=non_blocking),
+            hist_sims=self.hist_sims.to(device=device, non_blocking=non_blocking),
+            labels=self.labels.to(device=device, non_blocking=non_blocking),
+        )
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        self.sparse_features.record_stream(stream)
+        self.hist_sims.record_stream(stream)
+        self.labels.record_stream(stream)
+
+    def pin_memory(self) -> Batch:
+        return Batch(
+            sparse_features=self.sparse_features.pin_memory(),
+            hist_sims=self.hist_sims.pin_memory(),
+            labels=self.labels.pin_memory(),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels.shape[0]
+
+    def users(self) -> torch.Tensor:
+        """(B,) user index of each sample."""
+        return self.sparse_features[USER].values()
+
+    def history_lengths(self) -> torch.Tensor:
+        """(B,) number of history items of each sample."""
+        return self.sparse_features[HIST_ITEM].lengths()

@@ -1,0 +1,460 @@
+"""Train and evaluate one model: `python -m pipeline.train --model dmf --data DIR ...`.
+
+Runs as one process, or as one rank under torchrun / TorchX (`launch/train.py:train`). The
+same code runs on CPU (gloo) and GPUs (NCCL). Writes OUTPUT_DIR/metrics.json, TensorBoard
+scalars in OUTPUT_DIR/tb and checkpoints in OUTPUT_DIR/checkpoints.
+
+Training runs in segments of `--eval-every` steps; the sparse pipeline is drained at the end
+of each segment, so evaluation and checkpoints see no batch in flight and the data position
+is exactly the number of steps done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from tqdm import tqdm
+
+from models.ctr import CTRTask, FeatureSpec
+from models.zoo import MODELS, build_model, make_config
+from pipeline.batch import Batch
+from pipeline.checkpoint import Checkpointer
+from pipeline.configs import PRESETS
+from pipeline.data import PreparedData
+from pipeline.distributed import DistEnv, init_distributed
+from pipeline.metrics import EvalAccumulator, format_table, to_jsonable
+from pipeline.sharding import ShardingSettings, shard_model
+
+log = logging.getLogger("pipeline.train")
+DEFAULT_DATA = Path("data/default")
+
+
+@dataclass
+class TrainConfig:
+    """Every trainer setting; see `--help` for each."""
+
+    model: str = "dmf"
+    data: str | None = None
+    output_dir: str = "runs/latest"
+    preset: str = "default"
+    epochs: int = 1
+    max_steps: int | None = None
+    seed: int = 0
+    batch_size: int = 256
+    eval_batch_size: int = 2048
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine | linear (after warmup_steps)
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    embedding_optimizer: str = "auto"
+    embedding_lr: float | None = None
+    sharding_type: str = "auto"
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    resume: bool = False
+    early_stopping_patience: int | None = None
+    amp: bool = False
+    device: str = "auto"
+    short_history_max: int = 10
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ setup
+def seed_everything(seed: int, rank: int) -> None:
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)  # noqa: NPY002  (third-party code may use the global RNG)
+    # Same torch seed on every rank: replicated dense weights start equal everywhere.
+    torch.manual_seed(seed)
+
+
+def feature_spec(data: PreparedData) -> FeatureSpec:
+    sizes = data.vocab_sizes
+    return FeatureSpec(
+        num_users=sizes["user"],
+        num_items=sizes["item"],
+        num_categories=sizes.get("category", 0),
+        bucket_boundaries=tuple(data.manifest["buckets"]["boundaries"]),
+    )
+
+
+def ensure_default_data(env: DistEnv) -> Path:
+    """The embedded default dataset, built by rank 0 when missing."""
+    if env.is_main and not (DEFAULT_DATA / "manifest.json").is_file():
+        from data_prep.default import build_default_dataset
+
+        build_default_dataset(DEFAULT_DATA)
+    dist.barrier()
+    return DEFAULT_DATA
+
+
+class ClippedAdam(torch.optim.Adam):
+    """Adam that clips the gradient norm of its own parameters (the dense ones) first.
+    Under DMP the dense gradients are already all-reduced here, so every rank clips alike."""
+
+    def __init__(self, params: Any, lr: float, max_norm: float | None) -> None:
+        super().__init__(params, lr=lr)
+        self.max_norm = max_norm
+
+    def step(self, closure: Any = None) -> Any:
+        if self.max_norm:
+            params = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+        return super().step(closure)
+
+
+def lr_lambda(config: TrainConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.lr_schedule == "constant":
+            return 1.0
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        progress = min(progress, 1.0)
+        if config.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if config.lr_schedule == "linear":
+            return 1.0 - progress
+        raise ValueError(f"unknown lr schedule {config.lr_schedule!r}")
+
+    return factor
+
+
+# ------------------------------------------------------------------------- evaluation
+class _Tap:
+    """Passes batches through to the pipeline and keeps what metrics need of each, in
+    order (the pipeline returns outputs in the order it pulled the batches)."""
+
+    def __init__(self, batches: Iterator[Batch]) -> None:
+        self.batches = batches
+        self.pending: deque[tuple[torch.Tensor, torch.Tensor]] = deque()
+
+    def __iter__(self) -> _Tap:
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self.batches)
+        self.pending.append((batch.users(), batch.history_lengths()))
+        return batch
+
+
+def evaluate(
+    pipeline: TrainPipelineSparseDist,
+    data: PreparedData,
+    split: str,
+    config: TrainConfig,
+    env: DistEnv,
+) -> dict[str, Any]:
+    """AUC, GAUC, logloss (overall and by activity) over a whole split, all ranks."""
+    reader = data.reader(split, config.eval_batch_size, rank=env.rank, world_size=env.world_size)
+    accumulator = EvalAccumulator(short_history_max=config.short_history_max)
+    model = pipeline._model
+    model.eval()
+    pipeline.reset()
+    tap = _Tap(reader.iter_batches())
+    start, samples = time.perf_counter(), 0
+    with torch.no_grad():
+        while True:
+            try:
+                _, logits, labels = pipeline.progress(tap)
+            except StopIteration:
+                break
+            users, lengths = tap.pending.popleft()
+            accumulator.update(logits, labels, users, lengths)
+            samples += labels.shape[0]
+    pipeline.reset()
+    model.train()
+    elapsed = time.perf_counter() - start
+    metrics = accumulator.compute()
+    total = torch.tensor([samples], dtype=torch.float64)
+    dist.all_reduce(total)
+    metrics["samples_per_s"] = float(total) / max(elapsed, 1e-9)
+    return metrics
+
+
+# --------------------------------------------------------------------------- training
+def _segment(reader: Any, epoch: int, start: int, stop: int) -> Iterator[Batch]:
+    for i, batch in enumerate(reader.iter_batches(epoch, start_batch=start), start=start):
+        if i >= stop:
+            return
+        yield batch
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    env = init_distributed(config.device)
+    logging.basicConfig(
+        level=logging.INFO if env.is_main else logging.WARNING,
+        format=f"%(asctime)s [rank {env.rank}] %(message)s",
+    )
+    seed_everything(config.seed, env.rank)
+    data = PreparedData(config.data or ensure_default_data(env))
+    output_dir = Path(config.output_dir)
+    if env.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    if config.model == "popularity":
+        from pipeline.popularity import run_popularity
+
+        return run_popularity(config, data, env, output_dir)
+
+    spec = feature_spec(data)
+    model_config = make_config(config.model, config.model_args)
+    # Tables are allocated on the meta device and materialised shard by shard by DMP, so
+    # no rank ever holds a whole 20M-row table.
+    model = build_model(config.model, spec, model_config, embedding_device=torch.device("meta"))
+    task = CTRTask(model, autocast=config.amp and env.device.type == "cuda")
+    dmp, optimizer, dense_optimizer, embedding_optimizer = shard_model(
+        task,
+        env,
+        ShardingSettings(config.embedding_optimizer, config.embedding_lr, config.sharding_type),
+        dense_optimizer=lambda params: ClippedAdam(params, config.lr, config.grad_clip),
+        dense_lr=config.lr,
+        batch_size=config.batch_size,
+    )
+    train_reader = data.reader(
+        "train",
+        config.batch_size,
+        rank=env.rank,
+        world_size=env.world_size,
+        shuffle=True,
+        seed=config.seed,
+    )
+    steps_per_epoch = len(train_reader)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(dense_optimizer, lr_lambda(config, total_steps))
+    pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
+    checkpointer = Checkpointer(output_dir / "checkpoints")
+    valid_split = "valid" if data.has_split("valid") else None
+
+    step, best, bad_evals, history = 0, -math.inf, 0, []
+    if config.resume and (latest := checkpointer.latest()) is not None:
+        progress = checkpointer.load(latest, dmp, optimizer)
+        step, best, bad_evals = progress["step"], progress["best"], progress["bad_evals"]
+        history = progress["history"]
+        scheduler.last_epoch = step
+        log.info("resumed from %s at step %d", latest, step)
+
+    writer = SummaryWriter(str(output_dir / "tb")) if env.is_main else None
+    if env.is_main:
+        log.info(
+            "model=%s params(dense)=%d steps/epoch=%d total_steps=%d world=%d device=%s emb_opt=%s",
+            config.model,
+            sum(p.numel() for p in model.over_arch.parameters()),
+            steps_per_epoch,
+            total_steps,
+            env.world_size,
+            env.device,
+            embedding_optimizer,
+        )
+    segment_len = config.eval_every or total_steps
+    if config.checkpoint_every:
+        segment_len = min(segment_len, config.checkpoint_every)
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not env.is_main, unit="step", dynamic_ncols=True
+    )
+    train_samples, train_time, stopped_early = 0, 0.0, False
+    while step < total_steps and not stopped_early:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        stop = min(in_epoch + segment_len, steps_per_epoch, in_epoch + total_steps - step)
+        pipeline.reset()
+        start = time.perf_counter()
+        for batch_losses in _progress(pipeline, _segment(train_reader, epoch, in_epoch, stop)):
+            loss, labels = batch_losses
+            step += 1
+            scheduler.step()
+            train_samples += labels.shape[0] * env.world_size
+            bar.update(1)
+            if writer is not None and step % 20 == 0:
+                rate = train_samples / max(train_time + time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{float(loss):.4f}", samples_s=f"{rate:,.0f}")
+                writer.add_scalar("train/loss", float(loss), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                writer.add_scalar("train/samples_per_s", rate, step)
+        train_time += time.perf_counter() - start
+        at_end = step >= total_steps
+        if config.eval_every and valid_split and (step % config.eval_every == 0 or at_end):
+            metrics = evaluate(pipeline, data, valid_split, config, env)
+            record = {
+                "step": step,
+                "epoch": epoch,
+                **{k: metrics[k] for k in ("auc", "gauc", "logloss")},
+            }
+            history.append(record)
+            if env.is_main:
+                log.info("eval %s", json.dumps({"split": valid_split, **to_jsonable(record)}))
+                for key in ("auc", "gauc", "logloss"):
+                    writer.add_scalar(f"{valid_split}/{key}", metrics[key], step)
+            if metrics["auc"] > best:
+                best, bad_evals = metrics["auc"], 0
+            else:
+                bad_evals += 1
+                if config.early_stopping_patience and bad_evals >= config.early_stopping_patience:
+                    stopped_early = True
+                    log.info("early stopping at step %d (best valid AUC %.4f)", step, best)
+        if config.checkpoint_every and (step % config.checkpoint_every == 0 or at_end):
+            progress = {"step": step, "best": best, "bad_evals": bad_evals, "history": history}
+            checkpointer.save(step, dmp, optimizer, progress)
+    bar.close()
+
+    test = evaluate(pipeline, data, "test", config, env)
+    result = {
+        "model": config.model,
+        "test": test,
+        "valid_history": history,
+        "train_samples_per_s": train_samples / max(train_time, 1e-9),
+        "eval_samples_per_s": test["samples_per_s"],
+        "steps": step,
+        "stopped_early": stopped_early,
+        "world_size": env.world_size,
+        "device": str(env.device),
+        "embedding_optimizer": embedding_optimizer,
+        "data": {"path": str(data.root), "manifest_checksum": data.checksum},
+        "config": dataclasses.asdict(config),
+        "model_config": dataclasses.asdict(model_config),
+    }
+    write_result(result, output_dir, env, writer)
+    return result
+
+
+def _progress(
+    pipeline: TrainPipelineSparseDist, batches: Iterator[Batch]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Run the pipeline over `batches`; yields (loss, labels) per step."""
+    while True:
+        try:
+            loss, _, labels = pipeline.progress(batches)
+        except StopIteration:
+            return
+        yield loss, labels
+
+
+def write_result(
+    result: dict[str, Any], output_dir: Path, env: DistEnv, writer: SummaryWriter | None
+) -> None:
+    if not env.is_main:
+        return
+    test = result["test"]
+    if writer is not None:
+        for key in ("auc", "gauc", "logloss"):
+            writer.add_scalar(f"test/{key}", test[key], result["steps"])
+        writer.close()
+    (output_dir / "metrics.json").write_text(json.dumps(to_jsonable(result), indent=2))
+    row = {
+        "model": result["model"],
+        "auc": test["auc"],
+        "gauc": test["gauc"],
+        "logloss": test["logloss"],
+        "samples_per_s": result["train_samples_per_s"],
+    }
+    print(format_table([row]), flush=True)
+    print(f"metrics: {output_dir / 'metrics.json'}", flush=True)
+
+
+# -------------------------------------------------------------------------------- CLI
+def _model_arg(text: str) -> tuple[str, Any]:
+    key, _, value = text.partition("=")
+    if not key or not _:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default=defaults.model, choices=[*sorted(MODELS), "popularity"])
+    p.add_argument(
+        "--data", help="prepared data folder (default: the embedded dataset, built if missing)"
+    )
+    p.add_argument("--output-dir", default=defaults.output_dir)
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=sorted(PRESETS),
+        help="settings preset; flags override it",
+    )
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (over all epochs)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--batch-size", type=int, help="per-rank training batch size")
+    p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    p.add_argument("--lr", type=float, help="dense (Adam) learning rate")
+    p.add_argument(
+        "--lr-schedule", default=defaults.lr_schedule, choices=["constant", "cosine", "linear"]
+    )
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--grad-clip", type=float, help="clip the dense gradient norm")
+    p.add_argument(
+        "--embedding-optimizer",
+        default="auto",
+        help="auto|adam|adagrad|rowwise_adagrad|sgd (fused; adam is GPU only)",
+    )
+    p.add_argument("--embedding-lr", type=float)
+    p.add_argument(
+        "--sharding-type", default="auto", choices=["auto", "table_wise", "row_wise", "column_wise"]
+    )
+    p.add_argument("--eval-every", type=int, help="evaluate on the validation split every N steps")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (and at the end)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUTPUT_DIR/checkpoints/latest if present",
+    )
+    p.add_argument(
+        "--early-stopping-patience",
+        type=int,
+        help="stop after N evaluations without a better validation AUC",
+    )
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--short-history-max", type=int, default=defaults.short_history_max)
+    p.add_argument(
+        "--model-arg",
+        type=_model_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model setting, e.g. --model-arg alpha=0.3 (JSON values)",
+    )
+    args = vars(p.parse_args(argv))
+    preset = PRESETS[args["preset"]]
+    model_args = {**preset.get("model_args", {}), **dict(args.pop("model_arg"))}
+    values = {k: v for k, v in args.items() if v is not None}
+    merged = {**{k: v for k, v in preset.items() if k != "model_args"}, **values}
+    return TrainConfig(**merged, model_args=model_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        train(config)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
