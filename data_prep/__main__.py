@@ -1,0 +1,41 @@
+"""Command line: `python -m data_prep <job> --help`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from data_prep import default_job, logs_job
+
+JOBS = {
+    "default": (
+        default_job,
+        "build the embedded synthetic default dataset (skips when up to date)",
+    ),
+    "logs": (logs_job, "generic click logs + item table -> prepared folder"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
+    sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    for name, (module, help_text) in JOBS.items():
+        job_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(job_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    JOBS[args.job][0].main(args, "python -m data_prep " + shlex.join(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The item side of a prepared folder: item vocabulary, multimodal table, categories.
+
+Rules for bad item records (docs/data-prep.md): an item row without an id is rejected
+(`missing_field`), a repeated id is rejected (`duplicate_item`, the first row wins). An
+item whose vector is missing, of the wrong size, non-finite or of zero norm is kept with a
+zero vector (`bad_vector`, repaired): its similarity to everything is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from data_prep.columns import as_strings
+from data_prep.rejects import RejectLog
+from data_prep.similarity import normalize_rows
+from data_prep.vocab import FIRST_ID, OOV, PAD, Vocab
+
+
+@dataclass
+class ItemTable:
+    """Items keyed by dense index.
+
+    mm: (len(vocab), d) float32, L2-normalised rows, rows 0 and 1 zero.
+    category: (len(vocab),) int64 category index (0 for padding, 1 for unknown) or None.
+    titles: (len(vocab) - 2,) str aligned with vocab.raw_ids, or None.
+    """
+
+    vocab: Vocab
+    mm: np.ndarray
+    mm_source: str
+    category_vocab: Vocab | None = None
+    category: np.ndarray | None = None
+    titles: np.ndarray | None = None
+
+
+def first_occurrences(ids: np.ndarray) -> np.ndarray:
+    """Bool mask (N,) of the first occurrence of every id in input order."""
+    _, first = np.unique(ids, return_index=True)
+    keep = np.zeros(len(ids), dtype=bool)
+    keep[first] = True
+    return keep
+
+
+def category_table(
+    vocab: Vocab, raw_category: np.ndarray | None
+) -> tuple[Vocab | None, np.ndarray | None]:
+    """Leaf category per item: raw strings aligned with vocab.raw_ids ("" = none) -> (vocab, (V,) index)."""
+    if raw_category is None or not np.any(raw_category != ""):
+        return None, None
+    category_vocab = Vocab(raw_category[raw_category != ""])
+    category = np.full(len(vocab), OOV, dtype=np.int64)
+    category[PAD] = PAD
+    category[FIRST_ID:] = category_vocab.encode(raw_category)
+    return category_vocab, category
+
+
+def vectors_from_column(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """list<float> column (N,) -> (float64 (N, d), bad (N,)); d is the most common length."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    dim = int(np.bincount(lengths[lengths > 0]).argmax()) if np.any(lengths > 0) else 0
+    if dim == 0:
+        raise ValueError("no item has a vector")
+    ok = lengths == dim
+    flat = column.filter(pa.array(ok)).flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    vectors = np.zeros((len(column), dim), dtype=np.float64)
+    vectors[ok] = flat.reshape(-1, dim)
+    return vectors, ~ok
+
+
+def read_item_table(
+    table: pa.Table,
+    file: str,
+    rejects: RejectLog,
+    id_column: str = "item_id",
+    vector_column: str = "mm_vector",
+    category_column: str = "category",
+    title_column: str = "title",
+) -> ItemTable:
+    """Item table with precomputed vectors (one row per item) -> ItemTable."""
+    if id_column not in table.column_names:
+        raise ValueError(f"{file}: no column {id_column!r} (columns: {table.column_names})")
+    if vector_column not in table.column_names:
+        raise ValueError(
+            f"{file}: no column {vector_column!r}; embed titles first (python -m data_prep embed-items)"
+        )
+    rejects.add_read(table.num_rows)
+    ids, missing, not_utf8 = as_strings(table.column(id_column))
+    keep = ~missing & ~not_utf8
+    for row in np.flatnonzero(~keep):
+        rejects.reject(
+            file, row + 1, "not_utf8" if not_utf8[row] else "missing_field", _row(table, row)
+        )
+    duplicate = keep & ~first_occurrences(np.where(keep, ids, ""))
+    for row in np.flatnonzero(duplicate):
+        rejects.reject(file, row + 1, "duplicate_item", _row(table, row))
+    keep &= ~duplicate
+    vectors, bad = vectors_from_column(table.column(vector_column))
+    normed, bad_norm = normalize_rows(vectors)
+    bad |= bad_norm
+    for row in np.flatnonzero(keep & bad):
+        rejects.repair(file, row + 1, "bad_vector", _row(table, row))
+    rejects.add_used(int(keep.sum()))
+
+    rows = np.flatnonzero(keep)
+    vocab = Vocab(ids[rows])
+    order = rows[np.argsort(ids[rows], kind="stable")]  # rows in vocab order
+    mm = np.zeros((len(vocab), vectors.shape[1]), dtype=np.float32)
+    mm[FIRST_ID:] = np.where(bad[order, None], 0.0, normed[order])
+    raw_category = _optional_strings(table, category_column, order)
+    category_vocab, category = category_table(vocab, raw_category)
+    titles = _optional_strings(table, title_column, order)
+    return ItemTable(vocab, mm, f"{file}:{vector_column}", category_vocab, category, titles)
+
+
+def _optional_strings(table: pa.Table, name: str, rows: np.ndarray) -> np.ndarray | None:
+    if name not in table.column_names:
+        return None
+    values, missing, not_utf8 = as_strings(table.column(name))
+    return np.where(missing | not_utf8, "", values)[rows]
+
+
+def _row(table: pa.Table, row: int) -> dict[str, object]:
+    return table.slice(int(row), 1).to_pylist()[0]
+
+
+def save_item_arrays(out_dir: Path, items: ItemTable) -> None:
+    """Write vocab/item.parquet, item_mm.npy and the category files when present."""
+    items.vocab.save(out_dir / "vocab" / "item.parquet")
+    np.save(out_dir / "item_mm.npy", items.mm.astype(np.float32))
+    if items.category_vocab is not None and items.category is not None:
+        items.category_vocab.save(out_dir / "vocab" / "category.parquet")
+        np.save(out_dir / "item_category.npy", items.category.astype(np.int64))

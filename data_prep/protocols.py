@@ -1,0 +1,152 @@
+"""Sample protocols: clean sorted events -> samples per split (similarities not yet filled).
+
+- `temporal_samples` (click logs): every event is a sample labelled by its click; the last
+  `test_days` days are test, the `valid_days` before them valid, earlier days train;
+  history = the user's most recent clicked items strictly earlier in time.
+- `next_item_samples` (implicit feedback, DIN-style): per user in sequence order, events 2
+  to second-last are training positives, the last is the test positive; every positive
+  is paired with one negative (same history and time, target a random item the user never
+  interacted with); history = all earlier events.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data_prep.events import Events
+from data_prep.history import clicked_history, sequence_history
+from data_prep.ragged import offsets_from_lengths, range_indices
+from data_prep.samples import Samples
+from data_prep.vocab import FIRST_ID
+
+DAY_SECONDS = 86_400
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _samples(user, item, label, ts, offsets, hist_items) -> Samples:
+    return Samples(
+        user=user.astype(np.int64),
+        item=item.astype(np.int64),
+        label=label.astype(np.float32),
+        ts=ts.astype(np.int64),
+        hist_offsets=offsets,
+        hist_items=hist_items.astype(np.int64),
+        hist_sims=np.zeros(len(hist_items), dtype=np.float32),
+    )
+
+
+def temporal_samples(
+    events: Events,
+    max_history: int,
+    valid_days: int = 1,
+    test_days: int = 1,
+    day_seconds: int = DAY_SECONDS,
+) -> dict[str, Samples]:
+    """Temporal click-log protocol; the days are counted back from the latest event."""
+    offsets, hist = clicked_history(events.user, events.ts, events.item, events.click, max_history)
+    all_samples = _samples(events.user, events.item, events.click, events.ts, offsets, hist)
+    day = events.ts // day_seconds
+    last = int(day.max())
+    split = np.where(day > last - test_days, 2, np.where(day > last - test_days - valid_days, 1, 0))
+    return {
+        name: all_samples.take(np.flatnonzero(split == code))
+        for code, name in enumerate(("train", "valid", "test"))
+        if name != "valid" or valid_days > 0
+    }
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """A counter-based 64-bit hash (uint64 -> uint64): random numbers independent of order."""
+    with np.errstate(over="ignore"):
+        z = (x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def hash_keys(seed: int, *keys: np.ndarray) -> np.ndarray:
+    """Hash of (seed, keys...) per element, uint64."""
+    h = splitmix64(np.asarray(seed, dtype=np.uint64))
+    for key in keys:
+        with np.errstate(over="ignore"):
+            h = splitmix64(h ^ splitmix64(np.asarray(key).astype(np.uint64)))
+    return h
+
+
+def sample_negatives(
+    user: np.ndarray, position: np.ndarray, num_items: int, seen: np.ndarray, seed: int
+) -> np.ndarray:
+    """One random item per (user, position) that the user never interacted with.
+
+    user, position: (N,) keys of the draw (the result depends only on them and the seed,
+    not on the order or the partitioning of the data). seen: sorted unique
+    user * num_items + item keys of the user's items. Items are uniform over 2..num_items-1.
+    """
+    real = num_items - FIRST_ID
+    out = np.empty(len(user), dtype=np.int64)
+    todo = np.arange(len(user))
+    attempt = 0
+    while len(todo):
+        draw = hash_keys(seed, user[todo], position[todo], np.full(len(todo), attempt))
+        item = FIRST_ID + (draw % np.uint64(real)).astype(np.int64)
+        key = user[todo] * num_items + item
+        hit = np.searchsorted(seen, key)
+        clash = (hit < len(seen)) & (seen[np.minimum(hit, len(seen) - 1)] == key)
+        out[todo[~clash]] = item[~clash]
+        todo = todo[clash]
+        attempt += 1
+        if attempt > 10_000:
+            raise RuntimeError(
+                "cannot sample negatives: some user interacted with almost every item"
+            )
+    return out
+
+
+def next_item_samples(
+    events: Events, num_items: int, max_history: int, seed: int, valid_frac: float = 0.0
+) -> tuple[dict[str, Samples], dict[str, int]]:
+    """DIN-style next-item protocol; returns (samples per split, counts before carving valid).
+
+    `valid_frac` F moves the latest training pair of a hash-selected fraction F of users
+    into a "valid" split.
+    """
+    offsets, hist = sequence_history(events.user, events.item, max_history)
+    n = len(events)
+    starts = np.flatnonzero(np.r_[True, events.user[1:] != events.user[:-1]])
+    ends = np.r_[starts[1:], n]
+    position = np.arange(n) - np.repeat(starts, ends - starts)
+    last = np.zeros(n, dtype=bool)
+    last[ends - 1] = True
+    target = position >= 1
+
+    seen = np.unique(events.user * num_items + events.item)
+    negative = sample_negatives(events.user[target], position[target], num_items, seen, seed)
+    rows = np.flatnonzero(target)
+    # Interleave: positive then its negative, so a user's rows stay contiguous and ordered.
+    pair_rows = np.repeat(rows, 2)
+    label = np.tile(np.array([1, 0], dtype=np.float32), len(rows))
+    item = events.item[pair_rows].copy()
+    item[1::2] = negative
+    lengths = np.diff(offsets)[pair_rows]
+    pair_offsets = offsets_from_lengths(lengths)
+    pair_hist = hist[range_indices(offsets[pair_rows], lengths)]
+    pairs = _samples(
+        events.user[pair_rows], item, label, events.ts[pair_rows], pair_offsets, pair_hist
+    )
+
+    split = np.where(last[pair_rows], 2, 0)
+    protocol_counts = {"train": int(np.sum(split == 0)), "test": int(np.sum(split == 2))}
+    if valid_frac > 0:
+        chosen = hash_keys(seed + 1, events.user) % np.uint64(1 << 32) < np.uint64(
+            valid_frac * (1 << 32)
+        )
+        latest_train = np.zeros(n, dtype=bool)
+        latest_train[ends - 2] = position[ends - 2] >= 1
+        split[(latest_train & chosen)[pair_rows]] = 1
+    names = ("train", "valid", "test") if valid_frac > 0 else ("train", "test")
+    splits = {
+        name: pairs.take(np.flatnonzero(split == code))
+        for code, name in enumerate(("train", "valid", "test"))
+        if name in names
+    }
+    return splits, protocol_counts

@@ -1,0 +1,74 @@
+"""A block of prepared samples in columnar form, and its Arrow conversion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from data_prep.ragged import take_rows
+
+
+@dataclass
+class Samples:
+    """N samples; rows of one user are contiguous. Histories are ragged, oldest first.
+
+    user, item, ts: (N,) int64; label: (N,) float32; hist_offsets: (N+1,) int64;
+    hist_items: (H,) int64; hist_sims: (H,) float32; category: (N,) int64 or None;
+    hist_categories: (H,) int64 or None.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+    ts: np.ndarray
+    hist_offsets: np.ndarray
+    hist_items: np.ndarray
+    hist_sims: np.ndarray
+    category: np.ndarray | None = None
+    hist_categories: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def take(self, rows: np.ndarray) -> Samples:
+        """The samples at `rows` (K,), in that order."""
+        offsets, flat = take_rows(self.hist_offsets, np.arange(len(self.hist_items)), rows)
+        return Samples(
+            user=self.user[rows],
+            item=self.item[rows],
+            label=self.label[rows],
+            ts=self.ts[rows],
+            hist_offsets=offsets,
+            hist_items=self.hist_items[flat],
+            hist_sims=self.hist_sims[flat],
+            category=None if self.category is None else self.category[rows],
+            hist_categories=None if self.hist_categories is None else self.hist_categories[flat],
+        )
+
+    def to_arrow(self) -> pa.Table:
+        """Arrow table with the columns of docs/data-format.md."""
+        if len(self.hist_items) >= 2**31:
+            raise ValueError(
+                "block too large for list<int64> with int32 offsets; use smaller blocks"
+            )
+        offsets = pa.array(self.hist_offsets.astype(np.int32))
+        columns = {
+            "user": pa.array(self.user.astype(np.int64)),
+            "item": pa.array(self.item.astype(np.int64)),
+            "label": pa.array(self.label.astype(np.float32)),
+            "ts": pa.array(self.ts.astype(np.int64)),
+            "hist_items": pa.ListArray.from_arrays(
+                offsets, pa.array(self.hist_items.astype(np.int64))
+            ),
+            "hist_sims": pa.ListArray.from_arrays(
+                offsets, pa.array(self.hist_sims.astype(np.float32))
+            ),
+        }
+        if self.category is not None and self.hist_categories is not None:
+            columns["category"] = pa.array(self.category.astype(np.int64))
+            columns["hist_categories"] = pa.ListArray.from_arrays(
+                offsets, pa.array(self.hist_categories.astype(np.int64))
+            )
+        return pa.table(columns)
