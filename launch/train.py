@@ -12,6 +12,7 @@ after `--` goes to `python -m pipeline.train` (see `python -m pipeline.train --h
 import os
 import sys
 from pathlib import Path
+from typing import Dict, Optional
 
 import torchx
 import torchx.specs as specs
@@ -24,14 +25,14 @@ def train(
     gpu: int = 0,
     cpu: int = 2,
     memMB: int = 8192,
-    h: str | None = None,
+    h: Optional[str] = None,
     image: str = torchx.IMAGE,
     name: str = "dmf/train",
     max_restarts: int = 0,
     max_retries: int = 0,
     rdzv_port: int = 29500,
     path_prefix: str = str(Path(sys.executable).parent),
-    env: dict[str, str] | None = None,
+    env: Optional[Dict[str, str]] = None,
 ) -> specs.AppDef:
     """Train and evaluate a CTR model with torchrun on NODES x PROCS workers.
 

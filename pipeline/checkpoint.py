@@ -82,8 +82,18 @@ class Checkpointer:
             if old.name != keep_name:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def load(self, path: Path, model: nn.Module, optimizer: Any) -> dict[str, Any]:
-        """Restore model, optimizer and RNG in place; returns the saved progress dict."""
+    def load(
+        self, path: Path, model: nn.Module, optimizer: Any, lazy_optimizers: tuple = ()
+    ) -> dict[str, Any]:
+        """Restore model, optimizer and RNG in place; returns the saved progress dict.
+
+        lazy_optimizers: keyed optimizers whose state is created on their first step (Adam);
+        their state is initialised first, because DCP loads in place into existing tensors
+        and would otherwise silently skip it.
+        """
+        for keyed in lazy_optimizers:
+            if not keyed.state:
+                keyed.init_state()
         state = self._state(model, optimizer)
         dcp.load(state, checkpoint_id=str(path))
         model.load_state_dict(state["model"])

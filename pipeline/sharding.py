@@ -92,13 +92,13 @@ def shard_model(
     dense_optimizer: Callable[[Any], torch.optim.Optimizer],
     dense_lr: float,
     batch_size: int,
-) -> tuple[DistributedModelParallel, CombinedOptimizer, torch.optim.Optimizer, str]:
+) -> tuple[DistributedModelParallel, CombinedOptimizer, KeyedOptimizerWrapper, str]:
     """Shard `task` (a CTRTask whose tables may be on the meta device).
 
     dense_optimizer: builds the optimizer of the dense (replicated) parameters.
     Returns the DMP module, the combined optimizer (fused embedding optimizer + dense
-    optimizer), the dense optimizer itself (for learning-rate schedules) and the embedding
-    optimizer's name.
+    optimizer), the dense keyed optimizer (for learning-rate schedules and checkpoint
+    loading) and the embedding optimizer's name.
     """
     opt_name = resolve_embedding_optimizer(settings.embedding_optimizer, env.device)
     embedding_lr = settings.embedding_lr or (dense_lr if opt_name == "adam" else 0.05)
@@ -112,4 +112,4 @@ def shard_model(
         dict(in_backward_optimizer_filter(model.named_parameters())), dense_optimizer
     )
     combined = CombinedOptimizer([model.fused_optimizer, dense])
-    return model, combined, dense._optimizer, opt_name
+    return model, combined, dense, opt_name

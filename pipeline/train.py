@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -73,6 +74,7 @@ class TrainConfig:
     amp: bool = False
     device: str = "auto"
     short_history_max: int = 10
+    fail_at_step: int | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -246,10 +248,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     step, best, bad_evals, history = 0, -math.inf, 0, []
     if config.resume and (latest := checkpointer.latest()) is not None:
-        progress = checkpointer.load(latest, dmp, optimizer)
+        progress = checkpointer.load(latest, dmp, optimizer, lazy_optimizers=(dense_optimizer,))
         step, best, bad_evals = progress["step"], progress["best"], progress["bad_evals"]
         history = progress["history"]
-        scheduler.last_epoch = step
+        scheduler.load_state_dict(progress["scheduler"])
+        # load_state_dict restores the schedule's position, not the groups' current lr.
+        for group, lr in zip(dense_optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
         log.info("resumed from %s at step %d", latest, step)
 
     writer = SummaryWriter(str(output_dir / "tb")) if env.is_main else None
@@ -282,6 +287,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             scheduler.step()
             train_samples += labels.shape[0] * env.world_size
             bar.update(1)
+            maybe_fail(config, step, env)
             if writer is not None and step % 20 == 0:
                 rate = train_samples / max(train_time + time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{float(loss):.4f}", samples_s=f"{rate:,.0f}")
@@ -310,7 +316,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
                     stopped_early = True
                     log.info("early stopping at step %d (best valid AUC %.4f)", step, best)
         if config.checkpoint_every and (step % config.checkpoint_every == 0 or at_end):
-            progress = {"step": step, "best": best, "bad_evals": bad_evals, "history": history}
+            progress = {
+                "step": step,
+                "best": best,
+                "bad_evals": bad_evals,
+                "history": history,
+                "scheduler": scheduler.state_dict(),
+            }
             checkpointer.save(step, dmp, optimizer, progress)
     bar.close()
 
@@ -332,6 +344,22 @@ def train(config: TrainConfig) -> dict[str, Any]:
     }
     write_result(result, output_dir, env, writer)
     return result
+
+
+def maybe_fail(config: TrainConfig, step: int, env: DistEnv) -> None:
+    """Fault injection (`--fail-at-step N`): the last rank dies at step N of the first
+    attempt, to exercise restarts (torchrun --max-restarts) and `--resume`."""
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    marker = Path(config.output_dir) / f".failed-at-{config.fail_at_step}"
+    if (
+        config.fail_at_step == step
+        and env.rank == env.world_size - 1
+        and first_attempt
+        and not marker.exists()
+    ):
+        marker.touch()
+        log.warning("fault injection: rank %d exits at step %d", env.rank, step)
+        os._exit(17)
 
 
 def _progress(
@@ -429,6 +457,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     )
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument(
+        "--fail-at-step", type=int, help="testing: the last rank exits at this step once"
+    )
     p.add_argument("--short-history-max", type=int, default=defaults.short_history_max)
     p.add_argument(
         "--model-arg",

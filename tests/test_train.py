@@ -1,0 +1,142 @@
+"""The training entry point end to end: metrics.json, resume, restarts, TorchX."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import write_prepared
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SPLITS = {"train": 640, "valid": 96, "test": 160}
+COMMON = ["--epochs", "2", "--batch-size", "32", "--eval-batch-size", "64", "--seed", "7"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("prepared"), samples_per_split=SPLITS, seed=1)
+
+
+def _run(cmd: list[str], timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+def _train(data: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline.train", "--data", str(data), "--output-dir", str(out)]
+    return _run([*cmd, *COMMON, *extra], check=check)
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_single_process_run_writes_metrics(data: Path, tmp_path: Path):
+    proc = _train(data, tmp_path, "--model", "dmf", "--eval-every", "10")
+    metrics = _metrics(tmp_path)
+    assert metrics["model"] == "dmf"
+    for key in ("auc", "gauc", "logloss"):
+        assert 0.0 <= metrics["test"][key] <= 5.0
+    assert metrics["test"]["samples"] == SPLITS["test"]
+    assert metrics["train_samples_per_s"] > 0
+    assert set(metrics["test"]["by_activity"]) == {"short", "long"}
+    assert metrics["data"]["manifest_checksum"]
+    assert metrics["valid_history"], "validation ran every 10 steps"
+    assert "AUC" in proc.stdout and "dmf" in proc.stdout
+
+
+@pytest.mark.slow
+def test_resume_after_a_crash_ends_with_the_uninterrupted_metrics(data: Path, tmp_path: Path):
+    args = ["--model", "dmf", "--checkpoint-every", "7", "--lr-schedule", "cosine"]
+    _train(data, tmp_path / "straight", *args)
+    crashed = _train(data, tmp_path / "crash", *args, "--fail-at-step", "12", check=False)
+    assert crashed.returncode != 0, "fault injection should kill the run"
+    assert not (tmp_path / "crash" / "metrics.json").exists()
+    _train(data, tmp_path / "crash", *args, "--resume")
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "crash")
+    for key in ("auc", "gauc", "logloss"):
+        assert resumed["test"][key] == pytest.approx(straight["test"][key], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_torchrun_restarts_a_killed_worker_and_matches_the_uninterrupted_run(
+    data: Path, tmp_path: Path
+):
+    def torchrun(out: Path, *extra: str) -> None:
+        cmd = [
+            str(BIN / "torchrun"),
+            "--nproc-per-node",
+            "2",
+            "--max-restarts",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            "localhost:0",
+            "-m",
+            "pipeline.train",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(out),
+        ]
+        _run(
+            [*cmd, *COMMON, "--model", "dta", "--checkpoint-every", "5", "--resume", *extra],
+            timeout=400,
+        )
+
+    torchrun(tmp_path / "straight")
+    torchrun(tmp_path / "killed", "--fail-at-step", "8")
+    assert (tmp_path / "killed" / ".failed-at-8").exists(), "the worker was killed once"
+    straight, killed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "killed")
+    for key in ("auc", "gauc", "logloss"):
+        assert killed["test"][key] == pytest.approx(straight["test"][key], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_torchx_component_trains_on_two_workers(data: Path, tmp_path: Path):
+    cmd = [
+        str(BIN / "torchx"),
+        "run",
+        "launch/train.py:train",
+        "--",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(tmp_path),
+        *COMMON,
+        "--model",
+        "ta",
+    ]
+    _run(cmd, timeout=400)
+    metrics = _metrics(tmp_path)
+    assert metrics["world_size"] == 2 and metrics["model"] == "ta"
+    assert metrics["test"]["samples"] == SPLITS["test"]
+
+
+@pytest.mark.slow
+def test_popularity_baseline(data: Path, tmp_path: Path):
+    _train(data, tmp_path, "--model", "popularity")
+    assert _metrics(tmp_path)["test"]["samples"] == SPLITS["test"]
+
+
+def test_unknown_model_setting_is_rejected(data: Path, tmp_path: Path):
+    proc = _train(data, tmp_path, "--model", "ta", "--model-arg", "alpha=0.3", check=False)
+    assert proc.returncode != 0
+    assert "has no settings ['alpha']" in proc.stderr
