@@ -16,6 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.baselines import (
+    BFSInterest,
+    DINInterest,
+    LateFusionInterest,
+    MAKEInterest,
+    SASRecInterest,
+    SIMTIERInterest,
+    make_multimodal,
+)
 from models.ctr import CTRModel, FeatureSpec, OverArch, SparseArch
 from models.interest import DMFInterest, EarlyFusionInterest, TargetAttentionInterest
 
@@ -65,6 +74,60 @@ class DMFConfig(ModelConfig):
     activity_gate: bool = False
 
 
+@dataclass
+class SASRecConfig(ModelConfig):
+    """SASRec: target-agnostic causal self-attention, interest = last valid position.
+
+    num_layers: pre-LN transformer blocks (SASRec uses 2).
+    max_positions: learned position embeddings, counted back from the most recent item.
+    """
+
+    num_layers: int = 2
+    max_positions: int = 200
+
+
+@dataclass
+class DINConfig(ModelConfig):
+    """DIN: activation unit MLP([q, s, q*s, q-s]) -> unnormalised weights, weighted sum.
+
+    activation: "prelu" (as in the paper's Eq. 6) or "dice" (Dice-lite, models/baselines.py).
+    """
+
+    attention_dims: list[int] = field(default_factory=lambda: [80, 40])
+    activation: str = "prelu"
+
+
+@dataclass
+class BFSMFConfig(ModelConfig):
+    """BFS_MF: TWIN's behaviour feature splitting, similarity as a per-head logit term."""
+
+
+@dataclass
+class SIMTIERConfig(ModelConfig):
+    """SIMTIER: TA over IDs + log(1 + similarity histogram) concatenated into the head."""
+
+    histogram_bins: int = 20
+
+
+@dataclass
+class MAKEConfig(ModelConfig):
+    """MAKE: TA over IDs + a multimodal module pre-trained on the CTR task first.
+
+    pretrain_epochs: epochs of stage 1 (`models.baselines.make_pretrain_model`; paper: 10),
+        run by the trainer before the CTR training; 0 skips pre-training.
+    mm_hidden, mm_dim: the multimodal module's MLP.
+    """
+
+    pretrain_epochs: int = 10
+    mm_hidden: list[int] = field(default_factory=lambda: [32])
+    mm_dim: int = 32
+
+
+@dataclass
+class TALateConfig(ModelConfig):
+    """TA_late: separate attention over K_sim/V_sim (linear in c) and K_id/V_id, concatenated."""
+
+
 def _item_dim(config: ModelConfig, spec: FeatureSpec) -> int:
     return OverArch.item_dim(config.embedding_dim, spec)
 
@@ -106,6 +169,36 @@ MODELS: dict[str, tuple[type[ModelConfig], InterestFactory]] = {
         lambda c, s: EarlyFusionInterest(_item_dim(c, s), c.hidden_dim, c.num_heads, c.temperature),
     ),
     "dmf": (DMFConfig, _dmf),
+    "sasrec": (
+        SASRecConfig,
+        lambda c, s: SASRecInterest(
+            _item_dim(c, s), c.hidden_dim, c.num_heads, c.num_layers, c.max_positions
+        ),
+    ),
+    "din": (
+        DINConfig,
+        lambda c, s: DINInterest(_item_dim(c, s), c.hidden_dim, c.attention_dims, c.activation),
+    ),
+    "bfs_mf": (
+        BFSMFConfig,
+        lambda c, s: BFSInterest(_item_dim(c, s), c.hidden_dim, c.num_heads, c.temperature),
+    ),
+    "simtier": (
+        SIMTIERConfig,
+        lambda c, s: SIMTIERInterest(
+            _item_dim(c, s), c.hidden_dim, c.num_heads, c.histogram_bins, c.temperature
+        ),
+    ),
+    "make": (
+        MAKEConfig,
+        lambda c, s: MAKEInterest(
+            _item_dim(c, s), c.hidden_dim, c.num_heads, make_multimodal(s, c), c.temperature
+        ),
+    ),
+    "ta_late": (
+        TALateConfig,
+        lambda c, s: LateFusionInterest(_item_dim(c, s), c.hidden_dim, c.num_heads, c.temperature),
+    ),
 }
 
 
