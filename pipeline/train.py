@@ -99,9 +99,9 @@ def feature_spec(data: PreparedData) -> FeatureSpec:
 def ensure_default_data(env: DistEnv) -> Path:
     """The embedded default dataset, built by rank 0 when missing."""
     if env.is_main and not (DEFAULT_DATA / "manifest.json").is_file():
-        from data_prep.default import build_default_dataset
+        from data_prep.default_job import build_default
 
-        build_default_dataset(DEFAULT_DATA)
+        build_default(DEFAULT_DATA)
     dist.barrier()
     return DEFAULT_DATA
 
