@@ -140,3 +140,18 @@ def test_unknown_model_setting_is_rejected(data: Path, tmp_path: Path):
     proc = _train(data, tmp_path, "--model", "ta", "--model-arg", "alpha=0.3", check=False)
     assert proc.returncode != 0
     assert "has no settings ['alpha']" in proc.stderr
+
+
+@pytest.mark.slow
+def test_default_data_ranks_dmf_over_ta_over_popularity(tmp_path: Path):
+    """The embedded dataset plants what DMF exploits (topic-driven multimodal vectors,
+    drifting interests, ID-only item quality): DMF > TA > item popularity in test AUC."""
+    data = ROOT / "data" / "default"
+    _run([sys.executable, "-m", "data_prep", "default", "--out", str(data)])
+    auc = {}
+    for model in ("dmf", "ta", "popularity"):
+        out = tmp_path / model
+        _run([sys.executable, "-m", "pipeline.train", "--data", str(data), "--output-dir",
+              str(out), "--model", model, "--epochs", "1", "--seed", "0"], timeout=600)
+        auc[model] = _metrics(out)["test"]["auc"]
+    assert auc["dmf"] > auc["ta"] + 0.01 > auc["popularity"] + 0.02, auc

@@ -1,0 +1,72 @@
+"""Training throughput benchmark: DMF against TA, and 1 worker against 2, in one run.
+
+    python -m pipeline.bench_train [--data DIR] [--steps 300] [--json FILE]
+
+Each configuration is a real training run (`pipeline.train` under torchrun, the same code
+TorchX launches) stopped after `--steps` steps; the figure is the trainer's own measured
+training samples/s (pipeline time only, start-up and evaluation excluded). Ratios are
+against the TA run of the same world size, measured in the same invocation, because these
+machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from pipeline.metrics import format_table
+
+
+def run_one(model: str, workers: int, data: str, steps: int, batch_size: int, out: Path) -> dict:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [
+        str(torchrun), "--nproc-per-node", str(workers), "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", "localhost:0", "-m", "pipeline.train", "--model", model,
+        "--data", data, "--output-dir", str(out), "--max-steps", str(steps),
+        "--batch-size", str(batch_size), "--eval-batch-size", "4096",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // workers))}
+    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/default")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=256, help="per-worker batch size")
+    p.add_argument("--models", default="ta,dmf")
+    p.add_argument("--workers", default="1,2")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            for model in args.models.split(","):
+                out = Path(tmp) / f"{model}-{workers}"
+                m = run_one(model, workers, args.data, args.steps, args.batch_size, out)
+                rows.append(
+                    {"model": model, "workers": workers,
+                     "samples_per_s": m["train_samples_per_s"], "auc": m["test"]["auc"]}
+                )  # fmt: skip
+                print(f"  {model} x{workers}: {m['train_samples_per_s']:,.0f} samples/s", flush=True)
+    base = {r["workers"]: r["samples_per_s"] for r in rows if r["model"] == "ta"}
+    one = {r["model"]: r["samples_per_s"] for r in rows if r["workers"] == 1}
+    for r in rows:
+        r["vs_ta"] = r["samples_per_s"] / base[r["workers"]] if r["workers"] in base else float("nan")
+        r["vs_1_worker"] = r["samples_per_s"] / one[r["model"]] if r["model"] in one else float("nan")
+    columns = [("model", "model"), ("workers", "workers"), ("samples_per_s", "samples/s"),
+               ("vs_ta", "x TA"), ("vs_1_worker", "x 1 worker"), ("auc", f"AUC@{args.steps} steps")]  # fmt: skip
+    print(format_table(rows, columns))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"steps": args.steps, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
