@@ -328,7 +328,10 @@ class DMFInterest(nn.Module):
         else:
             assert isinstance(fusion, ActivityGate)
             self.alpha = 0.0
-            self.gate_weight, self.gate_bias = float(fusion.weight), float(fusion.bias)
+            self.gate_weight, self.gate_bias = (
+                float(fusion.weight.detach()),
+                float(fusion.bias.detach()),
+            )
 
     def encode(self, history: Tensor) -> State:
         return self.dta.encode(history)
@@ -497,7 +500,7 @@ def scorer_from_model(
         interest,
         _plain_mlp(over.head),
         tables,
-        torch.as_tensor(np.asarray(item_mm, dtype=np.float32)),
+        torch.tensor(np.asarray(item_mm, dtype=np.float32)),
         over.bucket_boundaries,
         item_category=category,
         use_user_embedding=over.use_user_embedding,

@@ -1,0 +1,248 @@
+"""Serving benchmark: requests/s of every fusion strategy, same machine, same run.
+
+    python -m pipeline.bench_serving [--json FILE] [--candidates 1200 --history 400
+        --hidden 128 --heads 4 --buckets 35 --threads 2 --requests 60 --warmup 2]
+
+One request = `encode_user` (history of L items) + `score` (B candidates), end to end,
+under torch.inference_mode, with random weights at the given sizes (d = embedding size =
+d_h = d_m = --hidden, as in the paper's Table I). Scorers (pipeline/serving.py), keyed:
+ta, early_fusion, early_fusion_rank1, late_fusion, dta_naive, dta, dmf. They are timed in
+interleaved rounds so that load from other processes hits all of them alike; the slow ones
+(materialising (B, L, d) tensors) run every `--slow-every` rounds only. FLOPs per request
+are the matmul FLOPs counted by torch.utils.flop_counter.FlopCounterMode (elementwise
+work, softmax, gathers and scatters are not counted); the peak is the best GFLOP/s of a
+2048^3 torch.mm measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.ctr import FeatureSpec
+from models.zoo import build_model, make_config
+from pipeline.serving import CTRScorer, LateFusion, scorer_from_model
+
+KEYS = ("ta", "early_fusion", "early_fusion_rank1", "late_fusion", "dta_naive", "dta", "dmf")
+SLOW = ("early_fusion", "late_fusion", "dta_naive")
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark sizes; see `--help`."""
+
+    candidates: int = 1200
+    history: int = 400
+    hidden: int = 128
+    heads: int = 4
+    buckets: int = 35
+    items: int = 20000
+    users: int = 1000
+    threads: int = 2
+    requests: int = 60
+    warmup: int = 2
+    slow_every: int = 8
+    script: bool = True
+    seed: int = 0
+
+
+Request = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hist_items (L,), user (), cands (B,)
+
+
+def random_item_mm(config: BenchConfig, generator: torch.Generator) -> torch.Tensor:
+    """(items, d_m) random L2-normalised multimodal table; rows 0 and 1 zero (padding, OOV)."""
+    mm = torch.randn(config.items, config.hidden, generator=generator)
+    mm = nn.functional.normalize(mm, dim=1)
+    mm[:2] = 0.0
+    return mm
+
+
+def equal_frequency_boundaries(
+    item_mm: torch.Tensor, buckets: int, generator: torch.Generator
+) -> tuple[float, ...]:
+    """M-1 quantile cut points of sampled item-item cosines, as data prep computes them."""
+    a = torch.randint(2, item_mm.shape[0], (100_000,), generator=generator)
+    b = torch.randint(2, item_mm.shape[0], (100_000,), generator=generator)
+    sims = (item_mm[a] * item_mm[b]).sum(-1).numpy()
+    return tuple(np.quantile(sims, np.linspace(0, 1, buckets + 1)[1:-1]).tolist())
+
+
+def build_scorers(config: BenchConfig) -> dict[str, nn.Module]:
+    """Every benchmarked scorer, random weights, scripted unless `script` is False."""
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    item_mm = random_item_mm(config, generator)
+    spec = FeatureSpec(
+        num_users=config.users,
+        num_items=config.items,
+        num_categories=0,
+        bucket_boundaries=equal_frequency_boundaries(item_mm, config.buckets, generator),
+    )
+    overrides = {
+        "embedding_dim": config.hidden,
+        "hidden_dim": config.hidden,
+        "num_heads": config.heads,
+        "mlp_dims": [config.hidden, config.hidden // 2],
+    }
+    models = {
+        name: build_model(name, spec, make_config(name, overrides)).eval()
+        for name in ("ta", "ta_early", "dta", "dmf")
+    }
+    late = LateFusion(models["ta"].over_arch.interest.attention, generator)
+    scorers: dict[str, CTRScorer] = {
+        "ta": scorer_from_model(models["ta"], item_mm),
+        "early_fusion": scorer_from_model(models["ta_early"], item_mm, form="early"),
+        "early_fusion_rank1": scorer_from_model(models["ta_early"], item_mm, form="rank1"),
+        "late_fusion": scorer_from_model(models["ta"], item_mm, interest=late),
+        "dta_naive": scorer_from_model(models["dta"], item_mm, form="naive"),
+        "dta": scorer_from_model(models["dta"], item_mm),
+        "dmf": scorer_from_model(models["dmf"], item_mm),
+    }
+    if not config.script:
+        return dict(scorers)
+    return {key: torch.jit.script(scorer) for key, scorer in scorers.items()}
+
+
+def make_requests(config: BenchConfig, count: int) -> list[Request]:
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    return [
+        (
+            torch.randint(2, config.items, (config.history,), generator=generator),
+            torch.randint(2, config.users, (), generator=generator),
+            torch.randint(2, config.items, (config.candidates,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def run_request(scorer: nn.Module, request: Request) -> torch.Tensor:
+    hist_items, user, candidates = request
+    return scorer.score(scorer.encode_user(hist_items, user), candidates)
+
+
+def timed(fn: Callable[..., object], *args: object) -> float:
+    """Seconds taken by fn(*args)."""
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of a (size x size) @ (size x size) float32 torch.mm."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(timed(torch.mm, a, b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def count_flops(scorer: nn.Module, request: Request) -> int:
+    """Matmul FLOPs of one request (eager scorer: the dispatcher sees every op)."""
+    with FlopCounterMode(display=False) as counter:
+        run_request(scorer, request)
+    return int(counter.get_total_flops())
+
+
+def benchmark(config: BenchConfig) -> dict:
+    """Run everything; returns the JSON-able result."""
+    torch.set_num_threads(config.threads)
+    with torch.inference_mode():
+        peak = matmul_peak_gflops()
+        eager = build_scorers(BenchConfig(**{**asdict(config), "script": False}))
+        scorers = build_scorers(config) if config.script else eager
+        requests = make_requests(config, 8)
+        flops = {key: count_flops(eager[key], requests[0]) for key in KEYS}
+        for key in KEYS:
+            for i in range(config.warmup):
+                run_request(scorers[key], requests[i % len(requests)])
+        times: dict[str, list[float]] = {key: [] for key in KEYS}
+        for round_ in range(config.requests):
+            request = requests[round_ % len(requests)]
+            for key in KEYS:
+                if key in SLOW and round_ % config.slow_every:
+                    continue
+                times[key].append(timed(run_request, scorers[key], request))
+    latency = {
+        key: {
+            "median": 1e3 * statistics.median(t),
+            "min": 1e3 * min(t),
+            "max": 1e3 * max(t),
+            "requests": len(t),
+        }
+        for key, t in times.items()
+    }
+    qps = {key: 1e3 / latency[key]["median"] for key in KEYS}
+    return {
+        "config": asdict(config),
+        "torch": torch.__version__,
+        "peak_gflops": peak,
+        "qps": qps,
+        "latency_ms": latency,
+        "flops": flops,
+        "peak_fraction": {key: flops[key] * qps[key] / (peak * 1e9) for key in KEYS},
+        "ratios": {
+            "dta_over_early_fusion": qps["dta"] / qps["early_fusion"],
+            "dta_over_ta": qps["dta"] / qps["ta"],
+            "dta_over_dta_naive": qps["dta"] / qps["dta_naive"],
+            "dmf_over_early_fusion": qps["dmf"] / qps["early_fusion"],
+        },
+    }
+
+
+def format_result(result: dict) -> str:
+    """The result as a plain-text table."""
+    c = result["config"]
+    lines = [
+        f"B={c['candidates']} L={c['history']} d={c['hidden']} H={c['heads']} "
+        f"M={c['buckets']} threads={c['threads']} scripted={c['script']} "
+        f"torch={result['torch']} peak={result['peak_gflops']:.1f} GFLOP/s",
+        f"{'scorer':<20}{'QPS':>9}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'n':>5}"
+        f"{'GFLOP/req':>11}{'% peak':>8}",
+    ]
+    for key in KEYS:
+        lat = result["latency_ms"][key]
+        lines.append(
+            f"{key:<20}{result['qps'][key]:>9.1f}{lat['median']:>11.2f}{lat['min']:>9.2f}"
+            f"{lat['max']:>9.2f}{lat['requests']:>5}{result['flops'][key] / 1e9:>11.3f}"
+            f"{100 * result['peak_fraction'][key]:>8.1f}"
+        )
+    lines.append("ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in result["ratios"].items()))
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path | None]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    defaults = BenchConfig()
+    for name, value in asdict(defaults).items():
+        if isinstance(value, bool):
+            continue
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--eager", action="store_true", help="do not torch.jit.script scorers")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = vars(parser.parse_args(argv))
+    out, eager = args.pop("json"), args.pop("eager")
+    return BenchConfig(**args, script=not eager), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    config, out = parse_args(argv)
+    result = benchmark(config)
+    print(format_result(result))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""Serving scorers against the training forward, the exported artifact in a fresh process,
+the batch scoring job and a tiny benchmark run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from models.ctr import CTRModel, FeatureSpec
+from models.dta import DecoupledTargetAttention, bucketize
+from models.zoo import build_model, make_config
+from pipeline import bench_serving, score_requests
+from pipeline.data import PreparedData, table_to_batch
+from pipeline.export import export_model, read_metadata
+from pipeline.serving import Bucketizer, CTRScorer, FactorisedAttention, scorer_from_model
+from tests.fixtures import write_prepared
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"embedding_dim": 8, "hidden_dim": 16, "num_heads": 4, "mlp_dims": [12]}
+
+
+def random_model(name: str, spec: FeatureSpec, seed: int, **overrides: object) -> CTRModel:
+    """A zoo model with all weights drawn N(0, 0.3) (trained-looking, not init-looking)."""
+    torch.manual_seed(seed)
+    model = build_model(name, spec, make_config(name, {**SMALL, **overrides})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=0.3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    root = write_prepared(tmp_path_factory.mktemp("prepared"), num_items=40, categories=True)
+    rng = np.random.default_rng(3)
+    np.save(root / "item_category.npy", rng.integers(2, 6, size=40).astype(np.int64))
+    return PreparedData(root)
+
+
+def spec_of(data: PreparedData, categories: bool) -> FeatureSpec:
+    sizes = data.vocab_sizes
+    return FeatureSpec(
+        num_users=sizes["user"],
+        num_items=sizes["item"],
+        num_categories=sizes["category"] if categories else 0,
+        bucket_boundaries=tuple(data.bucket_boundaries.tolist()),
+    )
+
+
+def training_ctr(
+    model: CTRModel,
+    scorer: CTRScorer,
+    hist: np.ndarray,
+    user: int,
+    cands: np.ndarray,
+    categories: np.ndarray | None,
+) -> torch.Tensor:
+    """sigmoid(CTRModel(batch)) for one request as B training rows, through table_to_batch.
+
+    hist_sims are the scorer's similarities, so both sides bucketize the same numbers.
+    """
+    sims = scorer.similarities(
+        scorer.encode_user(torch.tensor(hist), torch.tensor(user)), torch.tensor(cands)
+    )
+    b = len(cands)
+    columns = {
+        "user": pa.array([user] * b, pa.int64()),
+        "item": pa.array(cands, pa.int64()),
+        "label": pa.array(np.zeros(b, np.float32)),
+        "hist_items": pa.array([hist.tolist()] * b, pa.list_(pa.int64())),
+        "hist_sims": pa.array(sims.numpy().tolist(), pa.list_(pa.float32())),
+    }
+    if categories is not None:
+        columns["category"] = pa.array(categories[cands], pa.int64())
+        columns["hist_categories"] = pa.array([categories[hist].tolist()] * b, pa.list_(pa.int64()))
+    batch = table_to_batch(pa.table(columns), has_categories=categories is not None)
+    with torch.no_grad():
+        return torch.sigmoid(model(batch))
+
+
+CASES = [
+    ("dmf", "factorised", False, {}),
+    ("dmf", "factorised", True, {}),
+    ("dmf", "factorised", False, {"activity_gate": True}),
+    ("dta", "factorised", False, {}),
+    ("dta", "factorised", True, {}),
+    ("dta", "naive", False, {}),
+    ("dta_non_invasive", "factorised", False, {}),
+    ("ta", "factorised", False, {}),
+    ("ta", "factorised", True, {}),
+    ("ta_early", "early", False, {}),
+    ("ta_early", "rank1", True, {}),
+]
+
+
+@pytest.mark.parametrize(("name", "form", "categories", "overrides"), CASES)
+def test_scorer_equals_training_forward(
+    data: PreparedData, name: str, form: str, categories: bool, overrides: dict
+) -> None:
+    model = random_model(name, spec_of(data, categories), seed=1, **overrides)
+    cats = np.load(data.root / "item_category.npy") if categories else None
+    scorer = scorer_from_model(model, data.item_mm, cats, form=form, chunk=4)
+    scripted = torch.jit.script(scorer)
+    rng = np.random.default_rng(7)
+    num_items = data.vocab_sizes["item"]
+    for length, count in [(0, 3), (1, 5), (6, 9), (8, 1), (30, 11)]:
+        hist = rng.integers(2, num_items, size=length)
+        cands = rng.integers(0, num_items, size=count)  # 0 and 1 (padding, OOV) too
+        user = int(rng.integers(2, data.vocab_sizes["user"]))
+        expected = training_ctr(model, scorer, hist, user, cands, cats)
+        for candidate_scorer in (scorer, scripted):
+            state = candidate_scorer.encode_user(torch.tensor(hist), torch.tensor(user))
+            got = candidate_scorer.score(state, torch.tensor(cands))
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_factorised_attention_equals_reference_forms() -> None:
+    """The serving attention == models/dta.py attend_candidates == forward (repeated)."""
+    torch.manual_seed(0)
+    attention = DecoupledTargetAttention(12, 12, hidden_dim=16, num_heads=4, num_buckets=7).eval()
+    with torch.no_grad():
+        for p in attention.parameters():
+            p.normal_(std=0.5)
+    serving = FactorisedAttention(attention)
+    history, query = torch.randn(9, 12), torch.randn(5, 12)
+    buckets = torch.randint(0, 7, (5, 9))
+    with torch.no_grad():
+        reference = attention.attend_candidates(attention.encode_user(history), query, buckets)
+        training = attention(
+            query, history.expand(5, 9, 12), torch.ones(5, 9, dtype=torch.bool), buckets
+        )
+        got = serving.attend(serving.encode(history), query, torch.empty(0), buckets)
+    torch.testing.assert_close(got, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got, training, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "boundaries",
+    [
+        [-0.3, 0.0, 0.1, 0.5],
+        [0.01, 0.01, 0.01002, 0.0101, 0.5],  # duplicates and boundaries 1e-5 apart
+        np.sort(np.random.default_rng(0).normal(0, 0.05, 34)).tolist(),
+        [-1.0, 1.0],
+        [],
+    ],
+)
+def test_serving_bucketize_equals_training(boundaries: list[float]) -> None:
+    b = torch.tensor(boundaries, dtype=torch.float32)
+    rng = np.random.default_rng(1)
+    sims = [rng.uniform(-1.2, 1.2, 2000), rng.normal(0, 0.05, 2000), [-1.0, 0.0, 1.0]]
+    if boundaries:
+        exact = b.numpy()
+        sims += [exact, np.nextafter(exact, -2), np.nextafter(exact, 2)]
+    s = torch.tensor(np.concatenate(sims), dtype=torch.float32).reshape(1, -1)
+    got = Bucketizer(b)(s)
+    assert torch.equal(got, bucketize(s, b))
+    assert np.array_equal(got.numpy(), np.searchsorted(b.numpy(), s.numpy(), side="right"))
+    assert torch.equal(torch.jit.script(Bucketizer(b))(s), got)
+
+
+def test_artifact_loads_without_training_code(data: PreparedData, tmp_path: Path) -> None:
+    model = random_model("dmf", spec_of(data, True), seed=2)
+    path = export_model(model, data, tmp_path / "scorer.pt", metadata={"model": "dmf"})
+    assert read_metadata(path)["model"] == "dmf"
+    hist, cands, user = [5, 9, 2, 33, 7], [3, 4, 5, 6, 7, 8, 39], 11
+    code = f"""
+import json, sys, torch
+scorer = torch.jit.load({str(path)!r})
+state = scorer.encode_user(torch.tensor({hist}), torch.tensor({user}))
+scores = scorer.score(state, torch.tensor({cands}))
+empty = scorer.score(scorer.encode_user(torch.zeros(0, dtype=torch.long), torch.tensor(2)),
+                     torch.tensor({cands}))
+leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'pipeline', 'tests'))
+print(json.dumps({{"scores": scores.tolist(), "empty": empty.tolist(), "leaked": leaked}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["leaked"] == []
+    cats = np.load(data.root / "item_category.npy")
+    scorer = scorer_from_model(model, data.item_mm, cats)
+    for key, h in (("scores", np.array(hist)), ("empty", np.zeros(0, np.int64))):
+        expected = training_ctr(
+            model, scorer, h, user if key == "scores" else 2, np.array(cands), cats
+        )
+        torch.testing.assert_close(torch.tensor(result[key]), expected, atol=1e-5, rtol=0)
+
+
+def test_score_requests_job(data: PreparedData, tmp_path: Path) -> None:
+    model = random_model("dta", spec_of(data, False), seed=3)
+    artifact = export_model(model, data, tmp_path / "scorer.pt")
+    rng = np.random.default_rng(4)
+    requests = pa.table(
+        {
+            "request_id": pa.array(["a", "b", "c", "d"]),
+            "user": pa.array([3, 4, 5, 3], pa.int64()),
+            "hist_items": pa.array([[2, 5, 9], [], [7] * 8, [30, 31]], pa.list_(pa.int64())),
+            "candidates": pa.array(
+                [rng.integers(2, 40, 6).tolist(), [2, 3], [], [39]], pa.list_(pa.int64())
+            ),
+        }
+    )
+    pq.write_table(requests, tmp_path / "requests.parquet", row_group_size=2)
+    out = tmp_path / "scores.parquet"
+    assert (
+        score_requests.main(
+            [
+                "--artifact",
+                str(artifact),
+                "--requests",
+                str(tmp_path / "requests.parquet"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    scores = pq.read_table(out).to_pylist()
+    scorer = scorer_from_model(model, data.item_mm)
+    expected = []
+    for row in requests.to_pylist():
+        if row["candidates"]:
+            state = scorer.encode_user(
+                torch.tensor(row["hist_items"], dtype=torch.long), torch.tensor(row["user"])
+            )
+            ctr = scorer.score(state, torch.tensor(row["candidates"])).tolist()
+            expected += [(row["request_id"], c, s) for c, s in zip(row["candidates"], ctr)]
+    assert [(r["request_id"], r["candidate"]) for r in scores] == [e[:2] for e in expected]
+    np.testing.assert_allclose([r["score"] for r in scores], [e[2] for e in expected], atol=1e-6)
+
+
+def test_bench_serving_tiny_run_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        "--candidates",
+        "6",
+        "--history",
+        "5",
+        "--hidden",
+        "16",
+        "--heads",
+        "2",
+        "--buckets",
+        "5",
+        "--items",
+        "60",
+        "--users",
+        "10",
+        "--threads",
+        "1",
+        "--requests",
+        "2",
+        "--warmup",
+        "1",
+        "--slow-every",
+        "1",
+        "--json",
+        str(out),
+    ]
+    assert bench_serving.main(argv) == 0
+    result = json.loads(out.read_text())
+    for key in ("config", "peak_gflops", "qps", "latency_ms", "flops", "ratios"):
+        assert key in result
+    assert set(result["qps"]) == set(bench_serving.KEYS)
+    assert set(result["ratios"]) >= {"dta_over_early_fusion", "dta_over_ta"}
+    assert result["flops"]["early_fusion"] > result["flops"]["dta"] > 0
