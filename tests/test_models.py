@@ -195,3 +195,17 @@ def test_dlrm_with_dta_example_trains() -> None:
     assert history_table.grad.abs().sum() > 0
     for param in model.dlrm.parameters():
         assert param.grad is not None
+
+
+def test_model_table_counts_ta_exactly() -> None:
+    from scripts.model_table import Setting, measure
+
+    setting = Setting("tiny", 10, 20, 0, history=7, num_buckets=4, preset="amazon")
+    row = measure("ta", setting)
+    d = d_h = 32  # amazon preset, no categories
+    length, head_in = 7, d_h + d + d
+    projections = 2 * (2 * length * d * d_h) + 2 * d * d_h  # K, V, q
+    attention = 2 * (2 * length * d_h)  # scores and weighted sum
+    head = 2 * (head_in * 80 + 80 * 40 + 40 * 1)
+    assert row["flops"] == projections + attention + head
+    assert row["embedding"] == (10 + 20) * 32
