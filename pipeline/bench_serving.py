@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -156,6 +157,7 @@ def count_flops(scorer: nn.Module, request: Request) -> int:
 def benchmark(config: BenchConfig) -> dict:
     """Run everything; returns the JSON-able result."""
     torch.set_num_threads(config.threads)
+    load_before = os.getloadavg()[0]
     with torch.inference_mode():
         peak = matmul_peak_gflops()
         eager = build_scorers(BenchConfig(**{**asdict(config), "script": False}))
@@ -185,6 +187,13 @@ def benchmark(config: BenchConfig) -> dict:
     return {
         "config": asdict(config),
         "torch": torch.__version__,
+        # Other processes' load (1-minute average) around the run: the numbers are only
+        # comparable within one run when the machine is shared.
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg()[0],
+        },
         "peak_gflops": peak,
         "qps": qps,
         "latency_ms": latency,
@@ -205,7 +214,9 @@ def format_result(result: dict) -> str:
     lines = [
         f"B={c['candidates']} L={c['history']} d={c['hidden']} H={c['heads']} "
         f"M={c['buckets']} threads={c['threads']} scripted={c['script']} "
-        f"torch={result['torch']} peak={result['peak_gflops']:.1f} GFLOP/s",
+        f"torch={result['torch']} peak={result['peak_gflops']:.1f} GFLOP/s "
+        f"loadavg={result['machine']['loadavg_before']:.1f}->"
+        f"{result['machine']['loadavg_after']:.1f}",
         f"{'scorer':<20}{'QPS':>9}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'n':>5}"
         f"{'GFLOP/req':>11}{'% peak':>8}",
     ]
