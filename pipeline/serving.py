@@ -17,7 +17,8 @@ L2-normalised multimodal table (cosine = dot), buckets them with the training bo
 Every module here is self-contained and scriptable (`torch.jit.script`): tables and weights
 are buffers, so an exported scorer runs without models/ or pipeline/ (pipeline/export.py).
 
-Interest arches (all `encode(history) -> state`, `attend(state, query, sims, buckets)`):
+Interest arches (all `encode(history) -> state`, `attend(state, query, sims, buckets)`,
+and flags `needs_sims` / `needs_buckets` so the scorer computes only what they read):
 - `FactorisedAttention`: TA / DTA / DTA_non_invasive, bucket terms folded into the
   attention (no (B, L, d_h) tensor).
 - `NaiveDTA`: the same function with per-candidate K = K_id + E_K[bucket] materialised.
@@ -139,6 +140,7 @@ class FactorisedAttention(nn.Module):
         self.register_buffer("w_v", _head_weight(attention.w_v.weight, h))
         self.has_key = attention.bucket_key is not None
         self.has_value = attention.bucket_value is not None
+        self.needs_sims = self.needs_buckets = self.has_key or self.has_value
         key, value = attention.bucket_key, attention.bucket_value
         # E_K (M, H*dk) as (H, dk, M) and E_V as (H, M, dk), for one bmm each.
         m = self.num_buckets
@@ -190,6 +192,7 @@ class NaiveDTA(nn.Module):
         key, value = attention.bucket_key, attention.bucket_value
         self.has_key = key is not None
         self.has_value = value is not None
+        self.needs_sims = self.needs_buckets = self.has_key or self.has_value
         self.register_buffer("e_k", _empty() if key is None else key.weight.detach().clone())
         self.register_buffer("e_v", _empty() if value is None else value.weight.detach().clone())
 
@@ -217,6 +220,7 @@ class EarlyFusion(nn.Module):
 
     def __init__(self, attention: DecoupledTargetAttention) -> None:
         super().__init__()
+        self.needs_sims, self.needs_buckets = True, False
         self.num_heads = attention.num_heads
         self.head_dim = attention.head_dim
         self.hidden_dim = attention.hidden_dim
@@ -252,6 +256,7 @@ class EarlyFusionRank1(nn.Module):
     def __init__(self, attention: DecoupledTargetAttention) -> None:
         super().__init__()
         h = attention.num_heads
+        self.needs_sims, self.needs_buckets = True, False
         self.num_heads = h
         self.hidden_dim = attention.hidden_dim
         w_k, w_v = attention.w_k.weight.detach(), attention.w_v.weight.detach()
@@ -288,6 +293,7 @@ class LateFusion(nn.Module):
     def __init__(self, attention: DecoupledTargetAttention, generator: torch.Generator) -> None:
         super().__init__()
         self.ids = FactorisedAttention(attention)
+        self.needs_sims, self.needs_buckets = True, self.ids.needs_buckets
         self.num_heads = attention.num_heads
         self.head_dim = attention.head_dim
         self.hidden_dim = attention.hidden_dim
@@ -319,6 +325,7 @@ class DMFInterest(nn.Module):
     def __init__(self, interest: TrainDMFInterest) -> None:
         super().__init__()
         self.dta = FactorisedAttention(interest.dta)
+        self.needs_sims, self.needs_buckets = True, True
         self.num_bins = interest.histogram.num_bins
         self.histogram_mlp = _plain_mlp(interest.histogram.mlp)
         fusion = interest.fusion
@@ -377,7 +384,6 @@ class CTRScorer(nn.Module):
         boundaries: Tensor,
         item_category: Tensor | None = None,
         use_user_embedding: bool = True,
-        needs_sims: bool = True,
         chunk: int = 2048,
     ) -> None:
         super().__init__()
@@ -396,7 +402,9 @@ class CTRScorer(nn.Module):
         self.register_buffer("item_mm", item_mm.detach().float().contiguous())
         self.bucketizer = Bucketizer(boundaries)
         self.use_user_embedding = use_user_embedding
-        self.needs_sims = needs_sims
+        # What the interest arch reads: similarities (B, L) and/or their buckets.
+        self.needs_sims: bool = interest.needs_sims
+        self.needs_buckets: bool = interest.needs_buckets
         self.chunk = chunk
 
     def items(self, ids: Tensor) -> Tensor:
@@ -430,6 +438,7 @@ class CTRScorer(nn.Module):
         sims, buckets = _empty(), _empty().long()
         if self.needs_sims:
             sims = self.similarities(state, candidates)
+        if self.needs_buckets:
             buckets = self.bucketizer(sims)
         parts = [self.interest.attend(state, target, sims, buckets), target]
         if self.use_user_embedding:
@@ -449,23 +458,22 @@ class CTRScorer(nn.Module):
 
 
 # -------------------------------------------------------------------------- builders
-def interest_for_serving(interest: nn.Module, form: str = "factorised") -> tuple[nn.Module, bool]:
-    """A CTRModel's interest arch -> (serving arch, needs similarities).
+def interest_for_serving(interest: nn.Module, form: str = "factorised") -> nn.Module:
+    """A CTRModel's interest arch -> its serving arch.
 
     form: "factorised" (default), "naive" (DTA with materialised K/V) or, for TA_early,
     "early" (as defined) / "rank1" (the rank-1 rewrite).
     """
     if isinstance(interest, TargetAttentionInterest):
-        attention = interest.attention
-        has_buckets = attention.bucket_key is not None or attention.bucket_value is not None
-        arch = NaiveDTA(attention) if form == "naive" else FactorisedAttention(attention)
-        return arch, has_buckets
+        if form == "naive":
+            return NaiveDTA(interest.attention)
+        return FactorisedAttention(interest.attention)
     if isinstance(interest, TrainDMFInterest):
-        return DMFInterest(interest), True
+        return DMFInterest(interest)
     if isinstance(interest, EarlyFusionInterest):
         if form == "rank1":
-            return EarlyFusionRank1(interest.attention), True
-        return EarlyFusion(interest.attention), True
+            return EarlyFusionRank1(interest.attention)
+        return EarlyFusion(interest.attention)
     raise TypeError(f"no serving form for {type(interest).__name__}")
 
 
@@ -484,9 +492,8 @@ def scorer_from_model(
     `LateFusion` built for the benchmark).
     """
     over = model.over_arch
-    needs_sims = True
     if interest is None:
-        interest, needs_sims = interest_for_serving(over.interest, form)
+        interest = interest_for_serving(over.interest, form)
     if over.has_categories and item_category is None:
         raise ValueError("the model uses categories: pass item_category (item_category.npy)")
     tables = {
@@ -504,7 +511,6 @@ def scorer_from_model(
         over.bucket_boundaries,
         item_category=category,
         use_user_embedding=over.use_user_embedding,
-        needs_sims=needs_sims,
         chunk=chunk,
     )
     return scorer.eval().requires_grad_(False)
