@@ -203,6 +203,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     logging.basicConfig(
         level=logging.INFO if env.is_main else logging.WARNING,
         format=f"%(asctime)s [rank {env.rank}] %(message)s",
+        force=True,  # torchrec configures the root logger at import
     )
     seed_everything(config.seed, env.rank)
     data = PreparedData(config.data or ensure_default_data(env))
@@ -220,6 +221,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # Tables are allocated on the meta device and materialised shard by shard by DMP, so
     # no rank ever holds a whole 20M-row table.
     model = build_model(config.model, spec, model_config, embedding_device=torch.device("meta"))
+    resuming = config.resume and Checkpointer(output_dir / "checkpoints").latest() is not None
+    if config.model == "make" and model_config.pretrain_epochs > 0 and not resuming:
+        from models.baselines import transfer_pretrained
+        from pipeline.pretrain import pretrain_make
+
+        stage1 = pretrain_make(
+            spec, model_config, data, env, config.batch_size, config.lr, config.seed
+        )
+        transfer_pretrained(stage1, model)
     task = CTRTask(model, autocast=config.amp and env.device.type == "cuda")
     dmp, optimizer, dense_optimizer, embedding_optimizer = shard_model(
         task,

@@ -155,3 +155,28 @@ def test_default_data_ranks_dmf_over_ta_over_popularity(tmp_path: Path):
               str(out), "--model", model, "--epochs", "1", "--seed", "0"], timeout=600)
         auc[model] = _metrics(out)["test"]["auc"]
     assert auc["dmf"] > auc["ta"] + 0.01 > auc["popularity"] + 0.02, auc
+
+
+@pytest.mark.slow
+def test_every_model_trains_through_the_entry_point(data: Path, tmp_path: Path):
+    """Each zoo model, chosen by name, trains and evaluates via pipeline.train (one
+    process for all of them, to pay the imports once)."""
+    from models.zoo import MODELS
+
+    script = (
+        "import sys, json\n"
+        "from pipeline.train import parse_args, train\n"
+        "for name in sys.argv[2:]:\n"
+        "    args = ['--model', name, '--data', sys.argv[1], '--output-dir', sys.argv[1] + '/../' + name,\n"
+        "            '--max-steps', '3', '--batch-size', '64', '--model-arg', 'embedding_dim=8']\n"
+        "    if name == 'make':\n"
+        "        args += ['--model-arg', 'pretrain_epochs=1']\n"
+        "    train(parse_args(args))\n"
+    )
+    work = tmp_path / "data"
+    write_prepared(work, samples_per_split=SPLITS, categories=True)
+    _run([sys.executable, "-c", script, str(work), *sorted(MODELS)], timeout=600)
+    for name in MODELS:
+        metrics = _metrics(tmp_path / name)
+        assert metrics["model"] == name and metrics["steps"] == 3
+        assert metrics["test"]["samples"] == SPLITS["test"]
