@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from data_prep import default_job, logs_job
+from data_prep import amazon, default_job, embed_items, logs_job
 
 JOBS = {
     "default": (
@@ -14,6 +14,8 @@ JOBS = {
         "build the embedded synthetic default dataset (skips when up to date)",
     ),
     "logs": (logs_job, "generic click logs + item table -> prepared folder"),
+    "embed-items": (embed_items, "item table with titles -> item table with mm_vector"),
+    "amazon": (amazon, "Amazon 2014 reviews + metadata -> prepared folder (DIN-style protocol)"),
 }
 
 

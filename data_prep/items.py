@@ -73,6 +73,23 @@ def vectors_from_column(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray
     return vectors, ~ok
 
 
+def align_rows(
+    ids: np.ndarray, vectors: np.ndarray, bad: np.ndarray, wanted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `vectors` (N, d) keyed by `ids` (N,) for the ids `wanted` (W,).
+
+    Returns (aligned (W, d), missing (W,)): ids absent from `ids` or with a bad vector get
+    zero rows and are flagged. A repeated id uses its first row.
+    """
+    unique, first = np.unique(ids, return_index=True)
+    pos = np.minimum(np.searchsorted(unique, wanted), max(len(unique) - 1, 0))
+    found = (unique[pos] == wanted) if len(unique) else np.zeros(len(wanted), dtype=bool)
+    source = first[pos]
+    missing = ~found | bad[source]
+    aligned = np.where(missing[:, None], 0.0, vectors[source])
+    return aligned, missing
+
+
 def read_item_table(
     table: pa.Table,
     file: str,
@@ -81,8 +98,13 @@ def read_item_table(
     vector_column: str = "mm_vector",
     category_column: str = "category",
     title_column: str = "title",
+    bad_vector_reason: str = "bad_vector",
+    source: str | None = None,
 ) -> ItemTable:
-    """Item table with precomputed vectors (one row per item) -> ItemTable."""
+    """Item table with vectors (one row per item) -> ItemTable.
+
+    Rows whose vector is unusable are repaired under `bad_vector_reason` (zero vector).
+    """
     if id_column not in table.column_names:
         raise ValueError(f"{file}: no column {id_column!r} (columns: {table.column_names})")
     if vector_column not in table.column_names:
@@ -104,7 +126,7 @@ def read_item_table(
     normed, bad_norm = normalize_rows(vectors)
     bad |= bad_norm
     for row in np.flatnonzero(keep & bad):
-        rejects.repair(file, row + 1, "bad_vector", _row(table, row))
+        rejects.repair(file, row + 1, bad_vector_reason, _row(table, row))
     rejects.add_used(int(keep.sum()))
 
     rows = np.flatnonzero(keep)
@@ -115,7 +137,8 @@ def read_item_table(
     raw_category = _optional_strings(table, category_column, order)
     category_vocab, category = category_table(vocab, raw_category)
     titles = _optional_strings(table, title_column, order)
-    return ItemTable(vocab, mm, f"{file}:{vector_column}", category_vocab, category, titles)
+    source = source or f"{file}:{vector_column}"
+    return ItemTable(vocab, mm, source, category_vocab, category, titles)
 
 
 def _optional_strings(table: pa.Table, name: str, rows: np.ndarray) -> np.ndarray | None:

