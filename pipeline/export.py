@@ -1,5 +1,6 @@
 """Export a trained model's serving scorer as a self-contained TorchScript artifact.
 
+    python -m pipeline.export --run RUN_DIR --out scorer.pt    # a pipeline.train run
     export_model(model, PreparedData(DIR), "scorer.pt")       # from a trained CTRModel
     scorer = torch.jit.load("scorer.pt")                       # anywhere: torch only
     state = scorer.encode_user(hist_items, user)               # (L,) long, () long
@@ -13,14 +14,18 @@ archive (`torch.jit.load(path, _extra_files={"serving.json": ""})`) describes it
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 
-from models.ctr import CTRModel
+from models.ctr import CTRModel, CTRTask
+from models.zoo import build_model, make_config
 from pipeline.data import PreparedData
 from pipeline.serving import CTRScorer, scorer_from_model
 
@@ -50,7 +55,10 @@ def item_categories(data: PreparedData) -> np.ndarray | None:
     """item_category.npy (num_items,) when the data has categories, else None."""
     if not data.has_categories:
         return None
-    return np.load(data.root / "item_category.npy")
+    path = data.root / "item_category.npy"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the data has categories but no item -> category table")
+    return np.load(path)
 
 
 def export_model(
@@ -71,3 +79,49 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     files = {METADATA: ""}
     torch.jit.load(str(path), _extra_files=files)
     return json.loads(files[METADATA])
+
+
+def load_trained_model(
+    run_dir: str | Path, data_dir: str | Path | None = None
+) -> tuple[CTRModel, PreparedData, dict[str, Any]]:
+    """The unsharded CTRModel of a pipeline.train run, from its latest DCP checkpoint.
+
+    Reads RUN_DIR/metrics.json (model name, model_config, data path; `data_dir` overrides
+    the path) and RUN_DIR/checkpoints/latest. DCP reassembles the sharded embedding tables
+    into whole tensors in this single process. Returns (model in eval mode, data, metrics).
+    """
+    from pipeline.train import feature_spec  # training-side import, only for this loader
+
+    run_dir = Path(run_dir)
+    result = json.loads((run_dir / "metrics.json").read_text())
+    data = PreparedData(data_dir or result["data"]["path"])
+    name = result["model"]
+    model = build_model(name, feature_spec(data), make_config(name, result["model_config"]))
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{pointer}: no checkpoint (train with --checkpoint-every N)")
+    task = CTRTask(model)
+    state = {"model": task.state_dict()}  # the trainer's layout: {"model": CTRTask state}
+    dcp.load(state, checkpoint_id=str(run_dir / "checkpoints" / pointer.read_text().strip()))
+    task.load_state_dict(state["model"])
+    return model.eval(), data, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Export a training run's serving scorer.")
+    parser.add_argument("--run", type=Path, required=True, help="pipeline.train output dir")
+    parser.add_argument("--out", type=Path, required=True, help="artifact path (.pt)")
+    parser.add_argument("--data", type=Path, default=None, help="prepared data (default: run's)")
+    parser.add_argument(
+        "--form", default="factorised", choices=["factorised", "naive", "early", "rank1"]
+    )
+    args = parser.parse_args(argv)
+    model, data, result = load_trained_model(args.run, args.data)
+    meta = {"model": result["model"], "model_config": result["model_config"], "run": str(args.run)}
+    path = export_model(model, data, args.out, form=args.form, metadata=meta)
+    print(f"exported {result['model']} ({args.form}) -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,11 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
-from models.ctr import CTRModel, FeatureSpec
+from models.ctr import CTRModel, CTRTask, FeatureSpec
 from models.dta import DecoupledTargetAttention, bucketize
 from models.zoo import build_model, make_config
-from pipeline import bench_serving, score_requests
+from pipeline import bench_serving, export, score_requests
 from pipeline.data import PreparedData, table_to_batch
 from pipeline.export import export_model, read_metadata
 from pipeline.serving import Bucketizer, CTRScorer, FactorisedAttention, scorer_from_model
@@ -273,3 +274,25 @@ def test_bench_serving_tiny_run_writes_json(tmp_path: Path) -> None:
     assert set(result["qps"]) == set(bench_serving.KEYS)
     assert set(result["ratios"]) >= {"dta_over_early_fusion", "dta_over_ta"}
     assert result["flops"]["early_fusion"] > result["flops"]["dta"] > 0
+
+
+def test_export_cli_from_a_training_run_checkpoint(data: PreparedData, tmp_path: Path) -> None:
+    """A run directory as pipeline.train writes it (metrics.json + DCP checkpoint of the
+    CTRTask state under "model") -> `python -m pipeline.export` -> same CTRs."""
+    model = random_model("dta_non_invasive", spec_of(data, True), seed=5)
+    run = tmp_path / "run"
+    dcp.save({"model": CTRTask(model).state_dict()}, checkpoint_id=str(run / "checkpoints/step-1"))
+    (run / "checkpoints/latest").write_text("step-1")
+    metrics = {"model": "dta_non_invasive", "model_config": SMALL, "data": {"path": str(data.root)}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert export.main(["--run", str(run), "--out", str(tmp_path / "scorer.pt")]) == 0
+    scorer = torch.jit.load(str(tmp_path / "scorer.pt"))
+    cats = np.load(data.root / "item_category.npy")
+    hist, cands = np.array([4, 8, 15, 16, 23]), np.array([2, 3, 39, 17])
+    state = scorer.encode_user(torch.tensor(hist), torch.tensor(6))
+    expected = training_ctr(
+        model, scorer_from_model(model, data.item_mm, cats), hist, 6, cands, cats
+    )
+    torch.testing.assert_close(
+        scorer.score(state, torch.tensor(cands)), expected, atol=1e-5, rtol=0
+    )
