@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from data_prep.coordination import Coordinator, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, embed_settings, embed_titles, fuse
-from data_prep.events import Events, RawEvents, clean_events
+from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.items import (
     ItemTable,
     align_rows,
@@ -39,9 +40,10 @@ from data_prep.items import (
     vectors_from_column,
 )
 from data_prep.manifest import input_record
-from data_prep.output import write_prepared
-from data_prep.protocols import next_item_samples
-from data_prep.rejects import RejectLog
+from data_prep.partitions import PipelineSettings, run_pipeline
+from data_prep.protocols import Protocol
+from data_prep.rejects import RejectLog, summary
+from data_prep.scatter import ScatterWriter
 from data_prep.vocab import FIRST_ID, Vocab
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE
 
@@ -76,10 +78,10 @@ def _decode(raw: bytes, file: str, number: int, rejects: RejectLog) -> str | Non
         return None
 
 
-def read_reviews(path: Path, rejects: RejectLog) -> RawEvents:
-    """Review lines -> RawEvents (click 1); bad lines are rejected."""
+def read_reviews(path: Path, items: Vocab, rejects: RejectLog) -> tuple[RawEvents, np.ndarray]:
+    """Review lines -> (RawEvents (click 1), raw item ids); bad lines are rejected."""
     users: list[str] = []
-    items: list[str] = []
+    asins: list[str] = []
     times: list[int] = []
     lines: list[int] = []
     for number, raw in _lines(path):
@@ -97,19 +99,21 @@ def read_reviews(path: Path, rejects: RejectLog) -> RawEvents:
             rejects.reject(path.name, number, problem, text)
             continue
         users.append(record["reviewerID"])
-        items.append(record["asin"])
+        asins.append(record["asin"])
         times.append(int(record["unixReviewTime"]))
         lines.append(number)
     n = len(users)
-    return RawEvents(
+    raw_items = np.asarray(asins, dtype=str)
+    raw = RawEvents(
         user=np.asarray(users, dtype=str),
-        item=np.asarray(items, dtype=str),
+        item=items.encode(raw_items),
         ts=np.asarray(times, dtype=np.int64),
         click=np.ones(n, dtype=np.int8),
         source=np.zeros(n, dtype=np.int32),
         line=np.asarray(lines, dtype=np.int64),
         files=[path.name],
     )
+    return raw, raw_items
 
 
 def _review_problem(record: Any) -> str | None:
@@ -185,11 +189,11 @@ class AmazonConfig:
     meta: Path
     out: Path
     embedding: EmbedSettings
+    protocol: Protocol
     item_vectors: Path | None = None
-    max_history: int = 50
     num_buckets: int = 35
-    seed: int = 0
-    valid_frac: float = 0.0
+    partitions: int = 1
+    workers: int = 1
     strict: bool = False
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
     created_by: str = ""
@@ -233,80 +237,101 @@ def item_vectors(
     return fused, " + ".join(sources)
 
 
-def run_amazon(config: AmazonConfig) -> dict[str, Any]:
-    """Run the job; returns the manifest."""
-    config.out.mkdir(parents=True, exist_ok=True)
-    with RejectLog(config.out / "rejects.jsonl", strict=config.strict) as rejects:
-        meta = read_meta(config.meta, rejects)
+class AmazonItems:
+    """Item side of the Amazon job: metadata items that have at least one clean review."""
+
+    def __init__(self, config: AmazonConfig) -> None:
+        self.config = config
+        self.meta: MetaRecords | None = None
+        self.rows = np.array([], dtype=np.int64)  # metadata rows of the candidates, sorted by asin
+
+    def load(self, rejects: RejectLog) -> np.ndarray:
+        meta = read_meta(self.config.meta, rejects)
         duplicate = ~first_occurrences(meta.asin)
         for i in np.flatnonzero(duplicate):
-            rejects.reject(config.meta.name, int(meta.line[i]), "duplicate_item", meta.excerpt[i])
+            rejects.reject(
+                self.config.meta.name, int(meta.line[i]), "duplicate_item", meta.excerpt[i]
+            )
         keep = np.flatnonzero(~duplicate)
-        raw = read_reviews(config.reviews, rejects)
-        events, user_vocab = clean_events(raw, Vocab(meta.asin[keep]), rejects)
-        items, events = _items_with_events(config, meta, keep, events, rejects)
-        splits, protocol_counts = next_item_samples(
-            events, len(items.vocab), config.max_history, config.seed, config.valid_frac
+        self.meta = meta
+        self.rows = keep[np.argsort(meta.asin[keep], kind="stable")]
+        return meta.asin[self.rows]
+
+    def finalize(self, used: np.ndarray, rejects: RejectLog) -> tuple[ItemTable, np.ndarray]:
+        """Reject unused metadata lines (`item_without_events`), embed the others."""
+        meta, name = self.meta, self.config.meta.name
+        assert meta is not None, "load() runs first"
+        for i in np.sort(self.rows[~used]):
+            rejects.reject(name, int(meta.line[i]), "item_without_events", meta.excerpt[i])
+        rows = self.rows[used]
+        rejects.add_used(len(rows))
+        vocab = Vocab(meta.asin[rows])
+        remap = np.zeros(len(self.rows) + FIRST_ID, dtype=np.int64)
+        remap[:FIRST_ID] = np.arange(FIRST_ID)
+        remap[FIRST_ID:][used] = np.arange(FIRST_ID, len(vocab))
+
+        start = time.perf_counter()
+        vectors, source = item_vectors(
+            self.config, meta.title[rows], meta.asin[rows], meta.line[rows], rejects
         )
-        protocol = {
-            "name": "next-item",
-            "max_history": config.max_history,
-            "min_events": 2,
-            "seed": config.seed,
-            "valid_frac": config.valid_frac,
-            "negatives_per_positive": 1,
-            "tie_order": "file order",
-            "counts_before_valid": protocol_counts,
-        }
-        manifest = write_prepared(
-            config.out,
-            "amazon",
-            splits,
-            user_vocab,
-            items,
-            rejects,
-            created_by=config.created_by,
-            max_history=config.max_history,
-            num_buckets=config.num_buckets,
-            inputs={p.name: input_record(p) for p in (config.reviews, config.meta)},
-            protocol=protocol,
-            row_group_size=config.row_group_size,
+        print(
+            f"item vectors: {len(rows):,} items, {vectors.shape[1]}-d, {time.perf_counter() - start:.1f} s ({source})"
         )
-        print(rejects.summary())
+        mm = np.zeros((len(vocab), vectors.shape[1]), dtype=np.float32)
+        mm[FIRST_ID:] = vectors
+        category_vocab, category = category_table(vocab, meta.category[rows])
+        return ItemTable(
+            vocab, mm, source, category_vocab, category, meta.title[rows].astype(str)
+        ), remap
+
+
+@dataclass(frozen=True)
+class AmazonScatterTask:
+    """Parse the review file and scatter it into user partitions."""
+
+    reviews: Path
+    work: Path
+    partitions: int
+    strict: bool
+
+    def run(self) -> dict[str, Any]:
+        items = Vocab(np.load(self.work / "candidates.npy"))
+        writer = ScatterWriter(self.work, self.partitions, "reviews")
+        try:
+            with RejectLog(
+                self.work / "rejects" / "b-scatter-reviews.jsonl", self.strict
+            ) as rejects:
+                raw, raw_items = read_reviews(self.reviews, items, rejects)
+                writer.write(drop_unknown_items(raw, rejects, raw_items))
+        finally:
+            writer.close()
+        return rejects.as_manifest()
+
+
+def run_amazon(
+    config: AmazonConfig, coordinator: Coordinator | None = None
+) -> dict[str, Any] | None:
+    """Run the job; returns the manifest (None on ranks other than the leader)."""
+    coordinator = coordinator or make_coordinator(config.workers)
+    config.out.mkdir(parents=True, exist_ok=True)
+    settings = PipelineSettings(
+        out=config.out,
+        job="amazon",
+        created_by=config.created_by,
+        protocol=config.protocol,
+        partitions=config.partitions,
+        num_buckets=config.num_buckets,
+        row_group_size=config.row_group_size,
+        strict=config.strict,
+    )
+    task = AmazonScatterTask(config.reviews, config.out / "_work", config.partitions, config.strict)
+    inputs = {p.name: input_record(p) for p in (config.reviews, config.meta)}
+    manifest = run_pipeline(
+        settings, coordinator, AmazonItems(config), [task], [config.reviews.name], inputs
+    )
+    if manifest is not None:
+        print(summary(manifest["records"]))
     return manifest
-
-
-def _items_with_events(
-    config: AmazonConfig, meta: MetaRecords, keep: np.ndarray, events: Events, rejects: RejectLog
-) -> tuple[ItemTable, Events]:
-    """Restrict items to those with events (others: `item_without_events`), embed them, re-index events."""
-    all_items = Vocab(meta.asin[keep])
-    used = np.zeros(len(all_items), dtype=bool)
-    used[events.item] = True
-    rows = keep[np.argsort(meta.asin[keep], kind="stable")]  # meta rows in all_items order
-    for i in np.sort(rows[~used[FIRST_ID:]]):
-        rejects.reject(config.meta.name, int(meta.line[i]), "item_without_events", meta.excerpt[i])
-    rows = rows[used[FIRST_ID:]]
-    rejects.add_used(len(rows))
-
-    vocab = Vocab(meta.asin[rows])
-    remap = np.zeros(len(all_items), dtype=np.int64)
-    remap[np.flatnonzero(used)] = np.arange(FIRST_ID, len(vocab))
-    events = Events(user=events.user, item=remap[events.item], ts=events.ts, click=events.click)
-
-    start = time.perf_counter()
-    vectors, source = item_vectors(
-        config, meta.title[rows], meta.asin[rows], meta.line[rows], rejects
-    )
-    print(
-        f"item vectors: {len(rows):,} items, {vectors.shape[1]}-d, {time.perf_counter() - start:.1f} s ({source})"
-    )
-    mm = np.zeros((len(vocab), vectors.shape[1]), dtype=np.float32)
-    mm[FIRST_ID:] = vectors
-    category_vocab, category = category_table(vocab, meta.category[rows])
-    return ItemTable(
-        vocab, mm, source, category_vocab, category, meta.title[rows].astype(str)
-    ), events
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -325,6 +350,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--item-vectors", type=Path, help="Parquet item_id, mm_vector (fused with titles)"
     )
+    parser.add_argument(
+        "--partitions", type=int, default=1, help="user partitions (hash of the user id)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="local processes")
     parser.add_argument("--row-group-size", type=int, default=DEFAULT_ROW_GROUP_SIZE)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
 
@@ -336,14 +365,20 @@ def main(args: argparse.Namespace, command: str) -> None:
         meta=args.meta,
         out=args.out,
         embedding=embed_settings(args),
+        protocol=Protocol(
+            name="next-item",
+            max_history=args.max_history,
+            seed=args.seed,
+            valid_frac=args.valid_frac,
+        ),
         item_vectors=args.item_vectors,
-        max_history=args.max_history,
         num_buckets=args.num_buckets,
-        seed=args.seed,
-        valid_frac=args.valid_frac,
+        partitions=args.partitions,
+        workers=args.workers,
         strict=args.strict,
         row_group_size=args.row_group_size,
         created_by=command,
     )
     manifest = run_amazon(config)
-    print(f"wrote {config.out} in {time.perf_counter() - start:.1f} s: {manifest['counts']}")
+    if manifest is not None:
+        print(f"wrote {config.out} in {time.perf_counter() - start:.1f} s: {manifest['counts']}")

@@ -14,6 +14,7 @@ from typing import Any
 
 from data_prep.logs_job import LogsConfig, run_logs
 from data_prep.manifest import read_manifest
+from data_prep.protocols import Protocol
 from data_prep.synthetic import SyntheticConfig, write_raw
 
 
@@ -23,22 +24,23 @@ def logs_config(out: Path, generator: SyntheticConfig) -> LogsConfig:
         interactions=str(raw / "interactions.parquet"),
         items=str(raw / "items.parquet"),
         out=out,
-        protocol="temporal",
+        protocol=Protocol(name="temporal"),
         job="synthetic",
         created_by=f"python -m data_prep default --seed {generator.seed}",
     )
 
 
 def expected_protocol(config: LogsConfig, generator: SyntheticConfig) -> dict[str, Any]:
-    return config.protocol_settings() | {"generator": generator.as_dict()}
+    return config.protocol.settings() | {"generator": generator.as_dict()}
 
 
 def is_up_to_date(out: Path, config: LogsConfig, generator: SyntheticConfig) -> bool:
     manifest = read_manifest(out)
     if manifest is None:
         return False
-    protocol = {k: v for k, v in manifest["protocol"].items() if k != "counts_before_valid"}
-    return manifest["job"] == "synthetic" and protocol == expected_protocol(config, generator)
+    return manifest["job"] == "synthetic" and manifest["protocol"] == expected_protocol(
+        config, generator
+    )
 
 
 def build_default(out: Path, seed: int = 0) -> dict[str, Any] | None:

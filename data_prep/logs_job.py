@@ -1,9 +1,11 @@
 """`python -m data_prep logs`: generic click logs + item table -> prepared folder.
 
 Interactions: Parquet or CSV files (a glob), columns user_id, item_id, timestamp (int
-seconds or a timestamp type), optional click (0/1; absent = every event is a positive),
-optional impression_id; names configurable. Items: Parquet or CSV with item_id,
-mm_vector (list<float>), optional title and category.
+seconds or a timestamp type), optional click (0/1; absent = every event is a positive);
+names configurable. Items: Parquet or CSV with item_id, optional mm_vector
+(list<float>), title and category; without mm_vector the titles are embedded.
+Files are streamed in batches and scattered into user partitions
+(`--partitions`), processed by `--workers` processes (or torch.distributed ranks).
 """
 
 from __future__ import annotations
@@ -14,17 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from data_prep.columns import as_int64, as_strings
+from data_prep.coordination import Coordinator, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, add_title_vectors, embed_settings
-from data_prep.events import RawEvents, clean_events
+from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.items import ItemTable, read_item_table
 from data_prep.manifest import input_record
-from data_prep.output import write_prepared
-from data_prep.protocols import DAY_SECONDS, next_item_samples, temporal_samples
-from data_prep.rejects import RejectLog
-from data_prep.tables import expand_inputs, read_table
+from data_prep.partitions import DEFAULT_BLOCK_EVENTS, PipelineSettings, run_pipeline
+from data_prep.protocols import Protocol
+from data_prep.rejects import RejectLog, summary
+from data_prep.scatter import ScatterWriter
+from data_prep.tables import expand_inputs, iter_batches, read_table
+from data_prep.vocab import Vocab
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE
+
+DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "click": "click"}
 
 
 @dataclass
@@ -32,105 +40,19 @@ class LogsConfig:
     interactions: str
     items: str
     out: Path
-    protocol: str = "temporal"
-    max_history: int = 50
+    protocol: Protocol = field(default_factory=Protocol)
     num_buckets: int = 35
-    seed: int = 0
-    valid_days: int = 1
-    test_days: int = 1
-    day_seconds: int = DAY_SECONDS
-    valid_frac: float = 0.0
     strict: bool = False
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
-    columns: dict[str, str] = field(
-        default_factory=lambda: {
-            "user": "user_id",
-            "item": "item_id",
-            "timestamp": "timestamp",
-            "click": "click",
-        }
-    )
+    columns: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
     embedding: EmbedSettings = field(default_factory=EmbedSettings)
+    partitions: int = 1
+    workers: int = 1
+    batch_rows: int = 1_000_000
+    block_events: int = DEFAULT_BLOCK_EVENTS
+    distributed: bool | None = False
     job: str = "logs"
     created_by: str = ""
-
-    def protocol_settings(self) -> dict[str, Any]:
-        settings: dict[str, Any] = {
-            "name": self.protocol,
-            "max_history": self.max_history,
-            "min_events": 2,
-        }
-        if self.protocol == "temporal":
-            settings |= {
-                "valid_days": self.valid_days,
-                "test_days": self.test_days,
-                "day_seconds": self.day_seconds,
-            }
-        else:
-            settings |= {
-                "seed": self.seed,
-                "valid_frac": self.valid_frac,
-                "negatives_per_positive": 1,
-            }
-        return settings
-
-
-def read_interactions(paths: list[Path], columns: dict[str, str], rejects: RejectLog) -> RawEvents:
-    """Read interaction files; records with a missing or malformed field are rejected here."""
-    parts: list[RawEvents] = []
-    files = [p.name for p in paths]
-    for source, path in enumerate(paths):
-        table = read_table(path, binary_strings=True)
-        for key in ("user", "item", "timestamp"):
-            if columns[key] not in table.column_names:
-                raise ValueError(
-                    f"{path}: no column {columns[key]!r} (columns: {table.column_names})"
-                )
-        rejects.add_read(table.num_rows)
-        first_line = 2 if path.suffix != ".parquet" else 1  # CSV line 1 is the header
-        user, user_missing, user_bad = as_strings(table.column(columns["user"]))
-        item, item_missing, item_bad = as_strings(table.column(columns["item"]))
-        ts, ts_missing, ts_bad = as_int64(table.column(columns["timestamp"]))
-        if columns["click"] in table.column_names:
-            click, click_missing, click_bad = as_int64(table.column(columns["click"]))
-            click_bad |= ~click_missing & ~np.isin(click, (0, 1))
-        else:
-            click = np.ones(table.num_rows, dtype=np.int64)
-            click_missing = click_bad = np.zeros(table.num_rows, dtype=bool)
-        reasons = [
-            ("not_utf8", user_bad | item_bad),
-            ("missing_field", user_missing | item_missing | ts_missing | click_missing),
-            ("malformed", ts_bad | click_bad),
-        ]
-        keep = np.ones(table.num_rows, dtype=bool)
-        bad_reason = np.full(table.num_rows, "", dtype=object)
-        for reason, mask in reasons:
-            bad_reason[keep & mask] = reason
-            keep &= ~mask
-        for row in np.flatnonzero(~keep):
-            record = table.slice(int(row), 1).to_pylist()[0]
-            rejects.reject(path.name, int(row) + first_line, bad_reason[row], record)
-        rows = np.flatnonzero(keep)
-        parts.append(
-            RawEvents(
-                user=user[rows],
-                item=item[rows],
-                ts=ts[rows],
-                click=click[rows].astype(np.int8),
-                source=np.full(len(rows), source, dtype=np.int32),
-                line=rows.astype(np.int64) + first_line,
-                files=files,
-            )
-        )
-    return RawEvents(
-        user=np.concatenate([p.user for p in parts]),
-        item=np.concatenate([p.item for p in parts]),
-        ts=np.concatenate([p.ts for p in parts]),
-        click=np.concatenate([p.click for p in parts]),
-        source=np.concatenate([p.source for p in parts]),
-        line=np.concatenate([p.line for p in parts]),
-        files=files,
-    )
 
 
 def load_items(path: Path, embedding: EmbedSettings, rejects: RejectLog) -> ItemTable:
@@ -144,59 +66,151 @@ def load_items(path: Path, embedding: EmbedSettings, rejects: RejectLog) -> Item
     )
 
 
-def run_logs(config: LogsConfig, extra_protocol: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the job; returns the manifest. `extra_protocol` is recorded in manifest["protocol"]."""
-    out = config.out
-    out.mkdir(parents=True, exist_ok=True)
+class LogsItems:
+    """Item side of the logs job: the item table is the catalogue, kept whole."""
+
+    def __init__(self, path: Path, embedding: EmbedSettings) -> None:
+        self.path = path
+        self.embedding = embedding
+        self.items: ItemTable | None = None
+
+    def load(self, rejects: RejectLog) -> np.ndarray:
+        self.items = load_items(self.path, self.embedding, rejects)
+        return self.items.vocab.raw_ids
+
+    def finalize(self, used: np.ndarray, rejects: RejectLog) -> tuple[ItemTable, np.ndarray]:
+        assert self.items is not None, "load() runs first"
+        return self.items, np.arange(len(self.items.vocab), dtype=np.int64)
+
+
+def parse_batch(
+    table: pa.Table,
+    files: list[str],
+    source: int,
+    first_line: int,
+    columns: dict[str, str],
+    items: Vocab,
+    rejects: RejectLog,
+) -> tuple[RawEvents, np.ndarray]:
+    """One batch of rows -> (RawEvents, raw item ids (N,)); rows with a bad field are rejected."""
+    file = files[source]
+    for key in ("user", "item", "timestamp"):
+        if columns[key] not in table.column_names:
+            raise ValueError(f"{file}: no column {columns[key]!r} (columns: {table.column_names})")
+    rejects.add_read(table.num_rows)
+    user, user_missing, user_bad = as_strings(table.column(columns["user"]))
+    item, item_missing, item_bad = as_strings(table.column(columns["item"]))
+    ts, ts_missing, ts_bad = as_int64(table.column(columns["timestamp"]))
+    if columns["click"] in table.column_names:
+        click, click_missing, click_bad = as_int64(table.column(columns["click"]))
+        click_bad |= ~click_missing & ~np.isin(click, (0, 1))
+    else:
+        click = np.ones(table.num_rows, dtype=np.int64)
+        click_missing = click_bad = np.zeros(table.num_rows, dtype=bool)
+    keep = np.ones(table.num_rows, dtype=bool)
+    reason = np.full(table.num_rows, "", dtype=object)
+    for name, mask in (
+        ("not_utf8", user_bad | item_bad),
+        ("missing_field", user_missing | item_missing | ts_missing | click_missing),
+        ("malformed", ts_bad | click_bad),
+    ):
+        reason[keep & mask] = name
+        keep &= ~mask
+    for row in np.flatnonzero(~keep):
+        rejects.reject(
+            file, int(row) + first_line, reason[row], table.slice(int(row), 1).to_pylist()[0]
+        )
+    rows = np.flatnonzero(keep)
+    raw = RawEvents(
+        user=user[rows],
+        item=items.encode(item[rows]),
+        ts=ts[rows],
+        click=click[rows].astype(np.int8),
+        source=np.full(len(rows), source, dtype=np.int32),
+        line=rows.astype(np.int64) + first_line,
+        files=files,
+    )
+    return raw, item[rows]
+
+
+@dataclass(frozen=True)
+class LogsScatterTask:
+    """Parse one interaction file in batches and scatter it into user partitions."""
+
+    path: Path
+    source: int
+    files: list[str]
+    columns: dict[str, str]
+    work: Path
+    partitions: int
+    strict: bool
+    batch_rows: int
+
+    def run(self) -> dict[str, Any]:
+        items = Vocab(np.load(self.work / "candidates.npy"))
+        first_line = 1 if self.path.suffix == ".parquet" else 2  # CSV line 1 is the header
+        writer = ScatterWriter(self.work, self.partitions, f"s{self.source:05d}")
+        rejects_path = self.work / "rejects" / f"b-scatter-{self.source:05d}.jsonl"
+        try:
+            with RejectLog(rejects_path, self.strict) as rejects:
+                for table in iter_batches(self.path, self.batch_rows):
+                    raw, raw_items = parse_batch(
+                        table, self.files, self.source, first_line, self.columns, items, rejects
+                    )
+                    writer.write(drop_unknown_items(raw, rejects, raw_items))
+                    first_line += table.num_rows
+        finally:
+            writer.close()
+        return rejects.as_manifest()
+
+
+def run_logs(
+    config: LogsConfig,
+    extra_protocol: dict[str, Any] | None = None,
+    coordinator: Coordinator | None = None,
+) -> dict[str, Any] | None:
+    """Run the job; returns the manifest (None on ranks other than the leader)."""
+    coordinator = coordinator or make_coordinator(config.workers, config.distributed)
+    config.out.mkdir(parents=True, exist_ok=True)
     paths = expand_inputs(config.interactions)
     items_path = Path(config.items)
-    with RejectLog(out / "rejects.jsonl", strict=config.strict) as rejects:
-        items = load_items(items_path, config.embedding, rejects)
-        raw = read_interactions(paths, config.columns, rejects)
-        events, user_vocab = clean_events(raw, items.vocab, rejects)
-        if config.protocol == "temporal":
-            splits = temporal_samples(
-                events, config.max_history, config.valid_days, config.test_days, config.day_seconds
-            )
-            protocol_counts = {name: len(s) for name, s in splits.items()}
-        elif config.protocol == "next-item":
-            splits, protocol_counts = next_item_samples(
-                events, len(items.vocab), config.max_history, config.seed, config.valid_frac
-            )
-        else:
-            raise ValueError(f"unknown protocol {config.protocol!r}")
-        protocol = (
-            config.protocol_settings()
-            | (extra_protocol or {})
-            | {"counts_before_valid": protocol_counts}
+    files = [p.name for p in paths]
+    work = config.out / "_work"
+    tasks = [
+        LogsScatterTask(
+            p, i, files, config.columns, work, config.partitions, config.strict, config.batch_rows
         )
-        manifest = write_prepared(
-            out,
-            config.job,
-            splits,
-            user_vocab,
-            items,
-            rejects,
-            created_by=config.created_by,
-            max_history=config.max_history,
-            num_buckets=config.num_buckets,
-            inputs={p.name: input_record(p) for p in [*paths, items_path]},
-            protocol=protocol,
-            row_group_size=config.row_group_size,
-        )
-        print(rejects.summary())
+        for i, p in enumerate(paths)
+    ]
+    settings = PipelineSettings(
+        out=config.out,
+        job=config.job,
+        created_by=config.created_by,
+        protocol=config.protocol,
+        partitions=config.partitions,
+        num_buckets=config.num_buckets,
+        row_group_size=config.row_group_size,
+        block_events=config.block_events,
+        strict=config.strict,
+    )
+    inputs = (
+        {p.name: input_record(p) for p in [*paths, items_path]} if coordinator.is_leader else {}
+    )
+    manifest = run_pipeline(
+        settings,
+        coordinator,
+        LogsItems(items_path, config.embedding),
+        tasks,
+        files,
+        inputs,
+        extra_protocol,
+    )
+    if manifest is not None:
+        print(summary(manifest["records"]))
     return manifest
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--interactions", required=True, help="interaction file or glob (.parquet or .csv)"
-    )
-    parser.add_argument(
-        "--items", required=True, help="item table (.parquet or .csv) with item_id, mm_vector"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--protocol", choices=("temporal", "next-item"), default="temporal")
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-history", type=int, default=50)
     parser.add_argument("--num-buckets", type=int, default=35)
     parser.add_argument("--seed", type=int, default=0, help="negative sampling seed (next-item)")
@@ -207,16 +221,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--valid-frac", type=float, default=0.0, help="next-item: users with a valid pair"
     )
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--partitions", type=int, default=1, help="user partitions (hash of the user id)"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="local processes")
+    parser.add_argument(
+        "--block-events", type=int, default=DEFAULT_BLOCK_EVENTS, help="events per build block"
+    )
+    parser.add_argument(
+        "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
+    )
     parser.add_argument("--row-group-size", type=int, default=DEFAULT_ROW_GROUP_SIZE)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interactions", required=True, help="interaction file or glob (.parquet or .csv)"
+    )
+    parser.add_argument(
+        "--items", required=True, help="item table (.parquet or .csv): item_id, mm_vector or title"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--protocol", choices=("temporal", "next-item"), default="temporal")
+    add_protocol_arguments(parser)
+    add_scale_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
     add_embed_arguments(parser, ("minilm", "hashed"))
-    for key, default in (
-        ("user", "user_id"),
-        ("item", "item_id"),
-        ("timestamp", "timestamp"),
-        ("click", "click"),
-    ):
+    for key, default in DEFAULT_COLUMNS.items():
         parser.add_argument(f"--{key}-column", default=default)
+
+
+def protocol_from_args(args: argparse.Namespace, name: str) -> Protocol:
+    return Protocol(
+        name=name,
+        max_history=args.max_history,
+        valid_days=getattr(args, "valid_days", 1),
+        test_days=getattr(args, "test_days", 1),
+        seed=args.seed,
+        valid_frac=args.valid_frac,
+    )
 
 
 def main(args: argparse.Namespace, command: str) -> None:
@@ -224,23 +270,18 @@ def main(args: argparse.Namespace, command: str) -> None:
         interactions=args.interactions,
         items=args.items,
         out=args.out,
-        protocol=args.protocol,
-        max_history=args.max_history,
+        protocol=protocol_from_args(args, args.protocol),
         num_buckets=args.num_buckets,
-        seed=args.seed,
-        valid_days=args.valid_days,
-        test_days=args.test_days,
-        valid_frac=args.valid_frac,
         strict=args.strict,
         row_group_size=args.row_group_size,
-        columns={
-            "user": args.user_column,
-            "item": args.item_column,
-            "timestamp": args.timestamp_column,
-            "click": args.click_column,
-        },
+        columns={key: getattr(args, f"{key}_column") for key in DEFAULT_COLUMNS},
         embedding=embed_settings(args),
+        partitions=args.partitions,
+        workers=args.workers,
+        block_events=args.block_events,
+        distributed=args.distributed or None,
         created_by=command,
     )
     manifest = run_logs(config)
-    print(f"wrote {config.out}: {manifest['counts']}")
+    if manifest is not None:
+        print(f"wrote {config.out}: {manifest['counts']}")

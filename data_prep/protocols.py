@@ -11,16 +11,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from data_prep.events import Events
+from data_prep.hashing import hash_keys
 from data_prep.history import clicked_history, sequence_history
 from data_prep.ragged import offsets_from_lengths, range_indices
 from data_prep.samples import Samples
 from data_prep.vocab import FIRST_ID
 
 DAY_SECONDS = 86_400
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def _samples(user, item, label, ts, offsets, hist_items) -> Samples:
@@ -38,39 +41,22 @@ def _samples(user, item, label, ts, offsets, hist_items) -> Samples:
 def temporal_samples(
     events: Events,
     max_history: int,
+    last_ts: int,
     valid_days: int = 1,
     test_days: int = 1,
     day_seconds: int = DAY_SECONDS,
 ) -> dict[str, Samples]:
-    """Temporal click-log protocol; the days are counted back from the latest event."""
+    """Temporal click-log protocol; days are counted back from `last_ts`, the latest event."""
     offsets, hist = clicked_history(events.user, events.ts, events.item, events.click, max_history)
     all_samples = _samples(events.user, events.item, events.click, events.ts, offsets, hist)
     day = events.ts // day_seconds
-    last = int(day.max())
+    last = int(last_ts) // day_seconds
     split = np.where(day > last - test_days, 2, np.where(day > last - test_days - valid_days, 1, 0))
     return {
         name: all_samples.take(np.flatnonzero(split == code))
         for code, name in enumerate(("train", "valid", "test"))
         if name != "valid" or valid_days > 0
     }
-
-
-def splitmix64(x: np.ndarray) -> np.ndarray:
-    """A counter-based 64-bit hash (uint64 -> uint64): random numbers independent of order."""
-    with np.errstate(over="ignore"):
-        z = (x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def hash_keys(seed: int, *keys: np.ndarray) -> np.ndarray:
-    """Hash of (seed, keys...) per element, uint64."""
-    h = splitmix64(np.asarray(seed, dtype=np.uint64))
-    for key in keys:
-        with np.errstate(over="ignore"):
-            h = splitmix64(h ^ splitmix64(np.asarray(key).astype(np.uint64)))
-    return h
 
 
 def sample_negatives(
@@ -156,3 +142,52 @@ def next_item_samples(
         if name in names
     }
     return splits, protocol_counts
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The sample protocol and its settings (recorded in the manifest)."""
+
+    name: str = "temporal"
+    max_history: int = 50
+    valid_days: int = 1
+    test_days: int = 1
+    day_seconds: int = DAY_SECONDS
+    seed: int = 0
+    valid_frac: float = 0.0
+    min_events: int = 2
+
+    def __post_init__(self) -> None:
+        if self.name not in ("temporal", "next-item"):
+            raise ValueError(f"unknown protocol {self.name!r} (temporal or next-item)")
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        has_valid = self.valid_days > 0 if self.name == "temporal" else self.valid_frac > 0
+        return ("train", "valid", "test") if has_valid else ("train", "test")
+
+    def settings(self) -> dict[str, Any]:
+        common = {"name": self.name, "max_history": self.max_history, "min_events": self.min_events}
+        if self.name == "temporal":
+            return common | {
+                "valid_days": self.valid_days,
+                "test_days": self.test_days,
+                "day_seconds": self.day_seconds,
+            }
+        return common | {
+            "seed": self.seed,
+            "valid_frac": self.valid_frac,
+            "negatives_per_positive": 1,
+            "tie_order": "file order",
+        }
+
+    def samples(
+        self, events: Events, num_items: int, last_ts: int
+    ) -> tuple[dict[str, Samples], dict[str, int]]:
+        """Samples per split of whole users, and the counts before carving a valid split."""
+        if self.name == "temporal":
+            splits = temporal_samples(
+                events, self.max_history, last_ts, self.valid_days, self.test_days, self.day_seconds
+            )
+            return splits, {name: len(s) for name, s in splits.items()}
+        return next_item_samples(events, num_items, self.max_history, self.seed, self.valid_frac)

@@ -86,18 +86,6 @@ class RejectLog:
         if self.strict:
             raise BadRecordError(f"{file}:{line}: {reason}: {excerpt(record)}")
 
-    @property
-    def total_rejected(self) -> int:
-        return sum(self.rejected.values())
-
-    def check(self) -> None:
-        """Raise `AccountingError` unless read == used + rejected."""
-        if self.read != self.used + self.total_rejected:
-            raise AccountingError(
-                f"records read ({self.read}) != used ({self.used}) + rejected "
-                f"({self.total_rejected}: {dict(self.rejected)})"
-            )
-
     def as_manifest(self) -> dict[str, Any]:
         return {
             "read": self.read,
@@ -106,10 +94,35 @@ class RejectLog:
             "repaired": dict(sorted(self.repaired.items())),
         }
 
-    def summary(self) -> str:
-        lines = [
-            f"records: read {self.read:,}, used {self.used:,}, rejected {self.total_rejected:,}"
-        ]
-        lines += [f"  rejected {reason}: {n:,}" for reason, n in sorted(self.rejected.items())]
-        lines += [f"  repaired {reason}: {n:,}" for reason, n in sorted(self.repaired.items())]
-        return "\n".join(lines)
+
+def merge_records(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum `RejectLog.as_manifest()` dicts of several tasks."""
+    rejected: Counter[str] = Counter()
+    repaired: Counter[str] = Counter()
+    for part in parts:
+        rejected.update(part["rejected"])
+        repaired.update(part["repaired"])
+    return {
+        "read": sum(part["read"] for part in parts),
+        "used": sum(part["used"] for part in parts),
+        "rejected": dict(sorted(rejected.items())),
+        "repaired": dict(sorted(repaired.items())),
+    }
+
+
+def check_records(records: dict[str, Any]) -> None:
+    """Raise `AccountingError` unless read == used + rejected."""
+    rejected = sum(records["rejected"].values())
+    if records["read"] != records["used"] + rejected:
+        raise AccountingError(
+            f"records read ({records['read']}) != used ({records['used']}) + rejected ({rejected}: {records['rejected']})"
+        )
+
+
+def summary(records: dict[str, Any]) -> str:
+    """Human-readable record counts."""
+    rejected = sum(records["rejected"].values())
+    lines = [f"records: read {records['read']:,}, used {records['used']:,}, rejected {rejected:,}"]
+    lines += [f"  rejected {reason}: {n:,}" for reason, n in records["rejected"].items()]
+    lines += [f"  repaired {reason}: {n:,}" for reason, n in records["repaired"].items()]
+    return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,3 +33,17 @@ def expand_inputs(pattern: str) -> list[Path]:
     if not paths:
         raise FileNotFoundError(f"no interaction file matches {pattern!r}")
     return paths
+
+
+def iter_batches(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    """Stream a Parquet or CSV file in tables of about `batch_rows` rows (CSV: bytes columns)."""
+    if path.suffix == ".parquet":
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            yield pa.Table.from_batches([batch])
+        return
+    if ".csv" not in path.suffixes:
+        raise ValueError(f"{path}: expected a .parquet or .csv file")
+    names = pcsv.open_csv(path).schema.names
+    options = pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.binary()))
+    for batch in pcsv.open_csv(path, convert_options=options):
+        yield pa.Table.from_batches([batch])

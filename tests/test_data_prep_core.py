@@ -11,7 +11,13 @@ import pytest
 from data_prep.history import clicked_history, sequence_history, sort_order
 from data_prep.manifest import checksum, read_manifest, write_manifest
 from data_prep.ragged import range_indices
-from data_prep.rejects import AccountingError, BadRecordError, RejectLog
+from data_prep.rejects import (
+    AccountingError,
+    BadRecordError,
+    RejectLog,
+    check_records,
+    merge_records,
+)
 from data_prep.samples import Samples
 from data_prep.similarity import (
     SimilarityHistogram,
@@ -141,10 +147,20 @@ def test_reject_log_counts_and_invariant(tmp_path):
         log.add_read(3)
         log.reject("f.csv", 2, "malformed", "a,b")
         log.add_used(2)
-        log.check()
-        log.add_read(1)
-        with pytest.raises(AccountingError):
-            log.check()
+    other = RejectLog(None)
+    other.add_read(1)
+    other.repair("g.csv", 1, "bad_vector", "x")
+    other.add_used(1)
+    records = merge_records([log.as_manifest(), other.as_manifest()])
+    assert records == {
+        "read": 4,
+        "used": 3,
+        "rejected": {"malformed": 1},
+        "repaired": {"bad_vector": 1},
+    }
+    check_records(records)
+    with pytest.raises(AccountingError):
+        check_records(records | {"read": 5})
     entry = json.loads((tmp_path / "rejects.jsonl").read_text())
     assert entry == {"file": "f.csv", "line": 2, "reason": "malformed", "excerpt": "a,b"}
 

@@ -157,3 +157,35 @@ def test_embed_items_then_logs(inputs, tmp_path):
     assert np.array_equal(
         np.load(tmp_path / "e" / "item_mm.npy"), np.load(tmp_path / "d" / "item_mm.npy")
     )
+
+
+def _sorted_rows(out: Path, manifest: dict, split: str) -> pa.Table:
+    table = pq.read_table([str(out / p) for p in manifest["splits"][split]])
+    return table.sort_by([("user", "ascending"), ("ts", "ascending"), ("item", "ascending")])
+
+
+@pytest.mark.parametrize("protocol", ["temporal", "next-item"])
+def test_partitioning_does_not_change_the_data(tmp_path, protocol):
+    from data_prep.synthetic import SyntheticConfig, write_raw
+
+    logs, items = write_raw(SyntheticConfig(users=300, items=400, days=6), tmp_path / "raw")
+    one = run_logs(logs, items, tmp_path / "one", "--protocol", protocol)
+    many = run_logs(
+        logs,
+        items,
+        tmp_path / "many",
+        "--protocol",
+        protocol,
+        "--partitions",
+        "5",
+        "--block-events",
+        "500",
+    )
+    assert len(many["splits"]["train"]) == 5
+    for key in ("counts", "users_per_split", "vocab_sizes", "buckets", "records", "protocol"):
+        assert one[key] == many[key], key
+    for split in one["splits"]:
+        assert _sorted_rows(tmp_path / "one", one, split).equals(
+            _sorted_rows(tmp_path / "many", many, split)
+        )
+    assert not (tmp_path / "many" / "_work").exists()

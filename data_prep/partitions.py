@@ -1,0 +1,307 @@
+"""The partitioned pipeline every job runs after parsing its inputs.
+
+    leader: item side -> candidate item ids          (job-specific ItemSide.load)
+    scatter tasks: parse inputs -> user partitions   (job-specific, one task per input part)
+    clean tasks, one per partition: duplicates, too-few-events, sort
+    leader: global user vocabulary; final item table (ItemSide.finalize)
+    build tasks, one per partition, in blocks of whole users: protocol -> samples ->
+        similarities -> shards; each returns its histogram of training similarities
+    leader: merged histogram -> bucket boundaries; rejects.jsonl; manifest.json
+
+Tasks run through a `Coordinator`: in-process, in a local process pool, or spread over
+torch.distributed ranks (task i on rank i % world_size). Memory per task is bounded by
+its partition (build tasks: by `block_events`), not by the dataset. Intermediate files
+live in DIR/_work and are removed at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import numpy as np
+
+from data_prep import SCHEMA_VERSION
+from data_prep.coordination import Coordinator
+from data_prep.events import Events, clean_events
+from data_prep.items import ItemTable, save_item_arrays
+from data_prep.manifest import file_sha256, write_manifest
+from data_prep.protocols import Protocol
+from data_prep.rejects import RejectLog, check_records, merge_records
+from data_prep.samples import Samples
+from data_prep.scatter import read_partition
+from data_prep.similarity import SimilarityHistogram, history_similarities
+from data_prep.vocab import Vocab
+from data_prep.writer import DEFAULT_ROW_GROUP_SIZE, ShardWriter
+
+DEFAULT_BLOCK_EVENTS = 1_000_000
+
+
+class Task(TypingProtocol):
+    def run(self) -> Any: ...
+
+
+def run_task(task: Task) -> Any:
+    """Module-level entry point for process pools."""
+    return task.run()
+
+
+class ItemSide(TypingProtocol):
+    """The job-specific item table: candidates first, the final table after cleaning."""
+
+    def load(self, rejects: RejectLog) -> np.ndarray:
+        """Read the item inputs; returns the candidate raw item ids (sorted, unique)."""
+        ...
+
+    def finalize(self, used: np.ndarray, rejects: RejectLog) -> tuple[ItemTable, np.ndarray]:
+        """`used` (C,) bool per candidate -> (final ItemTable, remap (C+2,) candidate index -> final index)."""
+        ...
+
+
+@dataclass(frozen=True)
+class CleanTask:
+    work: Path
+    partition: int
+    files: list[str]
+    strict: bool
+
+    def run(self) -> dict[str, Any]:
+        item_ids = np.load(self.work / "candidates.npy")
+        path = self.work / "rejects" / f"c-clean-{self.partition:05d}.jsonl"
+        with RejectLog(path, self.strict) as rejects:
+            raw = read_partition(self.work, self.partition, self.files)
+            events, users = clean_events(raw, rejects, item_ids)
+        folder = self.work / "clean"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            folder / f"p{self.partition:05d}.npz",
+            user=events.user,
+            item=events.item,
+            ts=events.ts,
+            click=events.click,
+        )
+        np.save(folder / f"p{self.partition:05d}-users.npy", users)
+        return {
+            "records": rejects.as_manifest(),
+            "max_ts": int(events.ts.max()) if len(events) else None,
+            "items": np.unique(events.item),
+        }
+
+
+@dataclass(frozen=True)
+class BuildTask:
+    work: Path
+    out: Path
+    partition: int
+    protocol: Protocol
+    last_ts: int
+    row_group_size: int
+    block_events: int
+
+    def run(self) -> dict[str, Any]:
+        folder = self.work / "clean"
+        stored = np.load(folder / f"p{self.partition:05d}.npz")
+        user_index = np.load(folder / f"p{self.partition:05d}-user-index.npy")
+        remap = np.load(self.work / "item-remap.npy")
+        events = Events(
+            user_index[stored["user"]], remap[stored["item"]], stored["ts"], stored["click"]
+        )
+        items = _open_items(self.out)
+        histogram = SimilarityHistogram()
+        writers = {
+            s: ShardWriter(self.out, s, self.partition, self.row_group_size)
+            for s in self.protocol.splits
+        }
+        counts = dict.fromkeys(self.protocol.splits, 0)
+        before_valid: dict[str, int] = {}
+        users = dict.fromkeys(self.protocol.splits, 0)
+        for block in user_blocks(events, self.block_events):
+            splits, protocol_counts = self.protocol.samples(block, len(items.vocab), self.last_ts)
+            for name, samples in splits.items():
+                fill_item_features(samples, items)
+                if name == "train":
+                    histogram.add(samples.hist_sims)
+                writers[name].write(samples)
+                counts[name] += len(samples)
+                users[name] += len(np.unique(samples.user))
+            for name, n in protocol_counts.items():
+                before_valid[name] = before_valid.get(name, 0) + n
+        paths = {name: writer.close() for name, writer in writers.items()}
+        return {
+            "paths": paths,
+            "counts": counts,
+            "counts_before_valid": before_valid,
+            "users": users,
+            "histogram": histogram.counts,
+        }
+
+
+def _open_items(out: Path) -> ItemTable:
+    """The saved item arrays, memory-mapped (shared between processes through the page cache)."""
+    vocab = Vocab.load(out / "vocab" / "item.parquet")
+    mm = np.load(out / "item_mm.npy", mmap_mode="r")
+    category = np.load(out / "item_category.npy") if (out / "item_category.npy").exists() else None
+    return ItemTable(vocab, mm, "", None, category)
+
+
+def user_blocks(events: Events, block_events: int) -> Iterator[Events]:
+    """Consecutive slices of `events` holding whole users, about `block_events` events each."""
+    n = len(events)
+    if n == 0:
+        return
+    bounds = np.r_[np.flatnonzero(np.r_[True, events.user[1:] != events.user[:-1]]), n]
+    begin = 0
+    while begin < n:
+        k = np.searchsorted(bounds, begin + block_events)
+        end = n if k >= len(bounds) else int(bounds[k])
+        yield Events(
+            events.user[begin:end],
+            events.item[begin:end],
+            events.ts[begin:end],
+            events.click[begin:end],
+        )
+        begin = end
+
+
+def fill_item_features(samples: Samples, items: ItemTable) -> None:
+    """Fill hist_sims, and the categories when items have them, in place."""
+    samples.hist_sims = history_similarities(
+        items.mm, samples.item, samples.hist_offsets, samples.hist_items
+    )
+    if items.category is not None:
+        samples.category = items.category[samples.item]
+        samples.hist_categories = items.category[samples.hist_items]
+
+
+@dataclass
+class PipelineSettings:
+    out: Path
+    job: str
+    created_by: str
+    protocol: Protocol
+    partitions: int = 1
+    num_buckets: int = 35
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE
+    block_events: int = DEFAULT_BLOCK_EVENTS
+    strict: bool = False
+
+
+def run_pipeline(
+    settings: PipelineSettings,
+    coordinator: Coordinator,
+    item_side: ItemSide,
+    scatter_tasks: list[Task],
+    files: list[str],
+    inputs: dict[str, dict[str, Any]],
+    extra_protocol: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Run the pipeline; returns the manifest on the leader, None on other ranks."""
+    out, work = settings.out, settings.out / "_work"
+    if coordinator.is_leader:
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "rejects").mkdir(parents=True)
+        with RejectLog(work / "rejects" / "a-items.jsonl", settings.strict) as item_rejects:
+            np.save(work / "candidates.npy", item_side.load(item_rejects))
+        item_records = item_rejects.as_manifest()
+    coordinator.barrier()
+
+    scatter_records = coordinator.map(run_task, scatter_tasks)
+    clean_tasks = [CleanTask(work, p, files, settings.strict) for p in range(settings.partitions)]
+    cleaned = coordinator.map(run_task, clean_tasks)
+
+    last_ts = 0
+    if coordinator.is_leader:
+        last_ts = max((c["max_ts"] for c in cleaned if c["max_ts"] is not None), default=0)
+        user_vocab = _save_user_vocab(out, work, settings.partitions)
+        candidates = np.load(work / "candidates.npy")
+        used = np.zeros(len(candidates) + 2, dtype=bool)
+        for c in cleaned:
+            used[c["items"]] = True
+        with RejectLog(work / "rejects" / "d-items.jsonl", settings.strict) as final_rejects:
+            items, remap = item_side.finalize(used[2:], final_rejects)
+        save_item_arrays(out, items)
+        np.save(work / "item-remap.npy", remap)
+    last_ts = coordinator.broadcast(last_ts)
+    coordinator.barrier()
+
+    build_tasks = [
+        BuildTask(
+            work, out, p, settings.protocol, last_ts, settings.row_group_size, settings.block_events
+        )
+        for p in range(settings.partitions)
+    ]
+    built = coordinator.map(run_task, build_tasks)
+    if not coordinator.is_leader:
+        return None
+
+    records = merge_records(
+        [
+            item_records,
+            *scatter_records,
+            *[c["records"] for c in cleaned],
+            final_rejects.as_manifest(),
+        ]
+    )
+    check_records(records)
+    _concat_rejects(work / "rejects", out / "rejects.jsonl")
+    histogram = SimilarityHistogram()
+    for b in built:
+        histogram.counts += b["histogram"]
+    boundaries = histogram.equal_frequency_boundaries(settings.num_buckets)
+    splits = settings.protocol.splits
+    vocab_sizes = {"user": len(user_vocab), "item": len(items.vocab)}
+    if items.category_vocab is not None:
+        vocab_sizes["category"] = len(items.category_vocab)
+    protocol = settings.protocol.settings() | (extra_protocol or {})
+    if settings.protocol.name == "next-item":
+        protocol["counts_before_valid"] = {
+            s: sum(b["counts_before_valid"].get(s, 0) for b in built) for s in ("train", "test")
+        }
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "job": settings.job,
+        "created_by": settings.created_by,
+        "counts": {s: sum(b["counts"][s] for b in built) for s in splits},
+        "users_per_split": {s: sum(b["users"][s] for b in built) for s in splits},
+        "vocab_sizes": vocab_sizes,
+        "max_history": settings.protocol.max_history,
+        "buckets": {
+            "num_buckets": settings.num_buckets,
+            "boundaries": [float(b) for b in boundaries],
+        },
+        "item_embeddings": {
+            "path": "item_mm.npy",
+            "dim": int(items.mm.shape[1]),
+            "source": items.mm_source,
+            "sha256": file_sha256(out / "item_mm.npy"),
+        },
+        "inputs": inputs,
+        "protocol": protocol,
+        "records": records,
+        "splits": {s: [p for b in built for p in b["paths"][s]] for s in splits},
+    }
+    manifest = write_manifest(out, manifest)
+    shutil.rmtree(work)
+    return manifest
+
+
+def _save_user_vocab(out: Path, work: Path, partitions: int) -> Vocab:
+    """Global user vocabulary from the partitions' users; saves each partition's index map."""
+    folder = work / "clean"
+    local = [np.load(folder / f"p{p:05d}-users.npy") for p in range(partitions)]
+    vocab = Vocab(np.concatenate(local) if local else np.array([], dtype=str))
+    vocab.save(out / "vocab" / "user.parquet")
+    for p, users in enumerate(local):
+        np.save(folder / f"p{p:05d}-user-index.npy", vocab.encode(users))
+    return vocab
+
+
+def _concat_rejects(folder: Path, target: Path) -> None:
+    with target.open("wb") as out:
+        for path in sorted(folder.glob("*.jsonl")):
+            with path.open("rb") as f:
+                shutil.copyfileobj(f, out)
