@@ -201,10 +201,13 @@ def _segment(reader: Any, epoch: int, start: int, stop: int) -> Iterator[Batch]:
 def train(config: TrainConfig) -> dict[str, Any]:
     env = init_distributed(config.device)
     logging.basicConfig(
-        level=logging.INFO if env.is_main else logging.WARNING,
-        format=f"%(asctime)s [rank {env.rank}] %(message)s",
+        level=logging.WARNING,
+        format=f"%(asctime)s [rank {env.rank}] %(name)s: %(message)s",
         force=True,  # torchrec configures the root logger at import
     )
+    # Our own progress on rank 0; torchrec's planner and pipeline chatter stays at WARNING.
+    for name in ("pipeline", "models", "data_prep"):
+        logging.getLogger(name).setLevel(logging.INFO if env.is_main else logging.WARNING)
     seed_everything(config.seed, env.rank)
     data = PreparedData(config.data or ensure_default_data(env))
     output_dir = Path(config.output_dir)
