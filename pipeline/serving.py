@@ -160,12 +160,15 @@ class FactorisedAttention(nn.Module):
         q = torch.matmul(query, self.w_q)  # (H, B, dk)
         if state["v"].shape[1] == 0:
             return query.new_zeros(batch, self.hidden_dim)
-        scores = torch.bmm(q, state["k_t"])  # (H, B, L)
         index = buckets  # (H, B, L) when there are bucket terms
         if self.has_key or self.has_value:
             index = buckets.unsqueeze(0).expand(self.num_heads, batch, buckets.shape[1])
         if self.has_key:
-            scores += torch.gather(torch.bmm(q, self.e_k), 2, index)  # (H, B, M) -> (H, B, L)
+            # (H, B, M) -> (H, B, L) by bucket, then += q K_id^T inside the GEMM (beta = 1).
+            bucket_scores = torch.gather(torch.bmm(q, self.e_k), 2, index)
+            scores = torch.baddbmm(bucket_scores, q, state["k_t"])
+        else:
+            scores = torch.bmm(q, state["k_t"])  # (H, B, L)
         weights = torch.softmax(scores, dim=-1)
         out = torch.bmm(weights, state["v"])  # (H, B, dk)
         if self.has_value:
