@@ -208,6 +208,7 @@ def benchmark(config: BenchConfig) -> dict:
 
 
 def qps_ratios(qps: dict[str, float]) -> dict[str, float]:
+    """The headline QPS ratios of a {scorer: QPS} dict."""
     return {
         "dta_over_early_fusion": qps["dta"] / qps["early_fusion"],
         "dta_over_ta": qps["dta"] / qps["ta"],

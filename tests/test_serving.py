@@ -269,7 +269,7 @@ def test_bench_serving_tiny_run_writes_json(tmp_path: Path) -> None:
     ]
     assert bench_serving.main(argv) == 0
     result = json.loads(out.read_text())
-    for key in ("config", "peak_gflops", "qps", "latency_ms", "flops", "ratios"):
+    for key in ("config", "peak_gflops", "qps", "latency_ms", "flops", "ratios", "ratios_min"):
         assert key in result
     assert set(result["qps"]) == set(bench_serving.KEYS)
     assert set(result["ratios"]) >= {"dta_over_early_fusion", "dta_over_ta"}
