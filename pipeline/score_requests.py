@@ -33,6 +33,19 @@ def _lists(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return values[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
+def _check_ids(name: str, ids: np.ndarray, offsets: np.ndarray, size: int, requests: pa.Table):
+    """Ids are dense indices (docs/data-format.md): map unknown raw ids to 1 (OOV) first."""
+    bad = np.flatnonzero((ids < 0) | (ids >= size))
+    if bad.size:
+        row = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+        request_id = requests.column("request_id")[row].as_py()
+        raise ValueError(
+            f"request row {row} (request_id {request_id!r}): {name} id {int(ids[bad[0]])} is "
+            f"outside the table [0, {size}); {bad.size} such ids in all. Map unknown raw ids "
+            f"to 1 (out of vocabulary) with the prepared data's vocab."
+        )
+
+
 def score_table(scorer: torch.jit.ScriptModule, requests: pa.Table) -> pa.Table:
     """Score every request of `requests`; returns (request_id, candidate, score)."""
     missing = set(REQUEST_COLUMNS) - set(requests.column_names)
@@ -41,6 +54,10 @@ def score_table(scorer: torch.jit.ScriptModule, requests: pa.Table) -> pa.Table:
     users = requests.column("user").to_numpy().astype(np.int64)
     hist, hist_off = _lists(requests.column("hist_items"))
     cands, cand_off = _lists(requests.column("candidates"))
+    num_items = int(scorer.item_table.shape[0])
+    _check_ids("user", users, np.arange(len(users) + 1), int(scorer.user_table.shape[0]), requests)
+    _check_ids("history item", hist, hist_off, num_items, requests)
+    _check_ids("candidate", cands, cand_off, num_items, requests)
     scores = np.empty(cands.shape[0], np.float32)
     hist_t, cands_t = torch.from_numpy(hist), torch.from_numpy(cands)
     with torch.inference_mode():

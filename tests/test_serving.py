@@ -296,3 +296,19 @@ def test_export_cli_from_a_training_run_checkpoint(data: PreparedData, tmp_path:
     torch.testing.assert_close(
         scorer.score(state, torch.tensor(cands)), expected, atol=1e-5, rtol=0
     )
+
+
+def test_score_requests_rejects_ids_outside_the_tables(data: PreparedData, tmp_path: Path) -> None:
+    model = random_model("dta", spec_of(data, False), seed=3)
+    scorer = torch.jit.load(str(export_model(model, data, tmp_path / "scorer.pt")))
+    num_items = int(scorer.item_table.shape[0])
+    requests = pa.table(
+        {
+            "request_id": pa.array(["ok", "bad"]),
+            "user": pa.array([3, 4], pa.int64()),
+            "hist_items": pa.array([[2], [3]], pa.list_(pa.int64())),
+            "candidates": pa.array([[2, 3], [4, num_items]], pa.list_(pa.int64())),
+        }
+    )
+    with pytest.raises(ValueError, match=rf"row 1 \(request_id 'bad'\): candidate id {num_items}"):
+        score_requests.score_table(scorer, requests)
