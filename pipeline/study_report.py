@@ -308,32 +308,61 @@ def plot_activity(
 
 
 def plot_attention(case: dict[str, Any], path: Path) -> None:
-    """Fig. 7: sigmoid-normalised attention of TA and DTA over one user's history."""
+    """Fig. 7: sigmoid-normalised attention of TA and DTA over one user's history (right),
+    next to each history item's multimodal similarity to the target (left)."""
     plt = _plt()
     n = len(case["history"])
     labels = [
-        f"{textwrap.shorten(t, 40, placeholder='…')}\n[sim {s:.2f}, {c} train pos.]"
-        for t, s, c in zip(case["titles"], case["sims"], case["counts"])
+        f"{textwrap.shorten(t, 44, placeholder='…')}\n[{c} train pos.]"
+        for t, c in zip(case["titles"], case["counts"])
     ]
-    fig, ax = plt.subplots(figsize=(9.5, 0.6 * n + 2.0))
+    fig, (ax1, ax2) = plt.subplots(
+        1, 2, figsize=(10.5, 0.55 * n + 2.2), sharey=True, width_ratios=[1, 2]
+    )
     ys = np.arange(n)
-    ax.barh(ys - 0.2, case["ta"], 0.4, label="TA", color="tab:gray")
-    ax.barh(ys + 0.2, case["dta"], 0.4, label="DTA", color="tab:green")
+    ax1.barh(ys, case["sims"], 0.6, color="tab:blue")
+    for y, s in enumerate(case["sims"]):
+        ax1.text(max(s, 0), y, f" {s:.3f}", va="center", fontsize=7)
+    ax1.set_xlim(min(0.0, min(case["sims"])), 1.15)
+    ax1.set_xlabel("cosine similarity to the target\n(MiniLM title vectors)", fontsize=8)
+    ax1.set_yticks(ys, labels, fontsize=7)
+    ax1.invert_yaxis()  # oldest behaviour on top
+    for y in ys:
+        ax2.plot([case["ta"][y], case["dta"][y]], [y, y], color="lightgray", lw=1, zorder=1)
+    ax2.scatter(case["ta"], ys, color="tab:gray", label="TA", zorder=2)
+    ax2.scatter(case["dta"], ys, color="tab:green", label="DTA", zorder=2)
     for y, (a, b) in enumerate(zip(case["ta"], case["dta"])):
-        ax.text(a, y - 0.2, f" {a:.3f}", va="center", fontsize=7)
-        ax.text(b, y + 0.2, f" {b:.3f}", va="center", fontsize=7)
-    ax.set_yticks(ys, labels, fontsize=7)
-    ax.invert_yaxis()  # oldest behaviour on top
-    ax.set_xlabel("attention weight: mean over heads of sigmoid(scaled score)")
+        ax2.annotate(
+            f"{a:.3f}",
+            (a, y),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=6,
+            color="tab:gray",
+        )
+        ax2.annotate(
+            f"{b:.3f}",
+            (b, y),
+            textcoords="offset points",
+            xytext=(0, -10),
+            ha="center",
+            fontsize=6,
+            color="tab:green",
+        )
+    values = [*case["ta"], *case["dta"]]
+    pad = max(0.02, 0.15 * (max(values) - min(values)))
+    ax2.set_xlim(min(values) - pad, max(values) + pad)
+    ax2.set_xlabel("attention weight: mean over heads of sigmoid(scaled score)", fontsize=8)
+    ax2.grid(axis="x", alpha=0.3)
+    ax2.legend(fontsize=8, loc="best")
     target = textwrap.shorten(case["target_title"], 110, placeholder="…")
     heading = textwrap.fill(
-        f"User {case['user']}, target: {target} [{case['target_count']} train pos.]", 90
+        f"User {case['user']}, target: {target} [{case['target_count']} train pos.]", 110
     )
-    ax.set_title(
+    fig.suptitle(
         f"{heading}\np(click): TA {case['ta_prob']:.3f}, DTA {case['dta_prob']:.3f}", fontsize=8
     )
-    ax.set_xlim(0, max(max(case["ta"]), max(case["dta"])) * 1.25)
-    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -49,7 +49,11 @@ def run_status(out: Path, argv: list[str], checksum: str | None) -> str:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError:
         return "stale"
-    same_config = _normalised(metrics.get("config")) == expected_config(argv)
+    # Settings the trainer gained after the run was made (absent from its record) do not
+    # make it stale; every setting both know must match.
+    recorded, expected = _normalised(metrics.get("config") or {}), expected_config(argv)
+    same_config = all(recorded[k] == expected[k] for k in recorded.keys() & expected.keys())
+    same_config = same_config and bool(recorded)
     same_data = checksum is None or metrics.get("data", {}).get("manifest_checksum") == checksum
     return "done" if same_config and same_data else "stale"
 
