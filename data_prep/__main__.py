@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from data_prep import amazon, default_job, embed_items, logs_job
+from data_prep import amazon, default_job, embed_items, logs_job, synthetic_industrial
 
 JOBS = {
     "default": (
@@ -15,6 +15,10 @@ JOBS = {
     ),
     "logs": (logs_job, "generic click logs + item table -> prepared folder"),
     "embed-items": (embed_items, "item table with titles -> item table with mm_vector"),
+    "synthetic-industrial": (
+        synthetic_industrial,
+        "industrial-shaped synthetic raw logs (+ the logs job)",
+    ),
     "amazon": (amazon, "Amazon 2014 reviews + metadata -> prepared folder (DIN-style protocol)"),
 }
 

@@ -194,6 +194,7 @@ class AmazonConfig:
     num_buckets: int = 35
     partitions: int = 1
     workers: int = 1
+    distributed: bool | None = False
     strict: bool = False
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
     created_by: str = ""
@@ -280,9 +281,7 @@ class AmazonItems:
         mm = np.zeros((len(vocab), vectors.shape[1]), dtype=np.float32)
         mm[FIRST_ID:] = vectors
         category_vocab, category = category_table(vocab, meta.category[rows])
-        return ItemTable(
-            vocab, mm, source, category_vocab, category, meta.title[rows].astype(str)
-        ), remap
+        return ItemTable(vocab, mm, source, category_vocab, category), remap
 
 
 @dataclass(frozen=True)
@@ -312,7 +311,7 @@ def run_amazon(
     config: AmazonConfig, coordinator: Coordinator | None = None
 ) -> dict[str, Any] | None:
     """Run the job; returns the manifest (None on ranks other than the leader)."""
-    coordinator = coordinator or make_coordinator(config.workers)
+    coordinator = coordinator or make_coordinator(config.workers, config.distributed)
     config.out.mkdir(parents=True, exist_ok=True)
     settings = PipelineSettings(
         out=config.out,
@@ -354,6 +353,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--partitions", type=int, default=1, help="user partitions (hash of the user id)"
     )
     parser.add_argument("--workers", type=int, default=1, help="local processes")
+    parser.add_argument(
+        "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
+    )
     parser.add_argument("--row-group-size", type=int, default=DEFAULT_ROW_GROUP_SIZE)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
 
@@ -375,6 +377,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         num_buckets=args.num_buckets,
         partitions=args.partitions,
         workers=args.workers,
+        distributed=args.distributed or None,
         strict=args.strict,
         row_group_size=args.row_group_size,
         created_by=command,

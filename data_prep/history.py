@@ -1,15 +1,34 @@
 """Per-event behaviour histories, vectorised over all events of many users.
 
-Both functions take events already sorted by (user, timestamp, file order) and return the
-history of every event as a ragged array (offsets (N+1,), items (H,)), oldest first,
-truncated to the most recent `max_history` entries.
+Events come sorted by (user, timestamp, file order). A history is a window
+`source[lo[i]:hi[i]]` into an array of positions of earlier events, oldest first, at most
+`max_history` long (the most recent ones); `gather` materialises the windows of chosen
+rows only, so no job builds the histories of rows it does not write.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from data_prep.ragged import offsets_from_lengths, range_indices
+
+
+@dataclass
+class Windows:
+    """History of event i = values[source[lo[i]:hi[i]]]; source (K,), lo and hi (N,)."""
+
+    source: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def gather(self, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Histories of `rows` (R,) -> (offsets (R+1,), values[...] flat)."""
+        lengths = self.hi[rows] - self.lo[rows]
+        return offsets_from_lengths(lengths), values[
+            self.source[range_indices(self.lo[rows], lengths)]
+        ]
 
 
 def sort_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -29,31 +48,22 @@ def _first_of_run(*keys: np.ndarray) -> np.ndarray:
     return starts[np.cumsum(change) - 1]
 
 
-def clicked_history(
-    user: np.ndarray, ts: np.ndarray, item: np.ndarray, click: np.ndarray, max_history: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Temporal click-log history: the user's most recent clicked items strictly earlier in time.
+def clicked_windows(
+    user: np.ndarray, ts: np.ndarray, click: np.ndarray, max_history: int
+) -> Windows:
+    """Temporal click-log history: the user's most recent clicked events strictly earlier in time.
 
     Events at the same timestamp as the target (e.g. the same impression) are never in its
-    history. Inputs (N,) sorted by (user, ts); returns (offsets (N+1,), hist_items).
+    history. Inputs (N,) sorted by (user, ts).
     """
     clicked = click.astype(bool)
     clicks_before = offsets_from_lengths(clicked.astype(np.int64))  # (N+1,) clicks before i
     hi = clicks_before[_first_of_run(user, ts)]
     lo = np.maximum(clicks_before[_first_of_run(user)], hi - max_history)
-    lengths = hi - lo
-    clicked_pos = np.flatnonzero(clicked)
-    return offsets_from_lengths(lengths), item[clicked_pos[range_indices(lo, lengths)]]
+    return Windows(np.flatnonzero(clicked), lo, hi)
 
 
-def sequence_history(
-    user: np.ndarray, item: np.ndarray, max_history: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Next-item history: every earlier event of the user in sequence order.
-
-    Inputs (N,) sorted by (user, ts, file order); returns (offsets (N+1,), hist_items).
-    """
+def sequence_windows(user: np.ndarray, max_history: int) -> Windows:
+    """Next-item history: every earlier event of the user in sequence order (ties: file order)."""
     pos = np.arange(len(user), dtype=np.int64)
-    lo = np.maximum(_first_of_run(user), pos - max_history)
-    lengths = pos - lo
-    return offsets_from_lengths(lengths), item[range_indices(lo, lengths)]
+    return Windows(pos, np.maximum(_first_of_run(user), pos - max_history), pos)

@@ -26,7 +26,6 @@ class ItemTable:
 
     mm: (len(vocab), d) float32, L2-normalised rows, rows 0 and 1 zero.
     category: (len(vocab),) int64 category index (0 for padding, 1 for unknown) or None.
-    titles: (len(vocab) - 2,) str aligned with vocab.raw_ids, or None.
     """
 
     vocab: Vocab
@@ -34,7 +33,6 @@ class ItemTable:
     mm_source: str
     category_vocab: Vocab | None = None
     category: np.ndarray | None = None
-    titles: np.ndarray | None = None
 
 
 def first_occurrences(ids: np.ndarray) -> np.ndarray:
@@ -97,7 +95,6 @@ def read_item_table(
     id_column: str = "item_id",
     vector_column: str = "mm_vector",
     category_column: str = "category",
-    title_column: str = "title",
     bad_vector_reason: str = "bad_vector",
     source: str | None = None,
 ) -> ItemTable:
@@ -136,9 +133,8 @@ def read_item_table(
     mm[FIRST_ID:] = np.where(bad[order, None], 0.0, normed[order])
     raw_category = _optional_strings(table, category_column, order)
     category_vocab, category = category_table(vocab, raw_category)
-    titles = _optional_strings(table, title_column, order)
     source = source or f"{file}:{vector_column}"
-    return ItemTable(vocab, mm, source, category_vocab, category, titles)
+    return ItemTable(vocab, mm, source, category_vocab, category)
 
 
 def _optional_strings(table: pa.Table, name: str, rows: np.ndarray) -> np.ndarray | None:

@@ -232,6 +232,9 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
         "--block-events", type=int, default=DEFAULT_BLOCK_EVENTS, help="events per build block"
     )
     parser.add_argument(
+        "--batch-rows", type=int, default=1_000_000, help="rows per scattered input batch"
+    )
+    parser.add_argument(
         "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
     )
     parser.add_argument("--row-group-size", type=int, default=DEFAULT_ROW_GROUP_SIZE)
@@ -279,6 +282,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         partitions=args.partitions,
         workers=args.workers,
         block_events=args.block_events,
+        batch_rows=args.batch_rows,
         distributed=args.distributed or None,
         created_by=command,
     )

@@ -18,8 +18,7 @@ import numpy as np
 
 from data_prep.events import Events
 from data_prep.hashing import hash_keys
-from data_prep.history import clicked_history, sequence_history
-from data_prep.ragged import offsets_from_lengths, range_indices
+from data_prep.history import clicked_windows, sequence_windows
 from data_prep.samples import Samples
 from data_prep.vocab import FIRST_ID
 
@@ -47,16 +46,20 @@ def temporal_samples(
     day_seconds: int = DAY_SECONDS,
 ) -> dict[str, Samples]:
     """Temporal click-log protocol; days are counted back from `last_ts`, the latest event."""
-    offsets, hist = clicked_history(events.user, events.ts, events.item, events.click, max_history)
-    all_samples = _samples(events.user, events.item, events.click, events.ts, offsets, hist)
+    windows = clicked_windows(events.user, events.ts, events.click, max_history)
     day = events.ts // day_seconds
     last = int(last_ts) // day_seconds
     split = np.where(day > last - test_days, 2, np.where(day > last - test_days - valid_days, 1, 0))
-    return {
-        name: all_samples.take(np.flatnonzero(split == code))
-        for code, name in enumerate(("train", "valid", "test"))
-        if name != "valid" or valid_days > 0
-    }
+    out = {}
+    for code, name in enumerate(("train", "valid", "test")):
+        if name == "valid" and valid_days == 0:
+            continue
+        rows = np.flatnonzero(split == code)
+        offsets, hist = windows.gather(events.item, rows)
+        out[name] = _samples(
+            events.user[rows], events.item[rows], events.click[rows], events.ts[rows], offsets, hist
+        )
+    return out
 
 
 def sample_negatives(
@@ -102,46 +105,39 @@ def next_item_samples(
     `valid_frac` F moves the latest training pair of a hash-selected fraction F of users
     into a "valid" split.
     """
-    offsets, hist = sequence_history(events.user, events.item, max_history)
+    windows = sequence_windows(events.user, max_history)
     n = len(events)
     starts = np.flatnonzero(np.r_[True, events.user[1:] != events.user[:-1]])
     ends = np.r_[starts[1:], n]
     position = np.arange(n) - np.repeat(starts, ends - starts)
-    last = np.zeros(n, dtype=bool)
-    last[ends - 1] = True
-    target = position >= 1
-
-    seen = np.unique(events.user * num_items + events.item)
-    negative = sample_negatives(events.user[target], position[target], num_items, seen, seed)
-    rows = np.flatnonzero(target)
-    # Interleave: positive then its negative, so a user's rows stay contiguous and ordered.
-    pair_rows = np.repeat(rows, 2)
-    label = np.tile(np.array([1, 0], dtype=np.float32), len(rows))
-    item = events.item[pair_rows].copy()
-    item[1::2] = negative
-    lengths = np.diff(offsets)[pair_rows]
-    pair_offsets = offsets_from_lengths(lengths)
-    pair_hist = hist[range_indices(offsets[pair_rows], lengths)]
-    pairs = _samples(
-        events.user[pair_rows], item, label, events.ts[pair_rows], pair_offsets, pair_hist
-    )
-
-    split = np.where(last[pair_rows], 2, 0)
-    protocol_counts = {"train": int(np.sum(split == 0)), "test": int(np.sum(split == 2))}
+    split = np.where(position >= 1, 0, -1)  # the first event of a user is never a target
+    split[ends - 1] = 2
+    protocol_counts = {"train": 2 * int(np.sum(split == 0)), "test": 2 * int(np.sum(split == 2))}
     if valid_frac > 0:
         chosen = hash_keys(seed + 1, events.user) % np.uint64(1 << 32) < np.uint64(
             valid_frac * (1 << 32)
         )
-        latest_train = np.zeros(n, dtype=bool)
-        latest_train[ends - 2] = position[ends - 2] >= 1
-        split[(latest_train & chosen)[pair_rows]] = 1
-    names = ("train", "valid", "test") if valid_frac > 0 else ("train", "test")
-    splits = {
-        name: pairs.take(np.flatnonzero(split == code))
-        for code, name in enumerate(("train", "valid", "test"))
-        if name in names
-    }
-    return splits, protocol_counts
+        latest_train = ends - 2
+        latest_train = latest_train[(position[latest_train] >= 1) & chosen[latest_train]]
+        split[latest_train] = 1
+
+    seen = np.unique(events.user * num_items + events.item)
+    out = {}
+    for code, name in enumerate(("train", "valid", "test")):
+        if name == "valid" and valid_frac <= 0:
+            continue
+        rows = np.flatnonzero(split == code)
+        negative = sample_negatives(events.user[rows], position[rows], num_items, seen, seed)
+        # Each positive is followed by its negative: a user's rows stay contiguous and ordered.
+        pair_rows = np.repeat(rows, 2)
+        item = events.item[pair_rows]
+        item[1::2] = negative
+        label = np.tile(np.array([1, 0], dtype=np.float32), len(rows))
+        offsets, hist = windows.gather(events.item, pair_rows)
+        out[name] = _samples(
+            events.user[pair_rows], item, label, events.ts[pair_rows], offsets, hist
+        )
+    return out, protocol_counts
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,3 @@ def range_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def row_ids(offsets: np.ndarray) -> np.ndarray:
     """Offsets (N+1,) -> the list index of every flat value, shape (offsets[-1],)."""
     return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
-
-
-def take_rows(
-    offsets: np.ndarray, values: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Select lists `rows` (K,) of a ragged array -> (offsets (K+1,), values)."""
-    lengths = np.diff(offsets)[rows]
-    return offsets_from_lengths(lengths), values[range_indices(offsets[rows], lengths)]

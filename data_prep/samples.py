@@ -7,8 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from data_prep.ragged import take_rows
-
 
 @dataclass
 class Samples:
@@ -31,21 +29,6 @@ class Samples:
 
     def __len__(self) -> int:
         return len(self.user)
-
-    def take(self, rows: np.ndarray) -> Samples:
-        """The samples at `rows` (K,), in that order."""
-        offsets, flat = take_rows(self.hist_offsets, np.arange(len(self.hist_items)), rows)
-        return Samples(
-            user=self.user[rows],
-            item=self.item[rows],
-            label=self.label[rows],
-            ts=self.ts[rows],
-            hist_offsets=offsets,
-            hist_items=self.hist_items[flat],
-            hist_sims=self.hist_sims[flat],
-            category=None if self.category is None else self.category[rows],
-            hist_categories=None if self.hist_categories is None else self.hist_categories[flat],
-        )
 
     def to_arrow(self) -> pa.Table:
         """Arrow table with the columns of docs/data-format.md."""

@@ -31,9 +31,10 @@ SCHEMA = pa.schema(
 def user_partition(user_ids: np.ndarray, partitions: int) -> np.ndarray:
     """Raw user ids (N,) str -> partition (N,) int64, stable across runs and machines.
 
-    A polynomial hash over the Unicode code points, finished by splitmix64.
+    A polynomial hash over the Unicode code points, finished by splitmix64; it does not
+    depend on the other ids of the batch.
     """
-    ids = np.asarray(user_ids, dtype=str)
+    ids = np.ascontiguousarray(user_ids, dtype=str)
     if len(ids) == 0 or partitions == 1:
         return np.zeros(len(ids), dtype=np.int64)
     width = ids.dtype.itemsize // 4
@@ -41,7 +42,8 @@ def user_partition(user_ids: np.ndarray, partitions: int) -> np.ndarray:
     h = np.zeros(len(ids), dtype=np.uint64)
     with np.errstate(over="ignore"):
         for column in range(width):
-            h = h * np.uint64(1_000_003) ^ codes[:, column]
+            code = codes[:, column]  # 0 = padding past the end of a shorter id: skipped
+            h = np.where(code != 0, h * np.uint64(1_000_003) ^ code, h)
     return (splitmix64(h) % np.uint64(partitions)).astype(np.int64)
 
 

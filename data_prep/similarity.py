@@ -56,9 +56,11 @@ class SimilarityHistogram:
         self.counts = np.zeros(bins, dtype=np.int64)
 
     def add(self, sims: np.ndarray) -> None:
+        """Count similarities (H,) float32 in [-1, 1] (values outside go to the end bins)."""
         bins = len(self.counts)
-        index = np.floor((np.asarray(sims, dtype=np.float64) + 1.0) * (bins / 2.0)).astype(np.int64)
-        self.counts += np.bincount(np.clip(index, 0, bins - 1), minlength=bins)
+        scaled = (np.asarray(sims, dtype=np.float32) + np.float32(1.0)) * np.float32(bins / 2.0)
+        np.clip(scaled, 0, bins - 1, out=scaled)
+        self.counts += np.bincount(scaled.astype(np.int32), minlength=bins)
 
     def merge(self, other: SimilarityHistogram) -> None:
         self.counts += other.counts

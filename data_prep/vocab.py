@@ -39,13 +39,6 @@ class Vocab:
         known = self.raw_ids[pos] == raw
         return np.where(known, pos + FIRST_ID, OOV).astype(np.int64)
 
-    def decode(self, index: np.ndarray) -> np.ndarray:
-        """Indices >= 2 -> raw ids (padding and OOV are not decodable)."""
-        index = np.asarray(index)
-        if np.any(index < FIRST_ID):
-            raise ValueError("padding (0) and OOV (1) indices have no raw id")
-        return self.raw_ids[index - FIRST_ID]
-
     def save(self, path: Path) -> None:
         """Write `raw_id (string) -> index (int64)` as Parquet."""
         path.parent.mkdir(parents=True, exist_ok=True)

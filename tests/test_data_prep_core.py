@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.history import clicked_history, sequence_history, sort_order
+from data_prep.history import clicked_windows, sequence_windows, sort_order
 from data_prep.manifest import checksum, read_manifest, write_manifest
 from data_prep.ragged import range_indices
 from data_prep.rejects import (
@@ -53,7 +53,9 @@ def test_clicked_history_strictly_earlier_and_truncated():
     ts = np.array([1, 2, 3, 3, 4, 1, 2])
     item = np.array([10, 11, 12, 13, 14, 20, 21])
     click = np.array([1, 1, 1, 0, 1, 1, 0])
-    offsets, hist = clicked_history(user, ts, item, click, max_history=2)
+    offsets, hist = clicked_windows(user, ts, click, max_history=2).gather(
+        item, np.arange(len(user))
+    )
     rows = [hist[offsets[i] : offsets[i + 1]].tolist() for i in range(len(user))]
     assert rows == [[], [10], [10, 11], [10, 11], [11, 12], [], [20]]
 
@@ -61,9 +63,9 @@ def test_clicked_history_strictly_earlier_and_truncated():
 def test_sequence_history_truncated():
     user = np.array([0, 0, 0, 0, 1, 1])
     item = np.array([1, 2, 3, 4, 5, 6])
-    offsets, hist = sequence_history(user, item, max_history=2)
-    rows = [hist[offsets[i] : offsets[i + 1]].tolist() for i in range(len(user))]
-    assert rows == [[], [1], [1, 2], [2, 3], [], [5]]
+    offsets, hist = sequence_windows(user, max_history=2).gather(item, np.array([3, 0, 5, 2]))
+    rows = [hist[offsets[i] : offsets[i + 1]].tolist() for i in range(4)]
+    assert rows == [[2, 3], [], [5], [1, 2]]
 
 
 def test_sort_order_keeps_file_order_on_ties():

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from data_prep.__main__ import main
 from data_prep.default_job import build_default
-from data_prep.similarity import bucketize
+from data_prep.similarity import SimilarityHistogram, bucketize
 
 
 def _read(out, split):
@@ -88,3 +89,17 @@ def test_idempotent_and_deterministic(default_dir, tmp_path, capsys):
         assert _read(default_dir, split).equals(_read(tmp_path / "again", split))
     assert build_default(tmp_path / "other", seed=1) is not None
     assert not _read(default_dir, "test").equals(_read(tmp_path / "other", "test"))
+
+
+def test_boundaries_come_from_training_similarities_only(default_dir):
+    manifest = json.loads((default_dir / "manifest.json").read_text())
+
+    def histogram(*splits: str) -> SimilarityHistogram:
+        h = SimilarityHistogram()
+        for split in splits:
+            h.add(pc.list_flatten(_read(default_dir, split).column("hist_sims")).to_numpy())
+        return h
+
+    train_only = histogram("train").equal_frequency_boundaries(35).tolist()
+    assert manifest["buckets"]["boundaries"] == train_only
+    assert histogram("train", "valid", "test").equal_frequency_boundaries(35).tolist() != train_only

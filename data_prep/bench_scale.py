@@ -1,0 +1,156 @@
+"""`python -m data_prep.bench_scale`: throughput and memory of the logs job at scale.
+
+Generates industrial-shaped raw logs (`synthetic_industrial`), runs the `logs` job on them
+in a child process, and reports rows/s, the peak RSS of the largest process and of the
+whole process tree (sampled from /proc), and the projected time for `--target-samples`
+on `--target-cores` cores from the measured CPU time (user + system of the job and its
+workers), assuming linear scaling over partitions: CPU time, unlike wall time, does not
+depend on other processes sharing the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_prep.synthetic_industrial import IndustrialConfig, write_raw
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of `root` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            statm = Path(f"/proc/{entry}/statm").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = int(statm.split()[1]) * PAGE
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def run_measured(command: list[str]) -> dict[str, float]:
+    """Run a command; wall time, peak RSS of its largest process and of its process tree."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command)
+    peak_tree = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_tree
+        while not done.wait(0.2):
+            peak_tree = max(peak_tree, tree_rss(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    done.set()
+    sampler.join()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with status {status}")
+    return {
+        "wall_s": time.perf_counter() - start,
+        "peak_rss_largest_process_gb": usage.ru_maxrss * 1024 / 1e9,
+        "peak_rss_tree_gb": peak_tree / 1e9,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.bench_scale", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/data_prep_bench"))
+    parser.add_argument("--samples", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--history", type=int, default=100)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--partitions", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--target-samples", type=int, default=469_000_000)
+    parser.add_argument("--target-cores", type=int, default=64)
+    parser.add_argument("--keep", action="store_true", help="keep the generated and prepared data")
+    args = parser.parse_args(argv)
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    config = IndustrialConfig(
+        samples=args.samples, users=args.users, items=args.items, dim=args.dim, files=args.files
+    )
+    start = time.perf_counter()
+    write_raw(config, args.out / "raw")
+    generate_s = time.perf_counter() - start
+
+    command = [
+        sys.executable, "-m", "data_prep", "logs",
+        "--interactions", str(args.out / "raw" / "interactions-*.parquet"),
+        "--items", str(args.out / "raw" / "items.parquet"),
+        "--out", str(args.out / "prepared"),
+        "--max-history", str(args.history),
+        "--partitions", str(args.partitions),
+        "--workers", str(args.workers),
+    ]  # fmt: skip
+    measured = run_measured(command)
+    manifest = json.loads((args.out / "prepared" / "manifest.json").read_text())
+    rows = sum(manifest["counts"].values())
+    shard = args.out / "prepared" / manifest["splits"]["train"][0]
+    lengths = pc.list_value_length(
+        pq.read_table(shard, columns=["hist_items"]).column("hist_items")
+    )
+    cores = min(args.workers, os.cpu_count() or 1)
+    rows_per_s = rows / measured["wall_s"]
+    report = {
+        "command": " ".join(command),
+        "generator": asdict(config),
+        "rows": rows,
+        "history": args.history,
+        "cores": cores,
+        "generate_s": round(generate_s, 1),
+        "prepare_s": round(measured["wall_s"], 1),
+        "cpu_s": round(measured["cpu_s"], 1),
+        "mean_history": round(pc.mean(lengths).as_py(), 1),
+        "rows_per_s": round(rows_per_s),
+        "rows_per_cpu_s": round(rows / measured["cpu_s"]),
+        "peak_rss_largest_process_gb": round(measured["peak_rss_largest_process_gb"], 2),
+        "peak_rss_tree_gb": round(measured["peak_rss_tree_gb"], 2),
+        "output_gb": round(
+            sum(f.stat().st_size for f in (args.out / "prepared").rglob("*") if f.is_file()) / 1e9,
+            2,
+        ),
+        "load_average_1min_after": os.getloadavg()[0],
+        "target_samples": args.target_samples,
+        "target_cores": args.target_cores,
+        "projected_target_s": round(
+            args.target_samples / (rows / measured["cpu_s"]) / args.target_cores
+        ),
+    }
+    print(json.dumps(report, indent=2))
+    if not args.keep:
+        shutil.rmtree(args.out, ignore_errors=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
