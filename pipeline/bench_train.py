@@ -36,7 +36,9 @@ def run_one(model: str, workers: int, data: str, steps: int, batch_size: int, ou
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default="data/default")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=256, help="per-worker batch size")
@@ -54,12 +56,18 @@ def main(argv: list[str] | None = None) -> int:
                     {"model": model, "workers": workers,
                      "samples_per_s": m["train_samples_per_s"], "auc": m["test"]["auc"]}
                 )  # fmt: skip
-                print(f"  {model} x{workers}: {m['train_samples_per_s']:,.0f} samples/s", flush=True)
+                print(
+                    f"  {model} x{workers}: {m['train_samples_per_s']:,.0f} samples/s", flush=True
+                )
     base = {r["workers"]: r["samples_per_s"] for r in rows if r["model"] == "ta"}
     one = {r["model"]: r["samples_per_s"] for r in rows if r["workers"] == 1}
     for r in rows:
-        r["vs_ta"] = r["samples_per_s"] / base[r["workers"]] if r["workers"] in base else float("nan")
-        r["vs_1_worker"] = r["samples_per_s"] / one[r["model"]] if r["model"] in one else float("nan")
+        r["vs_ta"] = (
+            r["samples_per_s"] / base[r["workers"]] if r["workers"] in base else float("nan")
+        )
+        r["vs_1_worker"] = (
+            r["samples_per_s"] / one[r["model"]] if r["model"] in one else float("nan")
+        )
     columns = [("model", "model"), ("workers", "workers"), ("samples_per_s", "samples/s"),
                ("vs_ta", "x TA"), ("vs_1_worker", "x 1 worker"), ("auc", f"AUC@{args.steps} steps")]  # fmt: skip
     print(format_table(rows, columns))

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from models.ctr import FeatureSpec
 from pipeline.batch import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, Batch
 
 SCHEMA_VERSION = 1
@@ -78,6 +79,16 @@ class PreparedData:
     def item_mm(self) -> np.ndarray:
         """(num_items, d_m) frozen L2-normalised multimodal vectors, memory-mapped."""
         return np.load(self.root / self.manifest["item_embeddings"]["path"], mmap_mode="r")
+
+    def feature_spec(self) -> FeatureSpec:
+        """What the model needs of this data: table sizes and bucket boundaries."""
+        sizes = self.vocab_sizes
+        return FeatureSpec(
+            num_users=sizes["user"],
+            num_items=sizes["item"],
+            num_categories=sizes.get("category", 0),
+            bucket_boundaries=tuple(self.manifest["buckets"]["boundaries"]),
+        )
 
     def split_files(self, split: str) -> list[Path]:
         names = self.manifest.get("splits", {}).get(split)

@@ -90,13 +90,12 @@ def load_trained_model(
     the path) and RUN_DIR/checkpoints/latest. DCP reassembles the sharded embedding tables
     into whole tensors in this single process. Returns (model in eval mode, data, metrics).
     """
-    from pipeline.train import feature_spec  # training-side import, only for this loader
 
     run_dir = Path(run_dir)
     result = json.loads((run_dir / "metrics.json").read_text())
     data = PreparedData(data_dir or result["data"]["path"])
     name = result["model"]
-    model = build_model(name, feature_spec(data), make_config(name, result["model_config"]))
+    model = build_model(name, data.feature_spec(), make_config(name, result["model_config"]))
     pointer = run_dir / "checkpoints" / "latest"
     if not pointer.is_file():
         raise FileNotFoundError(f"{pointer}: no checkpoint (train with --checkpoint-every N)")

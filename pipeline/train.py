@@ -33,7 +33,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from models.ctr import CTRTask, FeatureSpec
+from models.ctr import CTRTask
 from models.zoo import MODELS, build_model, make_config
 from pipeline.batch import Batch
 from pipeline.checkpoint import Checkpointer
@@ -86,14 +86,9 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def feature_spec(data: PreparedData) -> FeatureSpec:
-    sizes = data.vocab_sizes
-    return FeatureSpec(
-        num_users=sizes["user"],
-        num_items=sizes["item"],
-        num_categories=sizes.get("category", 0),
-        bucket_boundaries=tuple(data.manifest["buckets"]["boundaries"]),
-    )
+def feature_spec(data: PreparedData):
+    """Kept for callers that import it from here; same as `data.feature_spec()`."""
+    return data.feature_spec()
 
 
 def ensure_default_data(env: DistEnv) -> Path:
@@ -219,7 +214,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         return run_popularity(config, data, env, output_dir)
 
-    spec = feature_spec(data)
+    spec = data.feature_spec()
     model_config = make_config(config.model, config.model_args)
     # Tables are allocated on the meta device and materialised shard by shard by DMP, so
     # no rank ever holds a whole 20M-row table.

@@ -30,13 +30,7 @@ IDS = [name + "".join(f"-{k}={v}" for k, v in args.items()) for name, args in VA
 
 
 def spec_of(data: PreparedData) -> FeatureSpec:
-    sizes = data.vocab_sizes
-    return FeatureSpec(
-        num_users=sizes["user"],
-        num_items=sizes["item"],
-        num_categories=sizes.get("category", 0),
-        bucket_boundaries=tuple(data.manifest["buckets"]["boundaries"]),
-    )
+    return data.feature_spec()
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["ids", "categories"])

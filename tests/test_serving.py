@@ -3,6 +3,7 @@ the batch scoring job and a tiny benchmark run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -47,13 +48,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
 
 
 def spec_of(data: PreparedData, categories: bool) -> FeatureSpec:
-    sizes = data.vocab_sizes
-    return FeatureSpec(
-        num_users=sizes["user"],
-        num_items=sizes["item"],
-        num_categories=sizes["category"] if categories else 0,
-        bucket_boundaries=tuple(data.bucket_boundaries.tolist()),
-    )
+    spec = data.feature_spec()
+    return spec if categories else dataclasses.replace(spec, num_categories=0)
 
 
 def training_ctr(

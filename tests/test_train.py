@@ -151,8 +151,24 @@ def test_default_data_ranks_dmf_over_ta_over_popularity(tmp_path: Path):
     auc = {}
     for model in ("dmf", "ta", "popularity"):
         out = tmp_path / model
-        _run([sys.executable, "-m", "pipeline.train", "--data", str(data), "--output-dir",
-              str(out), "--model", model, "--epochs", "1", "--seed", "0"], timeout=600)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.train",
+                "--data",
+                str(data),
+                "--output-dir",
+                str(out),
+                "--model",
+                model,
+                "--epochs",
+                "1",
+                "--seed",
+                "0",
+            ],
+            timeout=600,
+        )
         auc[model] = _metrics(out)["test"]["auc"]
     assert auc["dmf"] > auc["ta"] + 0.01 > auc["popularity"] + 0.02, auc
 
