@@ -22,7 +22,9 @@ from pathlib import Path
 from pipeline.metrics import format_table
 
 
-def run_one(model: str, workers: int, data: str, steps: int, batch_size: int, out: Path) -> dict:
+def run_one(
+    model: str, workers: int, threads: int, data: str, steps: int, batch_size: int, out: Path
+) -> dict:
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [
         str(torchrun), "--nproc-per-node", str(workers), "--rdzv-backend", "c10d",
@@ -30,7 +32,7 @@ def run_one(model: str, workers: int, data: str, steps: int, batch_size: int, ou
         "--data", data, "--output-dir", str(out), "--max-steps", str(steps),
         "--batch-size", str(batch_size), "--eval-batch-size", "4096",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // workers))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
     return json.loads((out / "metrics.json").read_text())
 
@@ -44,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256, help="per-worker batch size")
     p.add_argument("--models", default="ta,dmf")
     p.add_argument("--workers", default="1,2")
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        help="intra-op threads of each worker (default: cores / workers, so every run uses "
+        "the whole machine; on a busy machine 1 is fairer, OpenMP threads spin)",
+    )
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     rows = []
@@ -51,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         for workers in [int(w) for w in args.workers.split(",")]:
             for model in args.models.split(","):
                 out = Path(tmp) / f"{model}-{workers}"
-                m = run_one(model, workers, args.data, args.steps, args.batch_size, out)
+                threads = args.threads_per_worker or max(1, (os.cpu_count() or 2) // workers)
+                m = run_one(model, workers, threads, args.data, args.steps, args.batch_size, out)
                 rows.append(
                     {"model": model, "workers": workers,
                      "samples_per_s": m["train_samples_per_s"], "auc": m["test"]["auc"]}
