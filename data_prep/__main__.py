@@ -41,6 +41,20 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     JOBS[args.job][0].main(args, "python -m data_prep " + shlex.join(argv))
+    # Only after success: on a failure the launcher tears the ranks down, and a barrier
+    # here could pair with another rank's unrelated collective.
+    _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Tear down the gloo group of a `--distributed` run before the interpreter exits:
+    a live group at exit races gloo's threads and aborts ("terminate called without an
+    active exception"), failing a job whose output is already complete."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
