@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,6 +28,28 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _attempt_store() -> dist.Store | None:
+    """Under torchrun/TorchX with the agent's store, a store namespaced by restart attempt.
+
+    The elastic agent keeps its store across worker restarts, so the keys the killed
+    attempt's process group published (gloo's peer addresses) are still there when the
+    restarted workers rendezvous: a rank can read its peer's dead address before the
+    fresh one is written, and fails with "Connection refused". A prefix per attempt gives
+    every attempt a clean namespace. None outside torchelastic (plain env:// init).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    client = dist.TCPStore(
+        host_name=os.environ["MASTER_ADDR"],
+        port=int(os.environ["MASTER_PORT"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        is_master=False,
+        timeout=timedelta(minutes=10),
+    )
+    return dist.PrefixStore(f"dmf/attempt_{attempt}", client)
 
 
 def init_distributed(device: str = "auto") -> DistEnv:
@@ -56,7 +79,16 @@ def init_distributed(device: str = "auto") -> DistEnv:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        store = _attempt_store()
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(
+                backend=backend,
+                store=store,
+                rank=int(os.environ["RANK"]),
+                world_size=int(os.environ["WORLD_SIZE"]),
+            )
     return DistEnv(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
