@@ -153,15 +153,18 @@ class _Tap:
 
 def evaluate(
     pipeline: TrainPipelineSparseDist,
+    model: torch.nn.Module,
     data: PreparedData,
     split: str,
     config: TrainConfig,
     env: DistEnv,
 ) -> dict[str, Any]:
-    """AUC, GAUC, logloss (overall and by activity) over a whole split, all ranks."""
+    """AUC, GAUC, logloss (overall and by activity) over a whole split, all ranks.
+
+    model: the DMP module `pipeline` runs (switched to eval mode and back).
+    """
     reader = data.reader(split, config.eval_batch_size, rank=env.rank, world_size=env.world_size)
     accumulator = EvalAccumulator(short_history_max=config.short_history_max)
-    model = pipeline._model
     model.eval()
     pipeline.reset()
     tap = _Tap(reader.iter_batches())
@@ -305,7 +308,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         train_time += time.perf_counter() - start
         at_end = step >= total_steps
         if config.eval_every and valid_split and (step % config.eval_every == 0 or at_end):
-            metrics = evaluate(pipeline, data, valid_split, config, env)
+            metrics = evaluate(pipeline, dmp, data, valid_split, config, env)
             record = {
                 "step": step,
                 "epoch": epoch,
@@ -334,7 +337,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             checkpointer.save(step, dmp, optimizer, progress)
     bar.close()
 
-    test = evaluate(pipeline, data, "test", config, env)
+    test = evaluate(pipeline, dmp, data, "test", config, env)
     result = {
         "model": config.model,
         "test": test,
