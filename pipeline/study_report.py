@@ -371,19 +371,28 @@ def plot_attention(case: dict[str, Any], path: Path) -> None:
 def plot_tuning(tune: dict[str, dict[str, Any]], steps_per_epoch: int | None, path: Path) -> None:
     """Validation AUC during the epoch-selection runs."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
-    for name, m in sorted(tune.items()):
+    fig, ax = plt.subplots(figsize=(8.0, 4.4))
+    colors = plt.get_cmap("tab20").colors
+    markers = "osD^v<>pPX*"
+    for i, (name, m) in enumerate(sorted(tune.items())):
         history = m.get("valid_history") or []
         if not history:
             continue
         scale = steps_per_epoch or 1
         xs = [r["step"] / scale for r in history]
-        ax.plot(xs, [r["auc"] for r in history], marker=".", label=LABELS.get(name, name))
+        ax.plot(
+            xs,
+            [r["auc"] for r in history],
+            marker=markers[i % len(markers)],
+            markersize=4,
+            color=colors[(2 * i) % 20 + (i // 10)],
+            label=LABELS.get(name, name),
+        )
     ax.set_xlabel("epochs" if steps_per_epoch else "steps")
     ax.set_ylabel("validation AUC")
     ax.set_title("Epoch selection runs (seed 0), validation split only")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
