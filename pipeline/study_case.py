@@ -115,6 +115,27 @@ def training_counts(data: PreparedData, num_items: int) -> np.ndarray:
     return counts
 
 
+@torch.no_grad()
+def popularity_alignment(
+    model: CTRModel, table: Any, counts: np.ndarray, has_categories: bool
+) -> dict[str, float]:
+    """How much of a model's test ranking is item popularity: Spearman correlation of its
+    logits with log(1 + training positives of the target), over every test sample, and the
+    AUC of popularity alone next to the model's."""
+    from scipy import stats
+
+    from pipeline.metrics import auc
+
+    logits = model(table_to_batch(table, has_categories)).numpy()
+    popularity = np.log1p(counts[table.column("item").to_numpy()])
+    labels = table.column("label").to_numpy()
+    return {
+        "spearman_logit_popularity": float(stats.spearmanr(logits, popularity).statistic),
+        "auc_model": auc(logits, labels),
+        "auc_popularity": auc(popularity, labels),
+    }
+
+
 @dataclass
 class CaseStudy:
     user: int
@@ -188,11 +209,16 @@ def run_case_study(
     tables = [pq.read_table(p) for p in data.split_files("test")]
     import pyarrow as pa
 
-    table = pa.concat_tables(tables)
-    table = table.filter(pc.greater(table.column("label"), 0.5))
+    everything = pa.concat_tables(tables)
+    counts = training_counts(data, data.vocab_sizes["item"])
+    popularity = {
+        name: popularity_alignment(model, everything, counts, data.has_categories)
+        for name, model in (("ta", ta_model), ("dta", dta_model))
+    }
+    table = everything.filter(pc.greater(everything.column("label"), 0.5))
     ta = attention_weights(ta_model, table, data.has_categories)
     dta = attention_weights(dta_model, table, data.has_categories)
-    aggregate = aggregate_stats(ta, dta)
+    aggregate = {**aggregate_stats(ta, dta), "popularity": popularity}
 
     lengths = ta["mask"].sum(1)
     # (paper-like first: DTA's top item is the most similar one and TA's top is another)
@@ -214,7 +240,6 @@ def run_case_study(
     n = int(lengths[best])
     row = table.slice(best, 1).to_pylist()[0]
     titles = item_titles(data, meta_path)
-    counts = training_counts(data, data.vocab_sizes["item"])
     history = [int(i) for i in row["hist_items"][:n]]
     return CaseStudy(
         user=int(row["user"]),

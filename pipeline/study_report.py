@@ -565,7 +565,8 @@ def write_report(results: dict[str, Any], out_dir: Path, name: str = REPORT_NAME
         f"`{name}.discussion.md`, included below).\n"
     )
     if results.get("command"):
-        add(f"Command: `{results['command']}`\n")
+        note = f" {results['command_note']}" if results.get("command_note") else ""
+        add(f"Command: `{results['command']}`.{note}\n")
     timing = results.get("timing") or {}
     if timing:
         phases = ", ".join(f"{k} {_fmt_s(v)}" for k, v in timing.get("phases", {}).items())
@@ -819,6 +820,16 @@ def write_report(results: dict[str, Any], out_dir: Path, name: str = REPORT_NAME
                 f"{100 * agg['chance_top_is_most_similar']:.1f}%); mean Spearman correlation "
                 f"of weight and similarity: TA {agg['ta']['spearman_weight_similarity']:+.3f}, "
                 f"DTA {agg['dta']['spearman_weight_similarity']:+.3f}."
+            )
+        pop = agg.get("popularity")
+        if pop:
+            add(
+                "\nPopularity (the paper's flame icons): over all test samples, the Spearman "
+                "correlation of the model's logit with log(1 + training positives) of the target "
+                f"is {pop['ta']['spearman_logit_popularity']:.3f} for TA and "
+                f"{pop['dta']['spearman_logit_popularity']:.3f} for DTA; popularity alone has "
+                f"test AUC {pop['ta']['auc_popularity']:.4f} (TA {pop['ta']['auc_model']:.4f}, "
+                f"DTA {pop['dta']['auc_model']:.4f})."
             )
         add("")
     else:
