@@ -31,7 +31,6 @@ from models.ctr import CTRModel
 from models.zoo import build_model, make_config
 from pipeline.checkpoint import Checkpointer
 from pipeline.data import PreparedData, table_to_batch
-from pipeline.train import feature_spec
 
 # dmp.state_dict() keys are "model." + the CTRModel's keys (DMP drops its own wrapper
 # prefix; CTRTask holds the CTRModel as `.model`); DCP flattens the nested {"model": ...}
@@ -47,7 +46,7 @@ def load_unsharded(run_dir: Path, data: PreparedData | None = None) -> CTRModel:
     config = metrics["config"]
     data = data or PreparedData(config["data"])
     model = build_model(
-        config["model"], feature_spec(data), make_config(config["model"], config["model_args"])
+        config["model"], data.feature_spec(), make_config(config["model"], config["model_args"])
     )
     latest = Checkpointer(run_dir / "checkpoints").latest()
     if latest is None:

@@ -86,11 +86,6 @@ def seed_everything(seed: int, rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def feature_spec(data: PreparedData):
-    """Kept for callers that import it from here; same as `data.feature_spec()`."""
-    return data.feature_spec()
-
-
 def ensure_default_data(env: DistEnv) -> Path:
     """The embedded default dataset, built by rank 0 when missing."""
     if env.is_main and not (DEFAULT_DATA / "manifest.json").is_file():
