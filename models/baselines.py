@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from models.dta import DecoupledTargetAttention, bucketize, masked_softmax
+from models.features import HIST_ITEM, Batch
 from models.histogram import similarity_histogram
 from models.interest import InterestInputs, TargetAttentionInterest
 from models.mlp import MLP
-from pipeline.batch import HIST_ITEM, Batch
 
 if TYPE_CHECKING:
-    from models.ctr import FeatureSpec
+    from models.features import FeatureSpec
     from models.zoo import MAKEConfig
 
 

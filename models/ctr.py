@@ -18,8 +18,6 @@ treats the shard-free OverArch as a leaf, so everything data-dependent lives the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingConfig
@@ -27,27 +25,9 @@ from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from models.dta import bucketize
+from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, Batch, FeatureSpec
 from models.interest import InterestInputs
 from models.mlp import MLP
-from pipeline.batch import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, Batch
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What the model needs to know about the data (from the prepared data's manifest)."""
-
-    num_users: int
-    num_items: int
-    num_categories: int  # 0 when the items have no categories
-    bucket_boundaries: tuple[float, ...]  # M-1 cut points
-
-    @property
-    def num_buckets(self) -> int:
-        return len(self.bucket_boundaries) + 1
-
-    @property
-    def has_categories(self) -> bool:
-        return self.num_categories > 0
 
 
 class SparseArch(nn.Module):

@@ -25,7 +25,8 @@ from models.baselines import (
     SIMTIERInterest,
     make_multimodal,
 )
-from models.ctr import CTRModel, FeatureSpec, OverArch, SparseArch
+from models.ctr import CTRModel, OverArch, SparseArch
+from models.features import FeatureSpec
 from models.interest import DMFInterest, EarlyFusionInterest, TargetAttentionInterest
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.ctr import FeatureSpec
+from models.features import FeatureSpec
 from models.zoo import build_model, make_config
 from pipeline.serving import CTRScorer, LateFusion, scorer_from_model
 

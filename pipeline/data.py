@@ -24,8 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from models.ctr import FeatureSpec
-from pipeline.batch import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, Batch
+from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, Batch, FeatureSpec
 
 SCHEMA_VERSION = 1
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models.baselines import MAKEPretrainModel, make_pretrain_model
-from models.ctr import FeatureSpec
+from models.features import FeatureSpec
 from models.zoo import MAKEConfig
 from pipeline.data import PreparedData
 from pipeline.distributed import DistEnv

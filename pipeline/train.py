@@ -34,8 +34,8 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from models.ctr import CTRTask
+from models.features import Batch
 from models.zoo import MODELS, build_model, make_config
-from pipeline.batch import Batch
 from pipeline.checkpoint import Checkpointer
 from pipeline.configs import PRESETS
 from pipeline.data import PreparedData

@@ -19,9 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchrec.sparse.jagged_tensor import JaggedTensor
 
-from models.ctr import FeatureSpec
+from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
 from models.zoo import MODELS, build_model, make_config
-from pipeline.batch import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER
 from pipeline.configs import PRESETS
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from models.baselines import make_pretrain_model, transfer_pretrained
-from models.ctr import CTRModel, FeatureSpec
+from models.ctr import CTRModel
+from models.features import Batch, FeatureSpec
 from models.interest import InterestInputs
 from models.zoo import MODELS, build_model, make_config
-from pipeline.batch import Batch
 from pipeline.data import PreparedData, table_to_batch
 from tests.fixtures import write_prepared
 

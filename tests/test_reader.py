@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.batch import HIST_ITEM
+from models.features import HIST_ITEM
 from pipeline.data import DataError, PreparedData
 from tests.fixtures import write_prepared
 

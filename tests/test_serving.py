@@ -16,8 +16,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from models.ctr import CTRModel, CTRTask, FeatureSpec
+from models.ctr import CTRModel, CTRTask
 from models.dta import DecoupledTargetAttention, bucketize
+from models.features import FeatureSpec
 from models.zoo import build_model, make_config
 from pipeline import bench_serving, export, score_requests
 from pipeline.data import PreparedData, table_to_batch

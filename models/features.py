@@ -1,4 +1,7 @@
-"""The training batch: sparse ids as a KeyedJaggedTensor plus what aligns with them."""
+"""The lowest layer: feature keys, what the model knows of the data, and the batch type.
+
+Both `models/` and `pipeline/` import this module; it imports neither.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,24 @@ from torchrec.streamable import Pipelineable
 
 USER, ITEM, HIST_ITEM = "user", "item", "hist_item"
 CATEGORY, HIST_CATEGORY = "category", "hist_category"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the model needs to know about the data (from the prepared data's manifest)."""
+
+    num_users: int
+    num_items: int
+    num_categories: int  # 0 when the items have no categories
+    bucket_boundaries: tuple[float, ...]  # M-1 cut points
+
+    @property
+    def num_buckets(self) -> int:
+        return len(self.bucket_boundaries) + 1
+
+    @property
+    def has_categories(self) -> bool:
+        return self.num_categories > 0
 
 
 @dataclass
