@@ -1,4 +1,4 @@
-"""pipeline.study: the report and plots on fake metrics.json files (no training), and the
+"""experiments.study: the report and plots on fake metrics.json files (no training), and the
 run plan (which runs, with which trainer flags, selected on validation only)."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import study, study_report
-from pipeline.study_worker import run_status
+from experiments import report as study_report
+from experiments import study
+from experiments.worker import run_status
 from pipeline.train import parse_args as train_args
 
 SEEDS = 2

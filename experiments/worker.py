@@ -1,6 +1,6 @@
-"""Runs a list of `pipeline.train` configurations in one torchrun job (used by pipeline.study).
+"""Runs a list of `pipeline.train` configurations in one torchrun job (used by experiments.study).
 
-    torchrun --nproc-per-node 2 -m pipeline.study_worker PLAN.json
+    torchrun --nproc-per-node 2 -m experiments.worker PLAN.json
 
 PLAN.json: {"runs": [{"key": ..., "out": DIR, "argv": [...trainer flags...]}, ...],
 "manifest_checksum": "..."}. Every run is a real `train(parse_args(argv))` call in the same

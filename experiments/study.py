@@ -1,6 +1,6 @@
 """The paper's Amazon experiments (Section V) in one command:
 
-    python -m pipeline.study [--quick] [--seeds N] [--out docs/results] [--data-dir data/amazon]
+    python -m experiments.study [--quick] [--seeds N] [--out docs/results] [--data-dir data/amazon]
                              [--workers 2] [--raw-dir ../shared/data/amazon-electronics-2014]
 
 1. prepares the data from the raw Amazon 2014 files with `python -m data_prep amazon`
@@ -10,10 +10,10 @@
    epoch, early stopping) picks each model's training length on the VALIDATION split;
 3. trains and evaluates every model of Table II and Table IV, the DMF alpha sweep (0 to 1
    by 0.1) and the activity-gated DMF, each a real `pipeline.train` run under torchrun with
-   --workers processes (several runs per torchrun job, `pipeline.study_worker`); DMF's
+   --workers processes (several runs per torchrun job, `experiments.worker`); DMF's
    alpha for the main table is chosen by mean validation AUC of the sweep;
 4. loads the TA and DTA checkpoints into unsharded models for the attention case study;
-5. writes OUT/amazon-electronics.md and its PNG figures (`pipeline.study_report`).
+5. writes OUT/amazon-electronics.md and its PNG figures (`experiments.report`).
 
 Runs live in runs/study/<phase>/<name>/seed<k>/ (runs/study-quick with --quick); a run
 whose metrics.json exists with the same trainer config and data is skipped, so an
@@ -77,7 +77,7 @@ class StudyConfig:
 
 def parse_args(argv: list[str] | None = None) -> StudyConfig:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.study",
+        prog="python -m experiments.study",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -360,7 +360,7 @@ def phase_b_runs(
 
 def launch(config: StudyConfig, runs: list[Run], name: str, checksum: str) -> int:
     """One torchrun job over `runs` (finished ones are skipped by the worker)."""
-    from pipeline.study_worker import run_status
+    from experiments.worker import run_status
 
     todo = [r for r in runs if run_status(r.out, r.argv, checksum) != "done"]
     if not todo:
@@ -380,7 +380,7 @@ def launch(config: StudyConfig, runs: list[Run], name: str, checksum: str) -> in
     )
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        "--nproc-per-node", str(config.workers), "-m", "pipeline.study_worker", str(plan),
+        "--nproc-per-node", str(config.workers), "-m", "experiments.worker", str(plan),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -396,7 +396,7 @@ def estimate_seconds(
     config: StudyConfig, runs: list[Run], tune: dict[str, Any], checksum: str
 ) -> float:
     """Rough wall time of the runs still to do, from the tuning runs' throughput."""
-    from pipeline.study_worker import run_status
+    from experiments.worker import run_status
 
     total = 0.0
     for r in runs:
@@ -452,7 +452,7 @@ def data_evidence(data: Any) -> dict[str, Any]:
 
 
 def evidence_lines(ev: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    from pipeline.study_report import _mean
+    from experiments.report import _mean
 
     runs = results.get("runs", {})
     lines = [
@@ -627,7 +627,7 @@ def settings_table(
 def study_command(state: State, argv: list[str]) -> str:
     """The command line that ran the study (the latest invocation that trained)."""
     training = [i["argv"] for i in state.data["invocations"] if "--report-only" not in i["argv"]]
-    return ("python -m pipeline.study " + shlex.join(training[-1] if training else argv)).strip()
+    return ("python -m experiments.study " + shlex.join(training[-1] if training else argv)).strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -643,8 +643,8 @@ def main(argv: list[str] | None = None) -> int:
         prepare(config)
     state.phase("prepare", time.perf_counter() - t)
 
+    from experiments.report import collect, select_alpha, select_steps, write_report
     from pipeline.data import PreparedData
-    from pipeline.study_report import collect, select_alpha, select_steps, write_report
 
     data = PreparedData(config.data_dir)
     checksum = data.checksum
@@ -724,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         if case_cache.is_file() and json.loads(case_cache.read_text()).get("stamp") == stamp:
             case = json.loads(case_cache.read_text())["case"]
         else:
-            from pipeline.study_case import run_case_study
+            from experiments.case_study import run_case_study
 
             say("case study: TA and DTA seed 0 checkpoints -> unsharded models")
             case = dataclasses.asdict(
@@ -747,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         case=case,
         command=study_command(state, argv),
         command_note=(
-            f"This report was rebuilt by `python -m pipeline.study {shlex.join(argv)}`."
+            f"This report was rebuilt by `python -m experiments.study {shlex.join(argv)}`."
             if config.report_only
             else None
         ),
