@@ -1,18 +1,45 @@
-"""A small prepared-data folder in the format of docs/data-format.md, for fast tests.
+"""Test helpers: a small prepared-data folder, and the shared real data beside the checkout.
 
-It is written directly (not by data_prep) so model, reader and trainer tests do not depend
-on the data-prep jobs; tests of data_prep check that the jobs write this same format.
+`write_prepared` writes a folder in the format of docs/data-format.md directly (not by
+data_prep) so model, reader and trainer tests do not depend on the data-prep jobs; tests of
+data_prep check that the jobs write this same format.
+
+`require_shared` finds the shared real data in `../shared` relative to the repository root
+(the checkout's parent folder holds `shared/` beside it, on developer machines and in CI).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+
+
+def in_ci() -> bool:
+    """True when the CI environment variable says so (`CI=true`, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def require_shared(*parts: str) -> Path:
+    """`../shared/<parts>` beside the checkout; when it is missing the calling test fails in CI
+    (the real-data tests must run there) and is skipped, with the reason, elsewhere."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        relative = "/".join(("..", "shared", *parts))
+        message = f"shared data {relative} not found relative to the checkout (looked at {path})"
+        if in_ci():
+            pytest.fail(f"{message}; CI=true, so the real-data tests must run", pytrace=False)
+        pytest.skip(f"{message}; not in CI (CI=true makes this a failure)")
+    return path
 
 
 def write_prepared(
