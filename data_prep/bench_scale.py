@@ -81,7 +81,12 @@ def run_measured(command: list[str]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m data_prep.bench_scale", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/data_prep_bench"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/bench_scale"),
+        help="scratch folder, deleted first (and afterwards unless --keep)",
+    )
     parser.add_argument("--samples", type=int, default=10_000_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--items", type=int, default=200_000)

@@ -44,7 +44,7 @@ META = [
     b"{'asin': 'i1', 'title': 'dup'}",  # 8 duplicate_item
     b"{'title': 'no asin'}",  # 9 missing_field
     b"{'asin': 'i8', 'title': 'broken'",  # 10 malformed
-    b"__import__('os').system('touch /tmp/data_prep_pwned')",  # 11 malformed, never evaluated
+    b"__import__('os').system('touch data_prep_pwned')",  # 11 malformed, never evaluated
     b"{'asin': 'i9', 'title': 'caf\xe9'}",  # 12 not_utf8
 ]
 REVIEW_REJECTS = {
@@ -87,7 +87,8 @@ def rows(out: Path, manifest: dict, split: str) -> list[dict]:
     return pq.read_table([str(out / p) for p in manifest["splits"][split]]).to_pylist()
 
 
-def test_fixture_counts_and_rejects(fixture_files, tmp_path):
+def test_fixture_counts_and_rejects(fixture_files, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the metadata's injected command would write
     out = tmp_path / "out"
     manifest = run(*fixture_files, out)
     assert manifest["counts"] == {"train": 6, "test": 6}
@@ -110,7 +111,7 @@ def test_fixture_counts_and_rejects(fixture_files, tmp_path):
         ("meta.json.gz", 11, "malformed"),
         ("meta.json.gz", 7, "item_without_events"),
     }
-    assert not Path("/tmp/data_prep_pwned").exists()
+    assert not (tmp_path / "data_prep_pwned").exists()
     assert manifest["vocab_sizes"] == {"user": 5, "item": 8, "category": 3}
 
 
