@@ -16,10 +16,12 @@ import torch.distributed as dist
 from pipeline.data import PreparedData
 from pipeline.distributed import DistEnv
 from pipeline.metrics import EvalAccumulator
+from pipeline.results import write_result
 
 
 def item_positive_counts(data: PreparedData, env: DistEnv, batch_size: int) -> torch.Tensor:
-    """(num_items,) number of positive training samples per item, summed over ranks."""
+    """(num_items,) number of positive training samples per item, summed over ranks.
+    batch_size: rows per batch on this rank."""
     counts = torch.zeros(data.vocab_sizes["item"], dtype=torch.float64)
     reader = data.reader("train", batch_size, rank=env.rank, world_size=env.world_size)
     for batch in reader.iter_batches():
@@ -30,13 +32,12 @@ def item_positive_counts(data: PreparedData, env: DistEnv, batch_size: int) -> t
 
 
 def run_popularity(config: Any, data: PreparedData, env: DistEnv, output_dir: Path) -> dict:
-    from pipeline.train import write_result  # the same metrics.json and table as models
-
+    batch_size = config.per_rank_eval_batch_size(env.world_size)  # the setting is global
     start = time.perf_counter()
-    scores = torch.log1p(item_positive_counts(data, env, config.eval_batch_size))
+    scores = torch.log1p(item_positive_counts(data, env, batch_size))
     fit_time = time.perf_counter() - start
     accumulator = EvalAccumulator(short_history_max=config.short_history_max, from_logits=True)
-    reader = data.reader("test", config.eval_batch_size, rank=env.rank, world_size=env.world_size)
+    reader = data.reader("test", batch_size, rank=env.rank, world_size=env.world_size)
     start, samples = time.perf_counter(), 0
     for batch in reader.iter_batches():
         items = batch.sparse_features["item"].values()

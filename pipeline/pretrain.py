@@ -31,7 +31,11 @@ def pretrain_make(
     lr: float,
     seed: int,
 ) -> MAKEPretrainModel:
-    """Train `make_pretrain_model` for `model_config.pretrain_epochs` epochs; returns it."""
+    """Train `make_pretrain_model` for `model_config.pretrain_epochs` epochs; returns it.
+
+    batch_size: rows per step on this rank (the trainer passes its per-rank batch, the
+    global `--batch-size` divided by the world size).
+    """
     torch.manual_seed(seed)
     model = make_pretrain_model(spec, model_config).to(env.device)
     trained: nn.Module = model

@@ -11,7 +11,6 @@ is exactly the number of steps done.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -22,7 +21,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +33,17 @@ from tqdm import tqdm
 
 from models.ctr import CTRTask
 from models.features import Batch
-from models.zoo import MODELS, build_model, make_config
+from models.zoo import build_model, make_config
 from pipeline.checkpoint import Checkpointer
-from pipeline.configs import PRESETS
+from pipeline.config import TrainConfig, resolve
 from pipeline.data import PreparedData
 from pipeline.distributed import DistEnv, init_distributed
-from pipeline.metrics import EvalAccumulator, format_table, to_jsonable
+from pipeline.metrics import EvalAccumulator, to_jsonable
+from pipeline.results import write_result
 from pipeline.sharding import ShardingSettings, shard_model
 
 log = logging.getLogger("pipeline.train")
 DEFAULT_DATA = Path("data/default")
-
-
-@dataclass
-class TrainConfig:
-    """Every trainer setting; see `--help` for each."""
-
-    model: str = "dmf"
-    data: str | None = None
-    output_dir: str = "runs/latest"
-    preset: str = "default"
-    epochs: int = 1
-    max_steps: int | None = None
-    seed: int = 0
-    batch_size: int = 256
-    eval_batch_size: int = 2048
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine | linear (after warmup_steps)
-    warmup_steps: int = 0
-    grad_clip: float | None = None
-    embedding_optimizer: str = "auto"
-    embedding_lr: float | None = None
-    sharding_type: str = "auto"
-    eval_every: int | None = None
-    checkpoint_every: int | None = None
-    resume: bool = False
-    early_stopping_patience: int | None = None
-    amp: bool = False
-    device: str = "auto"
-    short_history_max: int = 10
-    fail_at_step: int | None = None
-    model_args: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------ setup
@@ -158,7 +126,12 @@ def evaluate(
 
     model: the DMP module `pipeline` runs (switched to eval mode and back).
     """
-    reader = data.reader(split, config.eval_batch_size, rank=env.rank, world_size=env.world_size)
+    reader = data.reader(
+        split,
+        config.per_rank_eval_batch_size(env.world_size),
+        rank=env.rank,
+        world_size=env.world_size,
+    )
     accumulator = EvalAccumulator(short_history_max=config.short_history_max)
     model.eval()
     pipeline.reset()
@@ -212,6 +185,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
         return run_popularity(config, data, env, output_dir)
 
+    batch_size = config.per_rank_batch_size(env.world_size)  # config.batch_size is global
     spec = data.feature_spec()
     model_config = make_config(config.model, config.model_args)
     # Tables are allocated on the meta device and materialised shard by shard by DMP, so
@@ -222,9 +196,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         from models.baselines import transfer_pretrained
         from pipeline.pretrain import pretrain_make
 
-        stage1 = pretrain_make(
-            spec, model_config, data, env, config.batch_size, config.lr, config.seed
-        )
+        stage1 = pretrain_make(spec, model_config, data, env, batch_size, config.lr, config.seed)
         transfer_pretrained(stage1, model)
     task = CTRTask(model, autocast=config.amp and env.device.type == "cuda")
     dmp, optimizer, dense_optimizer, embedding_optimizer = shard_model(
@@ -233,11 +205,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
         ShardingSettings(config.embedding_optimizer, config.embedding_lr, config.sharding_type),
         dense_optimizer=lambda params: ClippedAdam(params, config.lr, config.grad_clip),
         dense_lr=config.lr,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
     )
     train_reader = data.reader(
         "train",
-        config.batch_size,
+        batch_size,
         rank=env.rank,
         world_size=env.world_size,
         shuffle=True,
@@ -345,7 +317,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "device": str(env.device),
         "embedding_optimizer": embedding_optimizer,
         "data": {"path": str(data.root), "manifest_checksum": data.checksum},
-        "config": dataclasses.asdict(config),
+        "config": config.to_dict(),  # the full resolved config
         "model_config": dataclasses.asdict(model_config),
     }
     write_result(result, output_dir, env, writer)
@@ -380,111 +352,13 @@ def _progress(
         yield loss, labels
 
 
-def write_result(
-    result: dict[str, Any], output_dir: Path, env: DistEnv, writer: SummaryWriter | None
-) -> None:
-    if not env.is_main:
-        return
-    test = result["test"]
-    if writer is not None:
-        for key in ("auc", "gauc", "logloss"):
-            writer.add_scalar(f"test/{key}", test[key], result["steps"])
-        writer.close()
-    (output_dir / "metrics.json").write_text(json.dumps(to_jsonable(result), indent=2))
-    row = {
-        "model": result["model"],
-        "auc": test["auc"],
-        "gauc": test["gauc"],
-        "logloss": test["logloss"],
-        "samples_per_s": result["train_samples_per_s"],
-    }
-    print(format_table([row]), flush=True)
-    print(f"metrics: {output_dir / 'metrics.json'}", flush=True)
-
-
 # -------------------------------------------------------------------------------- CLI
-def _model_arg(text: str) -> tuple[str, Any]:
-    key, _, value = text.partition("=")
-    if not key or not _:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    defaults = TrainConfig()
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model", default=defaults.model, choices=[*sorted(MODELS), "popularity"])
-    p.add_argument(
-        "--data", help="prepared data folder (default: the embedded dataset, built if missing)"
-    )
-    p.add_argument("--output-dir", default=defaults.output_dir)
-    p.add_argument(
-        "--preset",
-        default="default",
-        choices=sorted(PRESETS),
-        help="settings preset; flags override it",
-    )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (over all epochs)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--batch-size", type=int, help="per-rank training batch size")
-    p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
-    p.add_argument("--lr", type=float, help="dense (Adam) learning rate")
-    p.add_argument(
-        "--lr-schedule", default=defaults.lr_schedule, choices=["constant", "cosine", "linear"]
-    )
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--grad-clip", type=float, help="clip the dense gradient norm")
-    p.add_argument(
-        "--embedding-optimizer",
-        default="auto",
-        help="auto|adam|adagrad|rowwise_adagrad|sgd (fused; adam is GPU only)",
-    )
-    p.add_argument("--embedding-lr", type=float)
-    p.add_argument(
-        "--sharding-type", default="auto", choices=["auto", "table_wise", "row_wise", "column_wise"]
-    )
-    p.add_argument("--eval-every", type=int, help="evaluate on the validation split every N steps")
-    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (and at the end)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from OUTPUT_DIR/checkpoints/latest if present",
-    )
-    p.add_argument(
-        "--early-stopping-patience",
-        type=int,
-        help="stop after N evaluations without a better validation AUC",
-    )
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU only)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument(
-        "--fail-at-step", type=int, help="testing: the last rank exits at this step once"
-    )
-    p.add_argument("--short-history-max", type=int, default=defaults.short_history_max)
-    p.add_argument(
-        "--model-arg",
-        type=_model_arg,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model setting, e.g. --model-arg alpha=0.3 (JSON values)",
-    )
-    args = vars(p.parse_args(argv))
-    preset = PRESETS[args["preset"]]
-    model_args = {**preset.get("model_args", {}), **dict(args.pop("model_arg"))}
-    values = {k: v for k, v in args.items() if v is not None}
-    merged = {**{k: v for k, v in preset.items() if k != "model_args"}, **values}
-    return TrainConfig(**merged, model_args=model_args)
+# The study and older scripts call `parse_args`; the CLI now lives in pipeline.config.
+parse_args = resolve
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_args(argv)
+    config = resolve(argv)
     try:
         train(config)
     finally:
