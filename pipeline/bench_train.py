@@ -1,12 +1,15 @@
 """Training throughput benchmark: DMF against TA, and 1 worker against 2, in one run.
 
-    python -m pipeline.bench_train [--data DIR] [--steps 300] [--json FILE]
+    python -m pipeline.bench_train [--data DIR] [--steps 300] [--per-worker-batch-size 256]
+        [--json FILE]
 
 Each configuration is a real training run (`pipeline.train` under torchrun, the same code
 TorchX launches) stopped after `--steps` steps; the figure is the trainer's own measured
 training samples/s (pipeline time only, start-up and evaluation excluded). Ratios are
 against the TA run of the same world size, measured in the same invocation, because these
-machines are shared and noisy.
+machines are shared and noisy. Every worker trains on `--per-worker-batch-size` samples a
+step (the trainer's `--batch-size` is the global batch: this many times the workers), so
+the runs of one model do the same work per worker and step whatever their world size.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ from pipeline.metrics import format_table
 
 
 def run_one(
-    model: str, workers: int, threads: int, data: str, steps: int, batch_size: int, out: Path
+    model: str, workers: int, threads: int, data: str, steps: int, per_worker_batch: int, out: Path
 ) -> dict:
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [
         str(torchrun), "--nproc-per-node", str(workers), "--rdzv-backend", "c10d",
         "--rdzv-endpoint", "localhost:0", "-m", "pipeline.train", "--model", model,
         "--data", data, "--output-dir", str(out), "--max-steps", str(steps),
-        "--batch-size", str(batch_size), "--eval-batch-size", "4096",
+        "--batch-size", str(per_worker_batch * workers), "--eval-batch-size", "4096",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
@@ -43,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--data", default="data/default")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=256, help="per-worker batch size")
+    p.add_argument(
+        "--per-worker-batch-size",
+        type=int,
+        default=256,
+        help="samples per worker and step (the trainer's global --batch-size is this x workers)",
+    )
     p.add_argument("--models", default="ta,dmf")
     p.add_argument("--workers", default="1,2")
     p.add_argument(
@@ -60,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             for model in args.models.split(","):
                 out = Path(tmp) / f"{model}-{workers}"
                 threads = args.threads_per_worker or max(1, (os.cpu_count() or 2) // workers)
-                m = run_one(model, workers, threads, args.data, args.steps, args.batch_size, out)
+                m = run_one(
+                    model, workers, threads, args.data, args.steps, args.per_worker_batch_size, out
+                )
                 rows.append(
                     {"model": model, "workers": workers,
                      "samples_per_s": m["train_samples_per_s"], "auc": m["test"]["auc"]}
