@@ -22,7 +22,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from models.dta import DecoupledTargetAttention, bucketize
+from models.buckets import bucketize
+from models.dta import DecoupledTargetAttention
 
 NUM_DENSE, NUM_ITEMS, NUM_USERS, DIM = 4, 50, 20, 8
 BOUNDARIES = (-0.2, 0.0, 0.2, 0.4)  # M - 1 similarity cut points, from the training data

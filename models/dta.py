@@ -13,60 +13,44 @@ each history item, so K and V depend on the target only through the bucket table
 same class, with the bucket terms switched off, is plain multi-head target attention (TA),
 and with the value term off it is the paper's DTA_non_invasive.
 
-Two computations of the same function:
-- `forward`: the training form, one history per sample, K and V materialised. It is the
-  plain reference.
-- `encode_user` + `attend_candidates`: the serving form. K_id and V_id are computed once
-  per user; for B candidates the bucket terms are folded into the attention without ever
-  building a (B, L, d) tensor:
-      score[b, h, l] = q[b,h]·K_id[h,l] + (q[b,h]·E_K[:,h]^T)[bucket[b,l]]
-      out[b, h]      = α[b,h] V_id[h] + (Σ_l α[b,h,l] onehot(bucket[b,l])) E_V[:,h]
+One module, two computations of the same function (tests/test_dta.py compares them,
+forward and gradients, over random lengths, masks and buckets):
+- `forward`: the training form and plain reference, one (padded) history per sample, K
+  and V materialised as (B, L, d_h).
+- `encode` + `attend`: the serving form for one user and B candidates. K_id and V_id are
+  computed once per user; the bucket terms are folded into the attention without ever
+  building a (B, L, d_h) tensor:
+      score[h, b, l] = q[h,b]·K_id[h,l] + (q[h,b] E_K[:,h]^T)[bucket[b,l]]
+      out[h, b]      = α[h,b] V_id[h] + mass[h,b] E_V[:,h],
+      mass[h, b, m]  = Σ_l α[h,b,l] [bucket[b,l] = m]      (scatter_add)
   It costs O(L d^2) once plus O(B L d + B M d) per request instead of O(B L d^2).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+State = dict[str, Tensor]
 
 
-def bucketize(similarities: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
-    """Similarity -> bucket index in [0, M-1] given M-1 increasing cut points.
-
-    Matches `numpy.searchsorted(boundaries, c, side="right")` used by data prep.
-
-    >>> bucketize(torch.tensor([-0.5, 0.0, 0.7]), torch.tensor([0.0, 0.5]))
-    tensor([0, 1, 2])
-    """
-    return torch.bucketize(similarities, boundaries.to(similarities.dtype), right=True)
-
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     """Softmax over the last dim where `mask` is True; rows with no True give all zeros.
 
     Padding never gets weight, and an empty history gives a zero interest vector instead
     of NaN (softmax over all -inf).
+
+    >>> masked_softmax(torch.tensor([[0.0, 0.0, 5.0], [1.0, 2.0, 3.0]]),
+    ...                torch.tensor([[True, True, False], [False, False, False]]))
+    tensor([[0.5000, 0.5000, 0.0000],
+            [0.0000, 0.0000, 0.0000]])
     """
     scores = scores.masked_fill(~mask, float("-inf"))
     empty = ~mask.any(dim=-1, keepdim=True)
     weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1)
     return weights.masked_fill(~mask, 0.0)
-
-
-@dataclass
-class UserState:
-    """What DTA needs of one user, computed once per request (serving form).
-
-    k_id, v_id: (H, L, dk) target-agnostic keys and values of the user's history.
-    mask: (L,) True where the history has an item.
-    """
-
-    k_id: torch.Tensor
-    v_id: torch.Tensor
-    mask: torch.Tensor
 
 
 class DecoupledTargetAttention(nn.Module):
@@ -87,9 +71,14 @@ class DecoupledTargetAttention(nn.Module):
         >>> dta = DecoupledTargetAttention(8, 8, hidden_dim=16, num_heads=4, num_buckets=5)
         >>> q, s = torch.randn(3, 8), torch.randn(3, 6, 8)
         >>> mask = torch.arange(6).expand(3, 6) < torch.tensor([[6], [2], [0]])
-        >>> out = dta(q, s, mask, torch.randint(0, 5, (3, 6)))
+        >>> buckets = torch.randint(0, 5, (3, 6))
+        >>> out = dta(q, s, mask, buckets)
         >>> out.shape, bool(out[2].abs().sum() == 0)
         (torch.Size([3, 16]), True)
+        >>> state = dta.encode(s[0])                     # once per user
+        >>> serving = dta.attend(state, q, buckets)      # 3 candidates of that user
+        >>> torch.allclose(serving[0], out[0], atol=1e-6)
+        True
     """
 
     def __init__(
@@ -113,6 +102,7 @@ class DecoupledTargetAttention(nn.Module):
         self.head_dim = hidden_dim // num_heads
         self.num_buckets = num_buckets
         self.temperature = temperature
+        self.scale = 1.0 / (math.sqrt(self.head_dim) * temperature)
         self.w_q = nn.Linear(query_dim, hidden_dim, bias=False)
         self.w_k = nn.Linear(history_dim, hidden_dim, bias=False)
         self.w_v = nn.Linear(history_dim, hidden_dim, bias=False)
@@ -120,42 +110,32 @@ class DecoupledTargetAttention(nn.Module):
         # replicated parameters rather than sharded TorchRec tables.
         self.bucket_key = nn.Embedding(num_buckets, hidden_dim) if bucket_keys else None
         self.bucket_value = nn.Embedding(num_buckets, hidden_dim) if bucket_values else None
+        self.has_buckets = bucket_keys or bucket_values
         for table in (self.bucket_key, self.bucket_value):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.02)
 
-    @property
-    def scale(self) -> float:
-        return 1.0 / (math.sqrt(self.head_dim) * self.temperature)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: Tensor) -> Tensor:
         """(..., H*dk) -> (..., H, dk)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     # ------------------------------------------------------------------ training form
-    def scores(
-        self,
-        query: torch.Tensor,
-        history: torch.Tensor,
-        buckets: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def scores(self, query: Tensor, history: Tensor, buckets: Tensor | None) -> Tensor:
         """Unnormalised attention scores e (B, H, L), already scaled.
 
-        query (B, d_q), history (B, L, d), buckets (B, L) long in [0, M).
+        query (B, d_q), history (B, L, d), buckets (B, L) long in [0, M) (or None without
+        bucket terms).
         """
         q = self._heads(self.w_q(query))  # (B, H, dk)
         k = self.w_k(history)  # (B, L, d_h)
         if self.bucket_key is not None:
+            assert buckets is not None, "DTA with bucket keys needs buckets"
             k = k + self.bucket_key(buckets)
         return torch.einsum("bhd,blhd->bhl", q, self._heads(k)) * self.scale
 
     def forward(
-        self,
-        query: torch.Tensor,
-        history: torch.Tensor,
-        mask: torch.Tensor,
-        buckets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        self, query: Tensor, history: Tensor, mask: Tensor, buckets: Tensor | None = None
+    ) -> Tensor:
         """Interest vector per target (B, d_h).
 
         query (B, d_q); history (B, L, d) padded; mask (B, L) bool, True on real items;
@@ -164,45 +144,50 @@ class DecoupledTargetAttention(nn.Module):
         weights = masked_softmax(self.scores(query, history, buckets), mask[:, None, :])
         v = self.w_v(history)  # (B, L, d_h)
         if self.bucket_value is not None:
+            assert buckets is not None, "DTA with bucket values needs buckets"
             v = v + self.bucket_value(buckets)
         out = torch.einsum("bhl,blhd->bhd", weights, self._heads(v))
         return out.flatten(-2)
 
     # ------------------------------------------------------------------- serving form
-    def encode_user(self, history: torch.Tensor, mask: torch.Tensor | None = None) -> UserState:
-        """Target-agnostic part of one user's history: history (L, d) -> UserState."""
-        if mask is None:
-            mask = torch.ones(history.shape[0], dtype=torch.bool, device=history.device)
-        k_id = self._heads(self.w_k(history)).transpose(0, 1).contiguous()  # (H, L, dk)
-        v_id = self._heads(self.w_v(history)).transpose(0, 1).contiguous()
-        return UserState(k_id=k_id, v_id=v_id, mask=mask)
+    @torch.jit.export
+    def encode(self, history: Tensor) -> State:
+        """One user's history (L, d), no padding -> k_t (H, dk, L), v (H, L, dk)."""
+        k_t = self._heads(self.w_k(history)).permute(1, 2, 0).contiguous()
+        v = self._heads(self.w_v(history)).transpose(0, 1).contiguous()
+        return {"k_t": k_t, "v": v}
 
-    def attend_candidates(
-        self,
-        user: UserState,
-        query: torch.Tensor,
-        buckets: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Interest vectors of B candidates of one user, bucket terms factorised.
+    @torch.jit.export
+    def attend(
+        self, state: State, query: Tensor, buckets: Tensor, score_bias: Tensor | None = None
+    ) -> Tensor:
+        """Interest vectors (B, d_h) of B candidates of the user `state` was encoded from.
 
-        query (B, d_q); buckets (B, L) long. Returns (B, d_h), equal to `forward` with the
-        user's history repeated B times.
+        query (B, d_q); buckets (B, L) long (unused without bucket terms); score_bias
+        (H or 1, B, L), added to the scaled scores (BFS_MF's cross-feature term). Equal to
+        `forward` with the user's history repeated B times.
         """
         batch = query.shape[0]
-        q = self._heads(self.w_q(query)).transpose(0, 1)  # (H, B, dk)
-        scores = torch.bmm(q, user.k_id.transpose(1, 2))  # (H, B, L)
-        if self.bucket_key is not None or self.bucket_value is not None:
-            index = buckets.unsqueeze(0).expand(self.num_heads, batch, -1)  # (H, B, L)
+        v = state["v"]  # an empty history (L = 0) gives zeros: nothing to attend
+        q = self._heads(self.w_q(query) * self.scale).transpose(0, 1)  # (H, B, dk)
+        index = buckets
+        if self.has_buckets:
+            index = buckets.unsqueeze(0).expand(self.num_heads, batch, buckets.shape[1])
         if self.bucket_key is not None:
-            e_k = self._heads(self.bucket_key.weight).transpose(0, 1)  # (H, M, dk)
-            q_e = torch.bmm(q, e_k.transpose(1, 2))  # (H, B, M)
-            scores = scores + torch.gather(q_e, 2, index)
-        weights = masked_softmax(scores * self.scale, user.mask)  # (H, B, L)
-        out = torch.bmm(weights, user.v_id)  # (H, B, dk)
+            # (H, B, M) -> (H, B, L) by bucket, then += q K_id^T inside the GEMM (beta = 1).
+            e_k = self._heads(self.bucket_key.weight).permute(1, 2, 0)  # (H, dk, M)
+            bucket_scores = torch.gather(torch.bmm(q, e_k), 2, index)
+            scores = torch.baddbmm(bucket_scores, q, state["k_t"])
+        else:
+            scores = torch.bmm(q, state["k_t"])  # (H, B, L)
+        if score_bias is not None:
+            scores = scores + score_bias
+        weights = torch.softmax(scores, dim=-1)
+        out = torch.bmm(weights, v)  # (H, B, dk)
         if self.bucket_value is not None:
             # Attention mass per bucket, then one small (M x dk) product per head.
             mass = weights.new_zeros(self.num_heads, batch, self.num_buckets)
             mass.scatter_add_(2, index, weights)
             e_v = self._heads(self.bucket_value.weight).transpose(0, 1)  # (H, M, dk)
-            out = out + torch.bmm(mass, e_v)
-        return out.transpose(0, 1).flatten(-2)
+            out = torch.baddbmm(out, mass, e_v)
+        return out.transpose(0, 1).reshape(batch, self.hidden_dim)

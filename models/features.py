@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
 USER, ITEM, HIST_ITEM = "user", "item", "hist_item"
@@ -81,3 +81,28 @@ class Batch(Pipelineable):
     def history_lengths(self) -> torch.Tensor:
         """(B,) number of history items of each sample."""
         return self.sparse_features[HIST_ITEM].lengths()
+
+
+@dataclass
+class HistoryLayout:
+    """Where each sample's history sits in a jagged feature, and its padded layout.
+
+    offsets (B+1,) long; lengths (B,) long; max_len L = max(lengths, 1); mask (B, L) bool,
+    True on real history slots.
+    """
+
+    offsets: torch.Tensor
+    lengths: torch.Tensor
+    max_len: int
+    mask: torch.Tensor
+
+    @staticmethod
+    def of(history: JaggedTensor) -> HistoryLayout:
+        lengths = history.lengths().long()
+        max_len = max(int(lengths.max()), 1) if lengths.numel() else 1
+        mask = torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)
+        return HistoryLayout(history.offsets().long(), lengths, max_len, mask)
+
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """Jagged (N, D) values aligned with the history -> (B, L, D), zeros on padding."""
+        return torch.ops.fbgemm.jagged_to_padded_dense(values, [self.offsets], [self.max_len], 0.0)

@@ -1,120 +1,94 @@
-"""User-interest arches: history + target -> interest vector, one per target.
+"""The interface every user-interest arch implements, in training and in serving.
 
-Every arch takes an `InterestInputs` (padded history with mask, the target-aware
-similarities and their buckets) and returns (B, out_dim). The CTR model composes one of
-them with the TorchRec embeddings and the prediction head (models/ctr.py).
+An interest arch maps a target and the user's history to an interest vector (B, out_dim).
+The CTR model (models/ctr.py) composes one with the TorchRec embeddings and the head.
+
+Training (and the plain reference): `forward(x: InterestInputs)` over a padded batch, one
+history per sample.
+
+Serving, one user and B candidates (no padding: L is the user's history length):
+- `encode(history (L, D)) -> state`: what depends only on the user, computed once per
+  request (K_id and V_id for the attention arches, the whole interest for SASRec);
+- `attend(state, history, query (B, D), sims (B, L), buckets (B, L)) -> (B, out_dim)`.
+The defaults here serve an arch per candidate: `encode` keeps nothing and `attend` runs
+`forward` on the history repeated B times, so an arch whose user side cannot be cached
+(DIN's activation unit reads target and history together) is served by its training code.
+Arches with a cacheable user side override both and set `caches_user`; tests check each
+against `forward`. `needs_sims` / `needs_buckets` say what the scorer must compute.
+
+Everything here is TorchScript-compatible: the exported scorer scripts these methods.
 """
 
-from __future__ import annotations
-
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from models.dta import DecoupledTargetAttention
-from models.fusion import ActivityGate, FixedFusion
-from models.histogram import SimilarityHistogram
+State = dict[str, Tensor]
 
 
-@dataclass
-class InterestInputs:
-    """Shapes: B targets, L history slots (padded), D item embedding size.
+class InterestInputs(NamedTuple):
+    """Shapes: B targets, L history slots (padded), D item representation size.
 
     target (B, D); history (B, L, D); mask (B, L) bool; sims (B, L) cosine similarity of
     target and history item (0 on padding); buckets (B, L) long; lengths (B,) long.
     """
 
-    target: torch.Tensor
-    history: torch.Tensor
-    mask: torch.Tensor
-    sims: torch.Tensor
-    buckets: torch.Tensor
-    lengths: torch.Tensor
+    target: Tensor
+    history: Tensor
+    mask: Tensor
+    sims: Tensor
+    buckets: Tensor
+    lengths: Tensor
 
 
-class TargetAttentionInterest(nn.Module):
-    """TA, DTA or DTA_non_invasive: `DecoupledTargetAttention` with the bucket terms chosen.
+def request_inputs(history: Tensor, query: Tensor, sims: Tensor, buckets: Tensor) -> InterestInputs:
+    """One user's request as B training rows: history (L, D) repeated for each of the B
+    candidates `query` (B, D); sims and buckets (B, L), or empty when the arch reads neither.
+    An empty history becomes one masked padding slot, as in a training batch.
 
-    >>> arch = TargetAttentionInterest(8, 16, 4, num_buckets=5)
-    >>> x = InterestInputs(torch.randn(2, 8), torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool),
-    ...                    torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 3]))
-    >>> arch(x).shape
-    torch.Size([2, 16])
+    >>> x = request_inputs(torch.randn(3, 4), torch.randn(2, 4), torch.empty(0), torch.empty(0))
+    >>> x.history.shape, x.sims.shape, x.lengths.tolist()
+    (torch.Size([2, 3, 4]), torch.Size([2, 3]), [3, 3])
+    """
+    batch, length = query.shape[0], history.shape[0]
+    lengths = torch.full((batch,), length, dtype=torch.long, device=query.device)
+    if length == 0:  # one padding slot, as a training batch pads an empty history
+        history = history.new_zeros(1, history.shape[1])
+    slots = history.shape[0]
+    if sims.numel() == 0:
+        sims = query.new_zeros(batch, slots)
+    if buckets.numel() == 0:
+        buckets = torch.zeros(batch, slots, dtype=torch.long, device=query.device)
+    return InterestInputs(
+        target=query,
+        history=history.unsqueeze(0).expand(batch, slots, history.shape[1]),
+        mask=torch.full((batch, slots), length > 0, dtype=torch.bool, device=query.device),
+        sims=sims,
+        buckets=buckets,
+        lengths=lengths,
+    )
+
+
+class InterestArch(nn.Module):
+    """Base of every interest arch: the interface above, served per candidate by default.
+
+    Subclasses set `out_dim` (int) and implement `forward`. The flags are plain class
+    attributes (no annotations: TorchScript would read postponed ones as unknown types).
     """
 
-    def __init__(
-        self,
-        item_dim: int,
-        hidden_dim: int,
-        num_heads: int,
-        num_buckets: int,
-        temperature: float = 1.0,
-        bucket_keys: bool = True,
-        bucket_values: bool = True,
-    ) -> None:
-        super().__init__()
-        self.out_dim = hidden_dim
-        self.attention = DecoupledTargetAttention(
-            item_dim,
-            item_dim,
-            hidden_dim,
-            num_heads,
-            num_buckets,
-            temperature=temperature,
-            bucket_keys=bucket_keys,
-            bucket_values=bucket_values,
-        )
+    caches_user = False
+    needs_sims = False
+    needs_buckets = False
 
-    def forward(self, x: InterestInputs) -> torch.Tensor:
-        return self.attention(x.target, x.history, x.mask, x.buckets)
+    @torch.jit.export
+    def encode(self, history: Tensor) -> State:
+        """Per-candidate serving caches nothing: `attend` reads the history itself."""
+        return {}
 
-
-class DMFInterest(nn.Module):
-    """DMF's user interest: DTA (r_me) and the similarity histogram (r_mc), fused by CMM.
-
-    `alpha` fixes a (Eq. 24); `activity_gate=True` learns a from the history length.
-    """
-
-    def __init__(
-        self,
-        item_dim: int,
-        hidden_dim: int,
-        num_heads: int,
-        num_buckets: int,
-        histogram_bins: int,
-        histogram_hidden: list[int],
-        alpha: float,
-        activity_gate: bool = False,
-        temperature: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.out_dim = hidden_dim
-        self.dta = DecoupledTargetAttention(
-            item_dim, item_dim, hidden_dim, num_heads, num_buckets, temperature=temperature
-        )
-        self.histogram = SimilarityHistogram(histogram_bins, histogram_hidden, hidden_dim)
-        self.fusion: nn.Module = ActivityGate(alpha) if activity_gate else FixedFusion(alpha)
-
-    def forward(self, x: InterestInputs) -> torch.Tensor:
-        r_me = self.dta(x.target, x.history, x.mask, x.buckets)
-        r_mc = self.histogram(x.sims, x.mask)
-        return self.fusion(r_me, r_mc, x.lengths)
-
-
-class EarlyFusionInterest(nn.Module):
-    """TA_early: the similarity is concatenated to each history embedding before K and V.
-
-    K = [S; c] Wk, V = [S; c] Wv, so K and V depend on the target (no reuse at serving).
-    """
-
-    def __init__(self, item_dim: int, hidden_dim: int, num_heads: int, temperature: float = 1.0):
-        super().__init__()
-        self.out_dim = hidden_dim
-        self.attention = DecoupledTargetAttention(
-            item_dim, item_dim + 1, hidden_dim, num_heads, 0, temperature, False, False
-        )
-
-    def forward(self, x: InterestInputs) -> torch.Tensor:
-        history = torch.cat([x.history, x.sims.unsqueeze(-1)], dim=-1)
-        return self.attention(x.target, history, x.mask)
+    @torch.jit.export
+    def attend(
+        self, state: State, history: Tensor, query: Tensor, sims: Tensor, buckets: Tensor
+    ) -> Tensor:
+        """Per-candidate serving: the training forward over the history repeated B times."""
+        return self.forward(request_inputs(history, query, sims, buckets))

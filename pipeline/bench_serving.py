@@ -5,8 +5,11 @@
 
 One request = `encode_user` (history of L items) + `score` (B candidates), end to end,
 under torch.inference_mode, with random weights at the given sizes (d = embedding size =
-d_h = d_m = --hidden, as in the paper's Table I). Scorers (pipeline/serving.py), keyed:
-ta, early_fusion, early_fusion_rank1, late_fusion, dta_naive, dta, dmf. They are timed in
+d_h = d_m = --hidden, as in the paper's Table I). Scorers (models.ctr.CTRScorer over the
+zoo's own arches), keyed: ta; early_fusion (ta_early per candidate, as defined);
+early_fusion_rank1 (ta_early from its per-user cache, the exact rank-1 rewrite);
+late_fusion (ta_late: cached ID side, similarity side per candidate); dta_naive (dta per
+candidate, K and V materialised); dta; dmf. They are timed in
 interleaved rounds so that load from other processes hits all of them alike; the slow ones
 (materialising (B, L, d) tensors) run every `--slow-every` rounds only. FLOPs per request
 are the matmul FLOPs counted by torch.utils.flop_counter.FlopCounterMode (elementwise
@@ -31,9 +34,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from models.ctr import CTRScorer, scorer_from_model
 from models.features import FeatureSpec
 from models.zoo import build_model, make_config
-from pipeline.serving import CTRScorer, LateFusion, scorer_from_model
 
 KEYS = ("ta", "early_fusion", "early_fusion_rank1", "late_fusion", "dta_naive", "dta", "dmf")
 SLOW = ("early_fusion", "late_fusion", "dta_naive")
@@ -98,15 +101,14 @@ def build_scorers(config: BenchConfig) -> dict[str, nn.Module]:
     }
     models = {
         name: build_model(name, spec, make_config(name, overrides)).eval()
-        for name in ("ta", "ta_early", "dta", "dmf")
+        for name in ("ta", "ta_early", "ta_late", "dta", "dmf")
     }
-    late = LateFusion(models["ta"].over_arch.interest.attention, generator)
     scorers: dict[str, CTRScorer] = {
         "ta": scorer_from_model(models["ta"], item_mm),
-        "early_fusion": scorer_from_model(models["ta_early"], item_mm, form="early"),
-        "early_fusion_rank1": scorer_from_model(models["ta_early"], item_mm, form="rank1"),
-        "late_fusion": scorer_from_model(models["ta"], item_mm, interest=late),
-        "dta_naive": scorer_from_model(models["dta"], item_mm, form="naive"),
+        "early_fusion": scorer_from_model(models["ta_early"], item_mm, per_candidate=True),
+        "early_fusion_rank1": scorer_from_model(models["ta_early"], item_mm),
+        "late_fusion": scorer_from_model(models["ta_late"], item_mm),
+        "dta_naive": scorer_from_model(models["dta"], item_mm, per_candidate=True),
         "dta": scorer_from_model(models["dta"], item_mm),
         "dmf": scorer_from_model(models["dmf"], item_mm),
     }

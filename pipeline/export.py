@@ -6,7 +6,7 @@
     state = scorer.encode_user(hist_items, user)               # (L,) long, () long
     ctr = scorer.score(state, candidates)                      # (B,) long -> (B,) float
 
-The artifact is `torch.jit.script` of pipeline.serving.CTRScorer: code and every table
+The artifact is `torch.jit.script` of models.ctr.CTRScorer: code and every table
 (ID embeddings, multimodal table, bucket boundaries and lookup tables, weights) are in the
 file, so loading it imports neither models/ nor pipeline/. `serving.json` inside the
 archive (`torch.jit.load(path, _extra_files={"serving.json": ""})`) describes it.
@@ -24,10 +24,9 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 
-from models.ctr import CTRModel, CTRTask
+from models.ctr import CTRModel, CTRScorer, CTRTask, scorer_from_model
 from models.zoo import build_model, make_config
 from pipeline.data import PreparedData
-from pipeline.serving import CTRScorer, scorer_from_model
 
 METADATA = "serving.json"
 
@@ -44,6 +43,7 @@ def export_scorer(scorer: CTRScorer, path: str | Path, metadata: dict[str, Any])
         },
         "torch": torch.__version__,
         "interest": type(scorer.interest).__name__,
+        "serving_form": "per_candidate" if scorer.per_candidate else "cached_user",
         "num_buckets": int(scorer.bucketizer.boundaries.numel()) + 1,
         **metadata,
     }
@@ -65,12 +65,18 @@ def export_model(
     model: CTRModel,
     data: PreparedData,
     path: str | Path,
-    form: str = "factorised",
+    per_candidate: bool = False,
     metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Export a trained, unsharded CTRModel with the prepared data's tables."""
-    scorer = scorer_from_model(model, data.item_mm, item_categories(data), form=form)
-    info = {"form": form, "data_checksum": data.checksum, **(metadata or {})}
+    """Export a trained, unsharded CTRModel with the prepared data's tables.
+
+    per_candidate: serve the interest arch by its training forward per candidate instead
+    of its per-user cache (arches without a cache, such as DIN, are always served so).
+    """
+    scorer = scorer_from_model(
+        model, data.item_mm, item_categories(data), per_candidate=per_candidate
+    )
+    info = {"data_checksum": data.checksum, **(metadata or {})}
     return export_scorer(scorer, path, info)
 
 
@@ -112,13 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="artifact path (.pt)")
     parser.add_argument("--data", type=Path, default=None, help="prepared data (default: run's)")
     parser.add_argument(
-        "--form", default="factorised", choices=["factorised", "naive", "early", "rank1"]
+        "--per-candidate",
+        action="store_true",
+        help="serve the interest arch per candidate (its training form) instead of from a "
+        "per-user cache",
     )
     args = parser.parse_args(argv)
     model, data, result = load_trained_model(args.run, args.data)
     meta = {"model": result["model"], "model_config": result["model_config"], "run": str(args.run)}
-    path = export_model(model, data, args.out, form=args.form, metadata=meta)
-    print(f"exported {result['model']} ({args.form}) -> {path}")
+    path = export_model(model, data, args.out, per_candidate=args.per_candidate, metadata=meta)
+    print(f"exported {result['model']} -> {path}")
     return 0
 
 

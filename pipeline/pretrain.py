@@ -2,7 +2,7 @@
 
 The stage-1 model is dense only (no embedding table), so it trains with DDP (gloo or NCCL)
 over the same per-rank part of the training split as stage 2; its module is then copied
-into the CTR model before sharding (`models.baselines.transfer_pretrained`).
+into the CTR model before sharding (`models.make.transfer_pretrained`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from models.baselines import MAKEPretrainModel, make_pretrain_model
 from models.features import FeatureSpec
-from models.zoo import MAKEConfig
+from models.make import MAKEConfig, MAKEPretrainModel, make_pretrain_model
 from pipeline.data import PreparedData
 from pipeline.distributed import DistEnv
 

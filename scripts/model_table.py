@@ -21,7 +21,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor
 
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
 from models.zoo import MODELS, build_model, make_config
-from pipeline.configs import PRESETS
+from pipeline.config import PRESETS
 
 
 @dataclass(frozen=True)

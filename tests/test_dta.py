@@ -11,7 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.dta import DecoupledTargetAttention, bucketize, masked_softmax
+from models.buckets import bucketize
+from models.dta import DecoupledTargetAttention, masked_softmax
 
 BUCKET_TERMS = [(False, False), (True, False), (False, True), (True, True)]
 
@@ -71,7 +72,9 @@ def serving_form(
     query: torch.Tensor,
     buckets: torch.Tensor,
 ) -> torch.Tensor:
-    return dta.attend_candidates(dta.encode_user(history, mask), query, buckets)
+    """`encode` the user's real history items once, `attend` the B candidates."""
+    selected = torch.empty(0, dtype=torch.long) if buckets is None else buckets[:, mask]
+    return dta.attend(dta.encode(history[mask]), query, selected)
 
 
 # ------------------------------------------------------------ (a) serving == training
@@ -85,7 +88,7 @@ def serving_form(
     terms=st.sampled_from(BUCKET_TERMS),
     seed=st.integers(0, 2**16),
 )
-def test_attend_candidates_equals_forward(
+def test_serving_form_equals_forward_and_gradients(
     length: int,
     heads: int,
     head_dim: int,
@@ -97,11 +100,27 @@ def test_attend_candidates_equals_forward(
     dim = 6
     dta = make_dta(dim, heads, head_dim, num_buckets, *terms, seed=seed)
     history, mask, query, buckets = user_inputs(batch, length, dim, num_buckets, seed)
-    with torch.no_grad():
-        want = training_form(dta, history, mask, query, buckets)
-        got = serving_form(dta, history, mask, query, buckets)
-    assert got.shape == (batch, heads * head_dim)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    inputs = {"history": history, "query": query}
+    outputs, grads = {}, {}
+    for name, form in (("training", training_form), ("serving", serving_form)):
+        dta.zero_grad()
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        out = form(dta, leaves["history"], mask, leaves["query"], buckets)
+        # A fixed random projection of the output, so every output unit gets a gradient.
+        weight = torch.randn(
+            out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype
+        )
+        (out * weight).sum().backward()
+        outputs[name] = out.detach()
+        grads[name] = {
+            **{k: v.grad for k, v in leaves.items()},
+            **{k: p.grad.clone() for k, p in dta.named_parameters() if p.grad is not None},
+        }
+    assert outputs["serving"].shape == (batch, heads * head_dim)
+    torch.testing.assert_close(outputs["serving"], outputs["training"], rtol=1e-9, atol=1e-10)
+    assert grads["serving"].keys() == grads["training"].keys()
+    for key, want in grads["training"].items():
+        torch.testing.assert_close(grads["serving"][key], want, rtol=1e-8, atol=1e-10, msg=key)
 
 
 # ------------------------------------------------------------- (b) masks and empties

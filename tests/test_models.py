@@ -10,11 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from models.baselines import make_pretrain_model, transfer_pretrained
-from models.ctr import CTRModel
+from models.ctr import CTRModel, OverArch
 from models.features import Batch, FeatureSpec
-from models.interest import InterestInputs
+from models.interest import InterestArch, InterestInputs, request_inputs
+from models.make import make_pretrain_model, transfer_pretrained
 from models.zoo import MODELS, build_model, make_config
 from pipeline.data import PreparedData, table_to_batch
 from tests.fixtures import write_prepared
@@ -52,9 +54,104 @@ def small_model(name: str, args: dict, spec: FeatureSpec, seed: int = 0) -> CTRM
 def test_registry_has_every_baseline() -> None:
     expected = {"ta", "dta", "dta_non_invasive", "ta_early", "dmf"}
     expected |= {"sasrec", "din", "bfs_mf", "simtier", "make", "ta_late"}
-    assert expected <= set(MODELS)
-    for config_cls, _ in MODELS.values():
-        assert config_cls.__doc__
+    assert set(MODELS) == expected
+    spec = FeatureSpec(num_users=5, num_items=9, num_categories=0, bucket_boundaries=(0.0, 0.5))
+    for name, (config_cls, _) in MODELS.items():
+        config = make_config(name)
+        assert type(config) is config_cls
+        interest = build_model(name, spec, config).over_arch.interest
+        assert isinstance(interest, InterestArch), name
+        assert interest.out_dim > 0
+
+
+@pytest.mark.parametrize(("name", "args"), VARIANTS, ids=IDS)
+def test_fx_trace_of_the_model_equals_eager(
+    name: str, args: dict, data: PreparedData, batch: Batch
+) -> None:
+    """TrainPipelineSparseDist rewrites the model with torchrec's fx tracer, the modules
+    without a sharded child as leaves (for CTRModel under DMP: `over_arch`, since
+    `sparse_arch` holds the sharded EmbeddingCollection); the traced graph must compute
+    what the eager model does (as torchrec's DLRM tests check)."""
+    from torchrec.distributed.train_pipeline.tracing import Tracer
+
+    model = small_model(name, args, spec_of(data)).eval()
+    graph = Tracer(leaf_modules=["over_arch"]).trace(model)
+    traced = torch.fx.GraphModule(model, graph)
+    called = {node.target for node in graph.nodes if node.op == "call_module"}
+    assert "over_arch" in called  # one leaf: all data-dependent code stays inside it
+    assert not any(str(target).startswith("over_arch.") for target in called)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(batch), model(batch))
+
+
+@pytest.mark.parametrize(("name", "args"), VARIANTS, ids=IDS)
+def test_interest_arch_scripts_and_matches_eager(name: str, args: dict, data: PreparedData) -> None:
+    """The serving artifact scripts every interest arch; scripted == eager, both forms."""
+    spec = spec_of(data)
+    interest = small_model(name, args, spec, seed=4).over_arch.interest.double().eval()
+    scripted = torch.jit.script(interest)
+    x = random_request(OverArch.item_dim(SMALL["embedding_dim"], spec), length=5, batch=3, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(request_inputs(*x)), interest(request_inputs(*x)))
+        state = interest.encode(x[0])
+        torch.testing.assert_close(
+            scripted.attend(scripted.encode(x[0]), *x), interest.attend(state, *x)
+        )
+
+
+def random_request(
+    dim: int, length: int, batch: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One user's history (L, D), B queries (B, D), sims (B, L) in [-1, 1], buckets (B, L),
+    float64."""
+    g = torch.Generator().manual_seed(seed)
+    history = torch.randn(length, dim, generator=g, dtype=torch.float64)
+    query = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+    sims = torch.rand(batch, length, generator=g, dtype=torch.float64) * 2 - 1
+    buckets = torch.randint(0, 3, (batch, length), generator=g)
+    return history, query, sims, buckets
+
+
+@settings(max_examples=6, deadline=None)
+@given(length=st.integers(0, 9), batch=st.integers(1, 5), seed=st.integers(0, 2**16))
+@pytest.mark.parametrize(("name", "args"), VARIANTS, ids=IDS)
+def test_cached_serving_form_equals_forward_and_gradients(
+    name: str, args: dict, length: int, batch: int, seed: int
+) -> None:
+    """Each arch's per-user cache (`encode` + `attend`) against its training forward on the
+    history repeated per candidate: outputs and the gradients of history, queries and every
+    parameter, float64, any history length including 0."""
+    spec = FeatureSpec(num_users=5, num_items=9, num_categories=0, bucket_boundaries=(-0.2, 0.3))
+    interest = small_model(name, args, spec, seed=seed).over_arch.interest.double().eval()
+    with torch.no_grad():
+        for p in interest.parameters():
+            p.normal_(std=0.5, generator=torch.Generator().manual_seed(seed))
+    dim = OverArch.item_dim(SMALL["embedding_dim"], spec)
+    history, query, sims, buckets = random_request(dim, length, batch, seed)
+    results = {}
+    for form in ("cached", "forward"):
+        interest.zero_grad()
+        h, q = history.clone().requires_grad_(True), query.clone().requires_grad_(True)
+        if form == "cached":
+            out = interest.attend(interest.encode(h), h, q, sims, buckets)
+        else:
+            out = interest(request_inputs(h, q, sims, buckets))
+        weight = torch.randn(
+            out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype
+        )
+        (out * weight).sum().backward()
+        grads = {"history": h.grad, "query": q.grad}
+        grads |= {k: p.grad for k, p in interest.named_parameters() if p.grad is not None}
+        results[form] = (out.detach(), grads)
+    torch.testing.assert_close(results["cached"][0], results["forward"][0], rtol=1e-9, atol=1e-10)
+    for key, want in results["forward"][1].items():
+        got = results["cached"][1].get(key)
+        if got is None:  # unused by the cached form: the forward's gradient must be zero
+            assert want is None or not want.abs().any(), key
+            continue
+        torch.testing.assert_close(
+            got, torch.zeros_like(got) if want is None else want, rtol=1e-8, atol=1e-10, msg=key
+        )
 
 
 @pytest.mark.parametrize(("name", "args"), VARIANTS, ids=IDS)

@@ -16,14 +16,13 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from models.ctr import CTRModel, CTRTask
-from models.dta import DecoupledTargetAttention, bucketize
+from models.buckets import Bucketizer, bucketize
+from models.ctr import CTRModel, CTRScorer, CTRTask, scorer_from_model
 from models.features import FeatureSpec
-from models.zoo import build_model, make_config
+from models.zoo import MODELS, build_model, make_config
 from pipeline import bench_serving, export, score_requests
 from pipeline.data import PreparedData, table_to_batch
 from pipeline.export import export_model, read_metadata
-from pipeline.serving import Bucketizer, CTRScorer, FactorisedAttention, scorer_from_model
 from tests.fixtures import write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,28 +83,30 @@ def training_ctr(
         return torch.sigmoid(model(batch))
 
 
+# Every model of the zoo, from its per-user cache and per candidate (the training form),
+# with and without categories, plus DMF's activity gate.
 CASES = [
-    ("dmf", "factorised", False, {}),
-    ("dmf", "factorised", True, {}),
-    ("dmf", "factorised", False, {"activity_gate": True}),
-    ("dta", "factorised", False, {}),
-    ("dta", "factorised", True, {}),
-    ("dta", "naive", False, {}),
-    ("dta_non_invasive", "factorised", False, {}),
-    ("ta", "factorised", False, {}),
-    ("ta", "factorised", True, {}),
-    ("ta_early", "early", False, {}),
-    ("ta_early", "rank1", True, {}),
+    *[
+        (name, per_candidate, False, {})
+        for name in sorted(MODELS)
+        for per_candidate in (False, True)
+    ],
+    *[(name, False, True, {}) for name in ("dmf", "dta", "ta", "ta_early", "din", "sasrec")],
+    ("dmf", False, False, {"activity_gate": True}),
 ]
 
 
-@pytest.mark.parametrize(("name", "form", "categories", "overrides"), CASES)
+def test_every_model_is_served() -> None:
+    assert {case[0] for case in CASES} == set(MODELS)
+
+
+@pytest.mark.parametrize(("name", "per_candidate", "categories", "overrides"), CASES)
 def test_scorer_equals_training_forward(
-    data: PreparedData, name: str, form: str, categories: bool, overrides: dict
+    data: PreparedData, name: str, per_candidate: bool, categories: bool, overrides: dict
 ) -> None:
     model = random_model(name, spec_of(data, categories), seed=1, **overrides)
     cats = np.load(data.root / "item_category.npy") if categories else None
-    scorer = scorer_from_model(model, data.item_mm, cats, form=form, chunk=4)
+    scorer = scorer_from_model(model, data.item_mm, cats, per_candidate=per_candidate, chunk=4)
     scripted = torch.jit.script(scorer)
     rng = np.random.default_rng(7)
     num_items = data.vocab_sizes["item"]
@@ -120,24 +121,10 @@ def test_scorer_equals_training_forward(
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-def test_factorised_attention_equals_reference_forms() -> None:
-    """The serving attention == models/dta.py attend_candidates == forward (repeated)."""
-    torch.manual_seed(0)
-    attention = DecoupledTargetAttention(12, 12, hidden_dim=16, num_heads=4, num_buckets=7).eval()
-    with torch.no_grad():
-        for p in attention.parameters():
-            p.normal_(std=0.5)
-    serving = FactorisedAttention(attention)
-    history, query = torch.randn(9, 12), torch.randn(5, 12)
-    buckets = torch.randint(0, 7, (5, 9))
-    with torch.no_grad():
-        reference = attention.attend_candidates(attention.encode_user(history), query, buckets)
-        training = attention(
-            query, history.expand(5, 9, 12), torch.ones(5, 9, dtype=torch.bool), buckets
-        )
-        got = serving.attend(serving.encode(history), query, torch.empty(0), buckets)
-    torch.testing.assert_close(got, reference, atol=1e-5, rtol=0)
-    torch.testing.assert_close(got, training, atol=1e-5, rtol=0)
+def test_scorer_leaves_the_model_trainable(data: PreparedData) -> None:
+    model = random_model("dmf", spec_of(data, False), seed=1).train()
+    scorer_from_model(model, data.item_mm)
+    assert model.training and all(p.requires_grad for p in model.parameters())
 
 
 @pytest.mark.parametrize(
@@ -164,33 +151,45 @@ def test_serving_bucketize_equals_training(boundaries: list[float]) -> None:
     assert torch.equal(torch.jit.script(Bucketizer(b))(s), got)
 
 
-def test_artifact_loads_without_training_code(data: PreparedData, tmp_path: Path) -> None:
-    model = random_model("dmf", spec_of(data, True), seed=2)
-    path = export_model(model, data, tmp_path / "scorer.pt", metadata={"model": "dmf"})
-    assert read_metadata(path)["model"] == "dmf"
+EXPORTED = [*[(name, {}) for name in sorted(MODELS)], ("dmf", {"activity_gate": True})]
+
+
+def test_every_artifact_loads_without_training_code(data: PreparedData, tmp_path: Path) -> None:
+    """Each zoo model (and DMF's gate) exports; one fresh process that imports torch only
+    loads every artifact and scores a request and an empty history as training does."""
+    cats = np.load(data.root / "item_category.npy")
     hist, cands, user = [5, 9, 2, 33, 7], [3, 4, 5, 6, 7, 8, 39], 11
+    models, paths = [], []
+    for i, (name, overrides) in enumerate(EXPORTED):
+        model = random_model(name, spec_of(data, True), seed=2, **overrides)
+        path = export_model(model, data, tmp_path / f"{i}.pt", metadata={"model": name})
+        assert read_metadata(path)["model"] == name
+        models.append(model)
+        paths.append(str(path))
     code = f"""
 import json, sys, torch
-scorer = torch.jit.load({str(path)!r})
-state = scorer.encode_user(torch.tensor({hist}), torch.tensor({user}))
-scores = scorer.score(state, torch.tensor({cands}))
-empty = scorer.score(scorer.encode_user(torch.zeros(0, dtype=torch.long), torch.tensor(2)),
-                     torch.tensor({cands}))
+out = []
+for path in {paths!r}:
+    scorer = torch.jit.load(path)
+    state = scorer.encode_user(torch.tensor({hist}), torch.tensor({user}))
+    empty = scorer.encode_user(torch.zeros(0, dtype=torch.long), torch.tensor(2))
+    out.append({{"scores": scorer.score(state, torch.tensor({cands})).tolist(),
+                "empty": scorer.score(empty, torch.tensor({cands})).tolist()}})
 leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'pipeline', 'tests'))
-print(json.dumps({{"scores": scores.tolist(), "empty": empty.tolist(), "leaked": leaked}}))
+print(json.dumps({{"results": out, "leaked": leaked}}))
 """
-    out = subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True
     )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["leaked"] == []
-    cats = np.load(data.root / "item_category.npy")
-    scorer = scorer_from_model(model, data.item_mm, cats)
-    for key, h in (("scores", np.array(hist)), ("empty", np.zeros(0, np.int64))):
-        expected = training_ctr(
-            model, scorer, h, user if key == "scores" else 2, np.array(cands), cats
-        )
-        torch.testing.assert_close(torch.tensor(result[key]), expected, atol=1e-5, rtol=0)
+    for (name, _), model, got in zip(EXPORTED, models, result["results"]):
+        scorer = scorer_from_model(model, data.item_mm, cats)
+        for key, h, u in (("scores", np.array(hist), user), ("empty", np.zeros(0, np.int64), 2)):
+            expected = training_ctr(model, scorer, h, u, np.array(cands), cats)
+            torch.testing.assert_close(
+                torch.tensor(got[key]), expected, atol=1e-5, rtol=0, msg=name
+            )
 
 
 def test_score_requests_job(data: PreparedData, tmp_path: Path) -> None:

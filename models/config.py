@@ -1,0 +1,25 @@
+"""Settings shared by every model of the zoo; each model's file extends them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelConfig:
+    """Settings shared by every model (defaults: the paper's Amazon settings).
+
+    embedding_dim: ID embedding size of users, items and categories.
+    hidden_dim: d_h = H * dk, the interest vector size of the attention arches.
+    num_heads: H.
+    mlp_dims: hidden layers of the prediction head (a final 1-unit layer is added).
+    temperature: tau of the attention softmax.
+    use_user_embedding: feed the user-ID embedding to the head.
+    """
+
+    embedding_dim: int = 32
+    hidden_dim: int = 32
+    num_heads: int = 4
+    mlp_dims: list[int] = field(default_factory=lambda: [80, 40])
+    temperature: float = 1.0
+    use_user_embedding: bool = True

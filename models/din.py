@@ -1,0 +1,93 @@
+"""DIN (Zhou et al. 2018): a local activation unit weighs each behaviour by the target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from models.config import ModelConfig
+from models.features import FeatureSpec
+from models.interest import InterestArch, InterestInputs
+
+
+@dataclass
+class DINConfig(ModelConfig):
+    """DIN: activation unit MLP([q, s, q*s, q-s]) -> unnormalised weights, weighted sum.
+
+    attention_dims: hidden layers of the activation unit.
+    activation: "prelu" (as in the paper's Eq. 6) or "dice" (Dice-lite, below).
+    """
+
+    attention_dims: list[int] = field(default_factory=lambda: [80, 40])
+    activation: str = "prelu"
+
+
+class DiceLite(nn.Module):
+    """Dice without batch statistics: f(x) = p(x) x + (1 - p(x)) a x, p(x) = sigmoid(g (x - m)).
+
+    DIN's Dice takes the centre m and scale g of the gate from batch statistics; here they
+    are learned per channel, so one sample's output never depends on the rest of the batch
+    (nor on its padding) and training and serving compute the same function.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((dim,), 0.25))
+        self.centre = nn.Parameter(torch.zeros(dim))
+        self.scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(self.scale * (x - self.centre))
+        return p * x + (1.0 - p) * self.alpha * x
+
+
+class DINInterest(InterestArch):
+    """DIN's local activation unit (Zhou et al. 2018, paper Eq. 5-6).
+
+    w_l = MLP([q; s_l; q * s_l; q - s_l]) with PReLU (or Dice-lite) activations, no
+    softmax (DIN keeps the intensity of interests), padding weighted 0; the interest is
+    sum_l w_l s_l (B, D), projected to `hidden_dim` (no bias, so an empty history gives
+    zeros) when D differs from it.
+
+    Served per candidate (the `InterestArch` default): the activation unit reads target
+    and history together, so no part of it can be cached per user.
+
+    >>> arch = DINInterest(8, hidden_dim=16, attention_dims=[8])
+    >>> x = InterestInputs(torch.randn(2, 8), torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool),
+    ...                    torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 3]))
+    >>> arch(x).shape
+    torch.Size([2, 16])
+    """
+
+    ACTIVATIONS = {"prelu": nn.PReLU, "dice": DiceLite}
+
+    def __init__(
+        self, item_dim: int, hidden_dim: int, attention_dims: list[int], activation: str = "prelu"
+    ) -> None:
+        super().__init__()
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(self.ACTIVATIONS)}")
+        self.out_dim = hidden_dim
+        layers: list[nn.Module] = []
+        in_dim = 4 * item_dim
+        for dim in attention_dims:
+            layers += [nn.Linear(in_dim, dim), self.ACTIVATIONS[activation](dim)]
+            in_dim = dim
+        self.activation_unit = nn.Sequential(*layers, nn.Linear(in_dim, 1))
+        self.project = (
+            nn.Identity() if item_dim == hidden_dim else nn.Linear(item_dim, hidden_dim, bias=False)
+        )
+
+    def forward(self, x: InterestInputs) -> torch.Tensor:
+        q = x.target.unsqueeze(1).expand_as(x.history)  # (B, L, D)
+        features = torch.cat([q, x.history, q * x.history, q - x.history], dim=-1)
+        weights = self.activation_unit(features.flatten(0, 1)).view_as(x.mask)  # (B, L)
+        weights = weights.masked_fill(~x.mask, 0.0)
+        pooled = torch.einsum("bl,bld->bd", weights, x.history)
+        return self.project(pooled)
+
+
+def build_din(config: DINConfig, item_dim: int, spec: FeatureSpec) -> DINInterest:
+    return DINInterest(item_dim, config.hidden_dim, config.attention_dims, config.activation)

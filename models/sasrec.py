@@ -1,0 +1,127 @@
+"""SASRec (Kang & McAuley 2018): target-agnostic causal self-attention over the history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.config import ModelConfig
+from models.dta import masked_softmax
+from models.features import FeatureSpec
+from models.interest import InterestArch, InterestInputs, State, request_inputs
+from models.mlp import MLP
+
+
+@dataclass
+class SASRecConfig(ModelConfig):
+    """SASRec: target-agnostic causal self-attention, interest = last valid position.
+
+    num_layers: pre-LN transformer blocks (SASRec uses 2).
+    max_positions: learned position embeddings, counted back from the most recent item.
+    """
+
+    num_layers: int = 2
+    max_positions: int = 200
+
+
+class CausalSelfAttentionBlock(nn.Module):
+    """Pre-LN transformer block: x + MHA(LN(x)), then x + FFN(LN(x)).
+
+    x (B, L, d_h); allowed (B, L, L) bool, True where query l may attend to key l'.
+    Rows with nothing allowed (padding of an empty history) attend to nothing (zeros).
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim {hidden_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_dim // num_heads
+        self.attn_norm = nn.LayerNorm(hidden_dim)
+        self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim)
+        self.out = nn.Linear(hidden_dim, hidden_dim)
+        self.ffn_norm = nn.LayerNorm(hidden_dim)
+        self.ffn = MLP(hidden_dim, [hidden_dim, hidden_dim])
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(self.attn_norm(x)).unflatten(-1, (3, self.num_heads, self.head_dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        scores = torch.einsum("bihd,bjhd->bhij", q, k) * self.head_dim**-0.5
+        weights = masked_softmax(scores, allowed[:, None])  # (B, H, L, L)
+        attended = torch.einsum("bhij,bjhd->bihd", weights, v).flatten(-2)
+        x = x + self.out(attended)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class SASRecInterest(InterestArch):
+    """SASRec: unidirectional self-attention over the history, target-agnostic.
+
+    Follows Kang & McAuley (2018): item embeddings (projected to d_h) plus learned position
+    embeddings, `num_layers` causal pre-LN blocks, a final LayerNorm, and the output at the
+    last (most recent) valid position as the user interest. SASRec left-pads so that the most
+    recent item always has the same position; our histories are right-padded (oldest first),
+    so positions count back from the most recent item (0 = most recent), which gives the same
+    embedding to the same recency. Items older than `max_positions` share the last position.
+    Padding is never attended (causal + key mask); an empty history gives zeros.
+
+    Target-agnostic, so serving caches the whole interest vector per user: `encode` runs
+    `forward` once on the user's history, `attend` repeats it for the B candidates.
+
+    >>> arch = SASRecInterest(8, hidden_dim=16, num_heads=2, num_layers=1, max_positions=10)
+    >>> x = InterestInputs(torch.randn(2, 8), torch.randn(2, 3, 8),
+    ...                    torch.tensor([[True, True, False], [False] * 3]), torch.zeros(2, 3),
+    ...                    torch.zeros(2, 3, dtype=torch.long), torch.tensor([2, 0]))
+    >>> out = arch(x)
+    >>> out.shape, bool(out[1].abs().sum() == 0)
+    (torch.Size([2, 16]), True)
+    """
+
+    caches_user = True
+
+    def __init__(
+        self, item_dim: int, hidden_dim: int, num_heads: int, num_layers: int, max_positions: int
+    ) -> None:
+        super().__init__()
+        self.out_dim = hidden_dim
+        self.max_positions = max_positions
+        self.input = nn.Linear(item_dim, hidden_dim)
+        self.positions = nn.Embedding(max_positions, hidden_dim)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        self.blocks = nn.ModuleList(
+            CausalSelfAttentionBlock(hidden_dim, num_heads) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_dim)
+
+    def forward(self, x: InterestInputs) -> torch.Tensor:
+        length = x.mask.shape[1]
+        slots = torch.arange(length, device=x.mask.device)
+        recency = (x.lengths.unsqueeze(-1) - 1 - slots).clamp(0, self.max_positions - 1)  # (B, L)
+        h = self.input(x.history) + self.positions(recency)
+        causal = slots[:, None] >= slots[None, :]  # (L, L): query i sees keys j <= i
+        allowed = causal & x.mask[:, None, :]  # (B, L, L)
+        for block in self.blocks:
+            h = block(h, allowed)
+        last = (x.lengths - 1).clamp(min=0)
+        out = self.norm(h[torch.arange(h.shape[0], device=h.device), last])  # (B, d_h)
+        return out * (x.lengths > 0).unsqueeze(-1).to(out.dtype)
+
+    @torch.jit.export
+    def encode(self, history: Tensor) -> State:
+        """history (L, D) -> interest (1, d_h), the same for every candidate."""
+        empty = history.new_zeros(1, 0)
+        x = request_inputs(history, history.new_zeros(1, history.shape[1]), empty, empty.long())
+        return {"interest": self.forward(x)}
+
+    @torch.jit.export
+    def attend(
+        self, state: State, history: Tensor, query: Tensor, sims: Tensor, buckets: Tensor
+    ) -> Tensor:
+        return state["interest"].expand(query.shape[0], self.out_dim)
+
+
+def build_sasrec(config: SASRecConfig, item_dim: int, spec: FeatureSpec) -> SASRecInterest:
+    return SASRecInterest(
+        item_dim, config.hidden_dim, config.num_heads, config.num_layers, config.max_positions
+    )
