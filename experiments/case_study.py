@@ -163,13 +163,16 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def aggregate_stats(ta: dict[str, np.ndarray], dta: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Over every test positive: how often the top-weighted history item is the most similar
-    one, and the mean rank correlation between weight and similarity, per model."""
+def aggregate_stats(
+    ta: dict[str, np.ndarray], dta: dict[str, np.ndarray], min_history: int = 2
+) -> dict[str, Any]:
+    """Over every test positive with at least `min_history` history items: how often the
+    top-weighted history item is the most similar one, and the mean rank correlation
+    between weight and similarity, per model."""
     out: dict[str, Any] = {}
     mask, sims = ta["mask"], ta["sims"]
     lengths = mask.sum(1)
-    rows = np.flatnonzero(lengths >= 2)
+    rows = np.flatnonzero(lengths >= min_history)
     chance = float(np.mean(1.0 / lengths[rows])) if rows.size else float("nan")
     for name, result in (("ta", ta), ("dta", dta)):
         top_hits, rhos = [], []
@@ -183,6 +186,7 @@ def aggregate_stats(ta: dict[str, np.ndarray], dta: dict[str, np.ndarray]) -> di
             "spearman_weight_similarity": float(np.nanmean(rhos)) if rhos else float("nan"),
         }
     out["samples"] = int(rows.size)
+    out["min_history"] = min_history
     out["chance_top_is_most_similar"] = chance
     return out
 
@@ -193,12 +197,13 @@ def run_case_study(
     meta_path: Path,
     min_len: int = 5,
     max_len: int = 12,
+    min_similarity: float = 0.5,
 ) -> CaseStudy:
     """Pick one real user's test positive and compute both models' attention over it.
 
     Selection (stated in the report; it is an illustration, the aggregate numbers are the
     evidence): test positives with min_len..max_len history items whose most similar history
-    item has similarity >= 0.5; preferring those where that item gets DTA's highest weight
+    item has similarity >= min_similarity; preferring those where that item gets DTA's highest weight
     but not TA's (the paper's Fig. 7 situation), the one where DTA puts the most sigmoid
     weight on it relative to TA.
     """
@@ -228,7 +233,7 @@ def run_case_study(
             continue
         c = ta["sims"][r, :n]
         j = int(np.argmax(c))
-        if c[j] < 0.5:
+        if c[j] < min_similarity:
             continue
         contrast = bool(
             np.argmax(dta["sigmoid"][r, :n]) == j and np.argmax(ta["sigmoid"][r, :n]) != j
@@ -258,7 +263,7 @@ def run_case_study(
         target_count=int(counts[int(row["item"])]),
         rule=(
             f"test positives with {min_len}-{max_len} history items whose most similar history "
-            "item has cosine >= 0.5; preferring those where that item gets DTA's highest weight "
+            f"item has cosine >= {min_similarity:g}; preferring those where that item gets DTA's highest weight "
             "and not TA's, the one where DTA's weight on it exceeds TA's the most (an "
             "illustration chosen for contrast, not a random draw; "
             f"{'such a contrasting case exists' if best_key[0] else 'no contrasting case exists'})"

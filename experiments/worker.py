@@ -1,19 +1,25 @@
-"""Runs a list of `pipeline.train` configurations in one torchrun job (used by experiments.study).
+"""Runs a list of trainer configs in one torchrun job (used by experiments.study).
 
     torchrun --nproc-per-node 2 -m experiments.worker PLAN.json
 
-PLAN.json: {"runs": [{"key": ..., "out": DIR, "argv": [...trainer flags...]}, ...],
-"manifest_checksum": "..."}. Every run is a real `train(parse_args(argv))` call in the same
-process group (`init_distributed` reuses it), which saves the ~10 s start-up of a torchrun
-job per run. A run whose DIR/metrics.json already exists with the same trainer config and
-data checksum is skipped, so an interrupted study continues where it stopped. Rank 0
-writes each run's console output to DIR/train.log (other ranks: DIR/train.rankN.log).
+PLAN.json: {"runs": [{"key": ..., "config": {...TrainConfig.to_dict()...}}, ...],
+"manifest_checksum": "...", "device": "cpu"}. Every run is a real
+`pipeline.train.train(config)` call in the same process group (`init_distributed` reuses
+it), which saves the ~10 s start-up of a torchrun job per run. Before training, rank 0
+writes the run's config to OUTPUT_DIR/config.json (`python -m pipeline.train --config`
+repeats the run).
+
+A run is done when OUTPUT_DIR/metrics.json records exactly the config asked for (its
+resolved `config`) and the same data checksum; it is then skipped, so an interrupted study
+continues where it stopped. A metrics.json of another config or data is set aside (renamed,
+never deleted) and the run is redone. Rank 0 writes each run's console output to
+OUTPUT_DIR/train.log (other ranks: train.rankN.log) and its wall time, load and threads to
+OUTPUT_DIR/study_run.json.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import json
 import os
@@ -23,25 +29,35 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
+from pipeline.config import FIELDS, TrainConfig, save_config
 from pipeline.distributed import init_distributed
 from pipeline.metrics import to_jsonable
-from pipeline.train import parse_args, train
 
 
 def _normalised(value: Any) -> Any:
     return json.loads(json.dumps(to_jsonable(value), sort_keys=True))
 
 
-def expected_config(argv: list[str]) -> dict[str, Any]:
-    """The trainer config `argv` gives, as metrics.json records it."""
-    return _normalised(dataclasses.asdict(parse_args(argv)))
+def recorded_config(metrics: dict[str, Any]) -> TrainConfig | None:
+    """The config a metrics.json records, as a TrainConfig; None when it has none or it is
+    not a valid config. Settings the trainer gained after the run was made (absent from the
+    record) take their defaults, the behaviour the run had; settings it no longer has are
+    dropped."""
+    values = metrics.get("config")
+    if not isinstance(values, dict) or not values:
+        return None
+    try:
+        return TrainConfig.from_dict({k: v for k, v in values.items() if k in FIELDS})
+    except ValueError:
+        return None
 
 
-def run_status(out: Path, argv: list[str], checksum: str | None) -> str:
-    """ "done" (metrics.json with this config and data), "stale" (another config or data)
-    or "todo" (no metrics.json)."""
+def run_status(out: Path, config: TrainConfig, checksum: str | None) -> str:
+    """ "done" (metrics.json of exactly this config, on this data), "stale" (another config
+    or data, or an unreadable record) or "todo" (no metrics.json)."""
     path = Path(out) / "metrics.json"
     if not path.is_file():
         return "todo"
@@ -49,11 +65,10 @@ def run_status(out: Path, argv: list[str], checksum: str | None) -> str:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError:
         return "stale"
-    # Settings the trainer gained after the run was made (absent from its record) do not
-    # make it stale; every setting both know must match.
-    recorded, expected = _normalised(metrics.get("config") or {}), expected_config(argv)
-    same_config = all(recorded[k] == expected[k] for k in recorded.keys() & expected.keys())
-    same_config = same_config and bool(recorded)
+    recorded = recorded_config(metrics)
+    same_config = recorded is not None and _normalised(recorded.to_dict()) == _normalised(
+        config.to_dict()
+    )
     same_data = checksum is None or metrics.get("data", {}).get("manifest_checksum") == checksum
     return "done" if same_config and same_data else "stale"
 
@@ -77,15 +92,18 @@ def _console_to(path: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.train import train
+
     argv = sys.argv[1:] if argv is None else argv
     plan = json.loads(Path(argv[0]).read_text())
-    env = init_distributed("cpu" if plan.get("device") == "cpu" else "auto")
+    env = init_distributed(plan.get("device") or "auto")
     checksum = plan.get("manifest_checksum")
     failures = 0
     for i, run in enumerate(plan["runs"]):
-        out = Path(run["out"])
+        config = TrainConfig.from_dict(run["config"], f"{argv[0]}: {run['key']}")
+        out = Path(config.output_dir)
         dist.barrier()
-        status = run_status(out, run["argv"], checksum)
+        status = run_status(out, config, checksum)
         dist.barrier()
         if status == "done":
             if env.is_main:
@@ -94,14 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         if status == "stale" and env.is_main:
             print(f"[study] {run['key']}: metrics.json of another config; set aside", flush=True)
             _set_aside(out)
-        dist.barrier()
         if env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(config, out / "config.json")
             print(f"[study] run {i + 1}/{len(plan['runs'])} {run['key']}", flush=True)
+        dist.barrier()
         start, load_before = time.perf_counter(), os.getloadavg()[0]
         log = out / ("train.log" if env.is_main else f"train.rank{env.rank}.log")
         try:
             with _console_to(log):
-                train(parse_args(run["argv"]))
+                train(config)
         except Exception:  # noqa: BLE001  (one failed run must not stop the study)
             failures += 1
             text = traceback.format_exc()
@@ -116,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 "load_before": load_before,
                 "load_after": os.getloadavg()[0],
                 "world_size": env.world_size,
+                "threads": torch.get_num_threads(),
+                "backend": dist.get_backend(),
             }
             (out / "study_run.json").write_text(json.dumps(record, indent=2))
             print(f"[study] done {run['key']} in {wall:.0f} s", flush=True)

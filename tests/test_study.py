@@ -1,24 +1,46 @@
-"""experiments.study: the report and plots on fake metrics.json files (no training), and the
-run plan (which runs, with which trainer flags, selected on validation only)."""
+"""experiments.study: the report and plots on fake metrics.json files (no training), the
+run plan (which runs, with which trainer configs, selected on validation only), and when a
+finished run counts as done."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import string
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from experiments import report as study_report
-from experiments import study
+from experiments import report, runs, study
+from experiments.paper import LABELS, PAPER_AMAZON, TABLE2, TABLE4
 from experiments.worker import run_status
-from pipeline.train import parse_args as train_args
+from models.zoo import make_config
+from pipeline.config import TrainConfig
 
 SEEDS = 2
+STEPS = 100
+SPE = 100
 
 
-def _metrics(model: str, seed: int, auc: float, out: Path, steps: int = 100) -> dict:
-    rng = np.random.default_rng(seed)
+def _study_config(tmp_path: Path) -> study.StudyConfig:
+    return study.parse_args(["--runs-dir", str(tmp_path / "runs"), "--data-dir", "data/x"])
+
+
+def _final_run(
+    config: study.StudyConfig, phase: str, name: str, seed: int, **model_args
+) -> study.Run:
+    """The run the study plans for phase/name/seed<k> (STEPS steps)."""
+    model = "dmf" if name == "dmf_gate" or phase == "alpha" else name
+    base = study.base_config(config)
+    return study._final(config, base, phase, name, model, seed, STEPS, SPE, **model_args)
+
+
+def _metrics(trainer: TrainConfig, label: str, auc: float, steps: int = STEPS) -> dict:
+    """A metrics.json as the trainer writes it for `trainer` on CPU (fake test figures)."""
+    auto = trainer.embedding_optimizer == "auto"
+    embedding_optimizer = "adagrad" if auto else trainer.embedding_optimizer
+    rng = np.random.default_rng(trainer.seed)
 
     def block(a: float, samples: int) -> dict:
         return {
@@ -31,10 +53,8 @@ def _metrics(model: str, seed: int, auc: float, out: Path, steps: int = 100) -> 
         }
 
     a = auc + rng.normal(0, 0.002)
-    name = "dmf" if model == "dmf_gate" else model
-    argv = ["--model", name, "--seed", str(seed), "--output-dir", str(out)]
     return {
-        "model": model,
+        "model": label,
         "test": {
             **block(a, 1000),
             "by_activity": {"short": block(a - 0.01, 850), "long": block(a + 0.02, 150)},
@@ -50,30 +70,32 @@ def _metrics(model: str, seed: int, auc: float, out: Path, steps: int = 100) -> 
             }
             for s in (20, 40, 60, 80, 100)
         ][: steps // 20],
-        "train_samples_per_s": 6000.0 + 100 * seed,
+        "train_samples_per_s": 6000.0 + 100 * trainer.seed,
         "steps": steps,
-        "config": json.loads(json.dumps(study_report_config(argv))),
-        "data": {"manifest_checksum": "abc"},
+        "world_size": 2,
+        "device": "cpu",
+        "embedding_optimizer": embedding_optimizer,
+        "data": {"path": trainer.data, "manifest_checksum": "abc"},
+        "config": json.loads(json.dumps(trainer.to_dict())),
+        "model_config": dataclasses.asdict(make_config(trainer.model, trainer.model_args)),
     }
-
-
-def study_report_config(argv: list[str]) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(train_args(argv))
 
 
 def _write(folder: Path, metrics: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "study_run.json").write_text(json.dumps({"wall_s": 70.0, "load_before": 2.0}))
+    record = {"wall_s": 70.0, "load_before": 2.0, "threads": 1, "backend": "gloo"}
+    (folder / "study_run.json").write_text(json.dumps(record))
 
 
-@pytest.fixture
-def fake_runs(tmp_path: Path) -> Path:
-    runs = tmp_path / "runs"
+def _fake_runs(tmp_path: Path, change=None) -> Path:
+    """A finished study's run folders; `change(key, TrainConfig) -> TrainConfig` alters
+    the config a run recorded (as if the study had asked for it)."""
+    config = _study_config(tmp_path)
+    root = Path(config.runs_dir)
+    change = change or (lambda key, trainer: trainer)
     base = {
-        **{k: v[0] - 0.05 for k, v in study_report.PAPER_AMAZON.items()},
+        **{k: v[0] - 0.05 for k, v in PAPER_AMAZON.items()},
         "ta_early": 0.77,
         "ta_late": 0.765,
         "dta_non_invasive": 0.76,
@@ -82,17 +104,25 @@ def fake_runs(tmp_path: Path) -> Path:
     for model, auc in base.items():
         if model == "dmf":
             continue
+        args = {"alpha": 0.4, "activity_gate": True} if model == "dmf_gate" else {}
         for seed in range(SEEDS):
-            folder = runs / "main" / model / f"seed{seed}"
-            _write(folder, _metrics(model, seed, auc, folder))
+            run = _final_run(config, "main", model, seed, **args)
+            _write(run.out, _metrics(change(f"main/{model}", run.config), model, auc))
     for a in study.ALPHAS:
         for seed in range(SEEDS):
-            folder = runs / "alpha" / study.alpha_name(a) / f"seed{seed}"
-            _write(folder, _metrics("dmf", seed, 0.77 - abs(a - 0.4) / 20, folder))
+            run = _final_run(config, "alpha", study.alpha_name(a), seed, alpha=a)
+            auc = 0.77 - abs(a - 0.4) / 20
+            _write(run.out, _metrics(change("alpha", run.config), "dmf", auc))
     for model in study.TUNE_MODELS:
-        folder = runs / "tune" / model / "seed0"
-        _write(folder, _metrics(model, 0, 0.76, folder))
-    return runs
+        run = _final_run(config, "tune", model, 0)
+        trainer = dataclasses.replace(run.config, eval_every=25, early_stopping_patience=2)
+        _write(run.out, _metrics(change(f"tune/{model}", trainer), model, 0.76))
+    return root
+
+
+@pytest.fixture
+def fake_runs(tmp_path: Path) -> Path:
+    return _fake_runs(tmp_path)
 
 
 def _case() -> dict:
@@ -106,26 +136,69 @@ def _case() -> dict:
         "rule": "test rule", "models": "TA and DTA, seed 0",
         "aggregate": {"ta": {"top_is_most_similar": 0.2, "spearman_weight_similarity": 0.01},
                       "dta": {"top_is_most_similar": 0.5, "spearman_weight_similarity": 0.3},
-                      "samples": 100, "chance_top_is_most_similar": 0.18},
+                      "samples": 100, "chance_top_is_most_similar": 0.18, "min_history": 2},
     }  # fmt: skip
+
+
+MANIFEST = {
+    "created_by": "python -m data_prep amazon --out data/x --valid-frac 0.1",
+    "counts": {"train": 10000, "valid": 500, "test": 2000},
+    "vocab_sizes": {"user": 1002, "item": 502},
+    "max_history": 50,
+    "buckets": {"num_buckets": 35, "boundaries": []},
+    "item_embeddings": {
+        "dim": 384,
+        "source": 'title:minilm:{"max_tokens": 32, "model": "sentence-transformers/all-MiniLM-L6-v2"}',
+    },
+    "protocol": {"name": "next-item", "seed": 0, "valid_frac": 0.1, "negatives_per_positive": 1},
+}
+FACTS = {
+    "users": 1000,
+    "items": 500,
+    "counts": MANIFEST["counts"],
+    "short_max": 10,
+    "test_short_share": 0.85,
+    "mean_history_test": 7.3,
+    "auc_popularity": 0.7031,
+    "last_k": 10,
+    "auc_mean_sim_last": 0.65,
+    "auc_max_sim": 0.6583,
+    "rare_below": 5,
+    "test_pos_rare": 0.16,
+    "test_neg_rare": 0.26,
+    "item_source": MANIFEST["item_embeddings"]["source"],
+    "item_dim": 384,
+    "checksum": "abc" * 8,
+}
+
+
+def _report(runs_dir: Path, out: Path, **extra) -> str:
+    results = runs.collect(runs_dir)
+    results.update(
+        case=_case(),
+        steps_per_epoch=SPE,
+        timing={"total_s": 3725.0, "phases": {"training": 3600.0}},
+        discussion="Hand-written discussion.",
+        manifest=MANIFEST,
+        data_facts=FACTS,
+        **extra,
+    )
+    return report.write_report(results, out).read_text()
+
+
+def _settings(text: str) -> dict[str, list[str]]:
+    section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    return {r[0].strip(): [c.strip() for c in r[1:]] for r in rows[2:]}
 
 
 @pytest.mark.slow
 def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
-    results = study_report.collect(fake_runs)
+    results = runs.collect(fake_runs)
     assert set(results["alpha"]) == set(study.ALPHAS)
     assert len(results["runs"]["ta"]) == SEEDS and "dmf" not in results["runs"]
-    results.update(
-        case=_case(),
-        steps_per_epoch=100,
-        timing={"total_s": 3725.0, "phases": {"training": 3600.0}},
-        evidence=["a fact with a number 0.65"],
-        discussion="Hand-written discussion.",
-        settings={"batch size": ("128", "paper")},
-    )
     out = tmp_path / "docs"
-    path = study_report.write_report(results, out)
-    text = path.read_text()
+    text = _report(fake_runs, out)
     for expected in (
         "Table II",
         "Table IV",
@@ -136,12 +209,16 @@ def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
         "Epoch selection",
         "1h 02m 05s",
         "Hand-written discussion.",
-        "a fact with",
+        "Data scale: 1,000 users",
+        "Over all 100 test positives with ≥ 2 history items",
+        "(one positive and one sampled negative each)",
+        "(2.0 = the study's 2 workers x 1 thread alone)",
     ):
         assert expected in text, expected
+    assert "$" not in text and "\n\n\n" not in text  # every placeholder filled, no gaps
     # Every Table II model and the extra row, with the paper's numbers next to ours.
-    for key in [*study_report.TABLE2, "dmf_gate", *study_report.TABLE4]:
-        assert f"| {study_report.LABELS[key]} |" in text, key
+    for key in [*TABLE2, "dmf_gate", *TABLE4]:
+        assert f"| {LABELS[key]} |" in text, key
     assert "0.8251" in text and "+4.75%" in text
     # alpha selected on the validation AUC (peak of the fake valid curve: 0.4).
     assert "0.4 (selected)" in text
@@ -153,48 +230,154 @@ def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
     assert summary["selection"]["alpha"] == 0.4
     assert len(summary["models"]["dmf"]["auc"]) == SEEDS
 
+    # The settings are the ones the runs recorded: the amazon preset, the trainer's
+    # resolved embedding optimizer, the data manifest.
+    settings = _settings(text)
+    assert settings["ID embeddings, heads, hidden, MLP"][:2] == [
+        "32, 4, 32, 80x40x1",
+        "preset `amazon`",
+    ]
+    assert settings["batch size"][:2] == ["128 global = 64 per rank x 2 ranks", "preset `amazon`"]
+    assert settings["dense optimizer"][0] == "Adam, lr 0.001, constant"
+    assert settings["embedding optimizer"][0].startswith("fused adagrad, unset: ")
+    assert settings["history / buckets"][0].startswith("last 50 behaviours; 35 equal-frequency")
+    assert settings["DMF alpha (main table)"][0] == "0.4"
+    assert settings["activity gate"][0].endswith("initialised at α = 0.4")
+    assert settings["MAKE"][0].startswith("stage-1 pre-training 10 epochs")
+    assert settings["MAKE"][1] == "model default"
+    assert settings["seeds"][0] == "2 per model (0..1); alpha sweep 2 per alpha"
+    assert settings["workers"][0] == "2 torchrun processes x 1 thread, gloo, cpu"
+    assert settings["training length"][1] == (
+        "best validation AUC of a seed-0 run of up to 1 epoch, evaluated every 1/4 epoch, "
+        "early-stopping patience 2"
+    )
+    assert settings["metrics"][0].endswith("activity split at L ≤ 10")
+
+
+@pytest.mark.slow
+def test_report_settings_follow_the_configs(tmp_path: Path):
+    """Settings come from what the runs recorded, never from prose: other configs, another
+    report."""
+
+    def change(key: str, trainer: TrainConfig) -> TrainConfig:
+        trainer = dataclasses.replace(trainer, lr=0.003, short_history_max=5)
+        if key == "main/ta":
+            trainer = dataclasses.replace(trainer, embedding_optimizer="sgd", embedding_lr=0.2)
+        return trainer
+
+    text = _report(_fake_runs(tmp_path, change), tmp_path / "docs")
+    settings = _settings(text)
+    assert settings["dense optimizer"][:2] == [
+        "Adam, lr 0.003, constant",
+        "lr: study; lr_schedule: trainer default",
+    ]
+    emb = settings["embedding optimizer"][0]
+    assert emb.startswith("fused sgd, lr 0.2 (TA); fused adagrad, unset: ")
+    assert emb.endswith("(the other runs)")
+    assert "`embedding_optimizer: sgd` on cpu (TA)" in settings["embedding optimizer"][1]
+    assert settings["metrics"][0].endswith("activity split at L ≤ 5")
+    assert "## Fig. 6: activity groups (history length L ≤ 5 vs > 5)" in text
+    assert "0.001" not in settings["dense optimizer"][0]
+
+
+def test_template_names_every_section():
+    template = string.Template(report.TEMPLATE.read_text())
+    assert set(template.get_identifiers()) == set(report.SECTIONS)
+
 
 def test_selection_uses_validation_only(fake_runs: Path):
-    results = study_report.collect(fake_runs)
+    results = runs.collect(fake_runs)
     # Make alpha 1.0 the best on TEST: the selection must not move.
     for m in results["alpha"][1.0]:
         m["test"]["auc"] = 0.99
-    alpha, means = study_report.select_alpha(results["alpha"])
+    alpha, means = runs.select_alpha(results["alpha"])
     assert alpha == 0.4 and means[0.4] == max(means.values())
-    step, valid = study_report.select_steps(results["tune"]["ta"])
+    step, valid = runs.select_steps(results["tune"]["ta"])
     assert step == 60 and valid == max(r["auc"] for r in results["tune"]["ta"]["valid_history"])
 
 
-def test_plan_covers_the_paper_and_parses(tmp_path: Path):
+def test_plan_covers_the_paper_with_configs(tmp_path: Path):
     config = study.parse_args(["--runs-dir", str(tmp_path), "--data-dir", "data/x"])
     assert (config.seeds, config.sweep_seeds, config.workers) == (5, 3, 2)
+    base = study.base_config(config)
+    assert (base.preset, base.data, base.device) == ("amazon", "data/x", "cpu")
     steps = {m: 250 for m in study.TUNE_MODELS}
-    first = study.phase_a_runs(config, steps, 100, range(3))
+    first = study.phase_a_runs(config, base, steps, 100, range(3))
     keys = {r.key for r in first}
     for model in [*study.TABLE2_MODELS, *study.ABLATION_MODELS]:
         assert all(f"main/{model}/seed{s}" in keys for s in range(3))
     assert sum(r.key.startswith("alpha/") for r in first) == 11 * 3
-    rest = study.phase_b_runs(config, steps, 100, 0.3, range(5))
+    rest = study.phase_b_runs(config, base, steps, 100, 0.3, range(5))
     assert {r.key for r in rest} >= {"alpha/a0.3/seed3", "alpha/a0.3/seed4", "main/dmf_gate/seed0"}
     assert "alpha/a0.3/seed0" not in {r.key for r in rest}  # already a sweep run
-    for run in [*first, *rest, *study.tune_runs(config, 100)]:
-        parsed = train_args(run.argv)  # every plan entry is a valid trainer command line
-        assert parsed.batch_size * config.workers == study.GLOBAL_BATCH
-        assert parsed.eval_every and parsed.max_steps
+    settings = {f.name for f in dataclasses.fields(TrainConfig)}
+    for run in [*first, *rest, *study.tune_runs(config, base, 100)]:
+        # Every run is the base config with only the per-run settings replaced.
+        assert TrainConfig.from_dict(run.config.to_dict()) == run.config
+        same = {
+            k for k in settings if getattr(run.config, k) == getattr(base, k) and k != "model_args"
+        }
+        per_run = {"model", "seed", "output_dir", "epochs", "max_steps", "eval_every"}
+        per_run |= {"early_stopping_patience", "checkpoint_every"}
+        assert settings - {"model_args"} - same <= per_run, run.key
+        assert run.config.batch_size == 128  # the preset's GLOBAL batch, on any world size
+        assert run.config.eval_every and run.config.max_steps
+        assert run.out == tmp_path / run.key
+        assert base.model_args.items() <= run.config.model_args.items()
     gate = next(r for r in rest if r.key == "main/dmf_gate/seed1")
-    assert train_args(gate.argv).model_args["activity_gate"] is True
+    assert gate.config.model_args["activity_gate"] is True
     ta0 = next(r for r in first if r.key == "main/ta/seed0")
-    assert train_args(ta0.argv).checkpoint_every == 250  # checkpoint at the end: case study
+    assert ta0.config.checkpoint_every == 250  # checkpoint at the end: case study
     make = next(r for r in first if r.key == "main/make/seed0")
-    assert train_args(make.argv).model_args["pretrain_epochs"] == 10
+    assert "pretrain_epochs" not in make.config.model_args  # MAKE's own default
     quick = study.parse_args(["--quick"])
     assert (quick.seeds, quick.runs_dir, quick.out) == (1, "runs/study-quick", "docs/results/quick")
+    assert quick.make_pretrain_epochs == 1
+    quick_make = study.phase_a_runs(quick, study.base_config(quick), steps, 100, range(1))
+    assert (
+        next(r for r in quick_make if r.model == "make").config.model_args["pretrain_epochs"] == 1
+    )
+
+
+def test_study_settings_layer_over_the_preset(tmp_path: Path):
+    file = tmp_path / "train.json"
+    file.write_text(json.dumps({"embedding_optimizer": "sgd", "lr": 0.01}))
+    config = study.parse_args(["--train-config", str(file), "--lr", "0.02"])
+    base = study.base_config(config)
+    assert (base.embedding_optimizer, base.lr, base.batch_size) == ("sgd", 0.02, 128)
+    with pytest.raises(SystemExit):  # the global batch 128 does not split over 3 workers
+        study.parse_args(["--workers", "3"])
 
 
 def test_finished_runs_are_skipped_only_with_the_same_config(fake_runs: Path):
     folder = fake_runs / "main" / "ta" / "seed0"
-    argv = ["--model", "ta", "--seed", "0", "--output-dir", str(folder)]
-    assert run_status(folder, argv, "abc") == "done"
-    assert run_status(folder, argv, "other-data") == "stale"
-    assert run_status(folder, [*argv, "--lr", "0.01"], "abc") == "stale"
-    assert run_status(fake_runs / "main" / "ta" / "seed9", argv, "abc") == "todo"
+    asked = TrainConfig.from_dict(json.loads((folder / "metrics.json").read_text())["config"])
+    assert run_status(folder, asked, "abc") == "done"
+    assert run_status(folder, asked, "other-data") == "stale"
+    assert run_status(folder, dataclasses.replace(asked, lr=0.01), "abc") == "stale"
+    assert run_status(fake_runs / "main" / "ta" / "seed9", asked, "abc") == "todo"
+
+
+def test_a_run_whose_recorded_config_differs_is_not_done(fake_runs: Path, tmp_path: Path):
+    config = _study_config(tmp_path)
+    steps = {m: STEPS for m in study.TUNE_MODELS}
+    plan = study.phase_a_runs(config, study.base_config(config), steps, SPE, range(1))
+    ta = next(r for r in plan if r.key == "main/ta/seed0")
+    assert run_status(ta.out, ta.config, "abc") == "done"  # the fake run is this config
+    path = ta.out / "metrics.json"
+    metrics = json.loads(path.read_text())
+
+    def status_with(**recorded) -> str:
+        path.write_text(json.dumps({**metrics, "config": {**metrics["config"], **recorded}}))
+        return run_status(ta.out, ta.config, "abc")
+
+    assert status_with(embedding_lr=0.1) == "stale"
+    assert status_with(batch_size=64) == "stale"  # a per-rank batch of the old trainer
+    assert status_with(model_args={**metrics["config"]["model_args"], "hidden_dim": 64}) == "stale"
+    assert status_with(not_a_setting_any_more=1) == "done"  # a setting the trainer dropped
+    del metrics["config"]["warmup_steps"]  # a setting the trainer gained: its default
+    assert status_with() == "done"
+    path.write_text(json.dumps({**metrics, "config": {}}))
+    assert run_status(ta.out, ta.config, "abc") == "stale"
+    path.write_text("{not json")
+    assert run_status(ta.out, ta.config, "abc") == "stale"
