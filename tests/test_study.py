@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,8 @@ from experiments.paper import LABELS, PAPER_AMAZON, TABLE2, TABLE4
 from experiments.worker import run_status
 from models.zoo import make_config
 from pipeline.config import TrainConfig
+from pipeline.data import PreparedData
+from tests.fixtures import write_prepared
 
 SEEDS = 2
 STEPS = 100
@@ -381,3 +387,70 @@ def test_a_run_whose_recorded_config_differs_is_not_done(fake_runs: Path, tmp_pa
     assert run_status(ta.out, ta.config, "abc") == "stale"
     path.write_text("{not json")
     assert run_status(ta.out, ta.config, "abc") == "stale"
+
+
+def _torchrun_worker(plan: Path, timeout: int = 400) -> str:
+    """`experiments.worker PLAN` under torchrun with 2 processes, as `study.launch` runs it,
+    in its own session (killed as a group on timeout); returns its stdout."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "experiments.worker", str(plan),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.Popen(
+        cmd, cwd=study.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"worker timed out after {timeout} s:\n{stderr[-5000:]}") from None
+    assert proc.returncode == 0, f"worker failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
+    return stdout
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_worker_trains_configs_and_resumes_a_study(tmp_path: Path):
+    """Real trainer runs: the worker trains the configs of a plan, each run's metrics.json
+    records exactly its config (so it is done), a second job skips it, and a run whose
+    config changed is set aside and redone."""
+    data = write_prepared(
+        tmp_path / "data", samples_per_split={"train": 256, "valid": 64, "test": 64}
+    )
+    config = study.parse_args(["--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data)])
+    base = dataclasses.replace(study.base_config(config), batch_size=32, eval_batch_size=64)
+    spe = study.steps_per_epoch(PreparedData(data), base, config.workers)
+    assert spe == 8  # 256 rows / global batch 32, as the trainer's reader counts
+    plan_runs = [
+        study._final(config, base, "main", "ta", "ta", 0, 6, spe),
+        study._final(config, base, "alpha", "a0.3", "dmf", 0, 6, spe, alpha=0.3),
+    ]
+
+    def write_plan(runs: list[study.Run]) -> Path:
+        path = tmp_path / "plan.json"
+        spec = {"runs": [r.spec() for r in runs], "manifest_checksum": None, "device": "cpu"}
+        path.write_text(json.dumps(spec))
+        return path
+
+    _torchrun_worker(write_plan(plan_runs))
+    for run in plan_runs:
+        assert run_status(run.out, run.config, PreparedData(data).checksum) == "done", run.key
+        saved = json.loads((run.out / "config.json").read_text())
+        assert TrainConfig.from_dict(saved) == run.config  # `pipeline.train --config` repeats it
+        record = json.loads((run.out / "study_run.json").read_text())
+        assert (record["world_size"], record["threads"], record["backend"]) == (2, 1, "gloo")
+        assert json.loads((run.out / "metrics.json").read_text())["steps"] == 6
+    changed = dataclasses.replace(plan_runs[1].config, lr=5e-3)
+    again = [plan_runs[0], study.Run(plan_runs[1].key, changed)]
+    stdout = _torchrun_worker(write_plan(again))
+    assert "skip main/ta/seed0 (done)" in stdout
+    assert "alpha/a0.3/seed0: metrics.json of another config; set aside" in stdout
+    out = Path(changed.output_dir)
+    assert run_status(out, changed, None) == "done"
+    assert list(out.parent.glob("seed0.stale-*/metrics.json"))  # kept, not deleted
+    assert [m["config"]["lr"] for m in runs.collect(tmp_path / "runs")["alpha"][0.3]] == [5e-3]
