@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from models.config import ModelConfig
-from models.features import FeatureSpec
 from models.interest import InterestArch, InterestInputs
+
+if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
+    from models.features import FeatureSpec
 
 
 @dataclass

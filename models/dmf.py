@@ -9,16 +9,19 @@ bucket terms per candidate from the similarities.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from models.config import ModelConfig
 from models.dta import DecoupledTargetAttention
-from models.features import FeatureSpec
 from models.fusion import ActivityGate, FixedFusion
 from models.histogram import SimilarityHistogram
 from models.interest import InterestArch, InterestInputs, State
+
+if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
+    from models.features import FeatureSpec
 
 
 @dataclass

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from models.buckets import bucketize
 from models.config import ModelConfig
-from models.features import HIST_ITEM, Batch, FeatureSpec, HistoryLayout
 from models.interest import InterestArch, InterestInputs, State
 from models.mlp import MLP
 from models.ta import TargetAttentionInterest
+
+if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
+    from models.batch import Batch
+    from models.features import FeatureSpec
 
 
 @dataclass
@@ -122,6 +126,9 @@ class MAKEPretrainModel(nn.Module):
         self.head = MLP(multimodal.out_dim, [*mlp_dims, 1])
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        from models.batch import HistoryLayout  # training only: needs torchrec
+        from models.features import HIST_ITEM
+
         layout = HistoryLayout.of(batch.sparse_features[HIST_ITEM])
         sims = layout.pad(batch.hist_sims.unsqueeze(-1)).squeeze(-1)
         return self.head(self.multimodal(sims, layout.mask)).squeeze(-1)

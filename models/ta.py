@@ -10,14 +10,17 @@ All three cache K_id and V_id per user at serving (models/dta.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from models.config import ModelConfig
 from models.dta import DecoupledTargetAttention
-from models.features import FeatureSpec
 from models.interest import InterestArch, InterestInputs, State
+
+if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
+    from models.features import FeatureSpec
 
 
 @dataclass

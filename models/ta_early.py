@@ -14,14 +14,17 @@ at O(L d^2) per user plus O(B L d) per request.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from models.config import ModelConfig
 from models.dta import DecoupledTargetAttention
-from models.features import FeatureSpec
 from models.interest import InterestArch, InterestInputs, State
+
+if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
+    from models.features import FeatureSpec
 
 
 @dataclass

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from models.config import ModelConfig
 from models.dta import masked_softmax
-from models.features import FeatureSpec
 from models.interest import InterestArch, InterestInputs, State
 from models.ta import TargetAttentionInterest
+
+if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
+    from models.features import FeatureSpec
 
 
 @dataclass

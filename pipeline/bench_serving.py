@@ -34,9 +34,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.ctr import CTRScorer, scorer_from_model
+from models import dmf, ta, ta_early, ta_late
+from models.config import ModelConfig
 from models.features import FeatureSpec
-from models.zoo import build_model, make_config
+from models.interest import InterestArch
+from models.mlp import MLP
+from models.scorer import CTRScorer
 
 KEYS = ("ta", "early_fusion", "early_fusion_rank1", "late_fusion", "dta_naive", "dta", "dmf")
 SLOW = ("early_fusion", "late_fusion", "dta_naive")
@@ -82,8 +85,30 @@ def equal_frequency_boundaries(
     return tuple(np.quantile(sims, np.linspace(0, 1, buckets + 1)[1:-1]).tolist())
 
 
+# The benchmarked models: the zoo's own config and builder of each (torch only, no
+# torchrec: the same code runs on a bare CUDA box, see scripts/gpu_check.py).
+ARCHES: dict[str, tuple[type[ModelConfig], Callable[..., InterestArch]]] = {
+    "ta": (ta.TAConfig, ta.build_ta),
+    "ta_early": (ta_early.TAEarlyConfig, ta_early.build_ta_early),
+    "ta_late": (ta_late.TALateConfig, ta_late.build_ta_late),
+    "dta": (ta.DTAConfig, ta.build_dta),
+    "dmf": (dmf.DMFConfig, dmf.build_dmf),
+}
+# Benchmark key -> (model, served per candidate).
+SCORERS = {
+    "ta": ("ta", False),
+    "early_fusion": ("ta_early", True),
+    "early_fusion_rank1": ("ta_early", False),
+    "late_fusion": ("ta_late", False),
+    "dta_naive": ("dta", True),
+    "dta": ("dta", False),
+    "dmf": ("dmf", False),
+}
+
+
 def build_scorers(config: BenchConfig) -> dict[str, nn.Module]:
-    """Every benchmarked scorer, random weights, scripted unless `script` is False."""
+    """Every benchmarked scorer (`models.scorer.CTRScorer` over the zoo's interest arch),
+    random weights and tables at the configured sizes, scripted unless `script` is False."""
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     item_mm = random_item_mm(config, generator)
@@ -93,27 +118,23 @@ def build_scorers(config: BenchConfig) -> dict[str, nn.Module]:
         num_categories=0,
         bucket_boundaries=equal_frequency_boundaries(item_mm, config.buckets, generator),
     )
-    overrides = {
-        "embedding_dim": config.hidden,
-        "hidden_dim": config.hidden,
-        "num_heads": config.heads,
-        "mlp_dims": [config.hidden, config.hidden // 2],
+    d = config.hidden
+    tables = {
+        "t_item": torch.randn(config.items, d, generator=generator) * 0.1,
+        "t_user": torch.randn(config.users, d, generator=generator) * 0.1,
     }
-    models = {
-        name: build_model(name, spec, make_config(name, overrides)).eval()
-        for name in ("ta", "ta_early", "ta_late", "dta", "dmf")
-    }
-    scorers: dict[str, CTRScorer] = {
-        "ta": scorer_from_model(models["ta"], item_mm),
-        "early_fusion": scorer_from_model(models["ta_early"], item_mm, per_candidate=True),
-        "early_fusion_rank1": scorer_from_model(models["ta_early"], item_mm),
-        "late_fusion": scorer_from_model(models["ta_late"], item_mm),
-        "dta_naive": scorer_from_model(models["dta"], item_mm, per_candidate=True),
-        "dta": scorer_from_model(models["dta"], item_mm),
-        "dmf": scorer_from_model(models["dmf"], item_mm),
-    }
+    shape = {"embedding_dim": d, "hidden_dim": d, "num_heads": config.heads}
+    scorers: dict[str, nn.Module] = {}
+    for key, (name, per_candidate) in SCORERS.items():
+        config_cls, build = ARCHES[name]
+        model_config = config_cls(**shape, mlp_dims=[d, d // 2])
+        interest = build(model_config, d, spec)
+        head = MLP(interest.out_dim + 2 * d, [*model_config.mlp_dims, 1])
+        boundaries = torch.tensor(spec.bucket_boundaries, dtype=torch.float32)
+        scorer = CTRScorer(interest, head, tables, item_mm, boundaries, per_candidate=per_candidate)
+        scorers[key] = scorer.eval().requires_grad_(False)
     if not config.script:
-        return dict(scorers)
+        return scorers
     return {key: torch.jit.script(scorer) for key, scorer in scorers.items()}
 
 

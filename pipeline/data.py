@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, Batch, FeatureSpec
+from models.batch import Batch
+from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
 
 SCHEMA_VERSION = 1
 

@@ -6,7 +6,7 @@
     state = scorer.encode_user(hist_items, user)               # (L,) long, () long
     ctr = scorer.score(state, candidates)                      # (B,) long -> (B,) float
 
-The artifact is `torch.jit.script` of models.ctr.CTRScorer: code and every table
+The artifact is `torch.jit.script` of models.scorer.CTRScorer: code and every table
 (ID embeddings, multimodal table, bucket boundaries and lookup tables, weights) are in the
 file, so loading it imports neither models/ nor pipeline/. `serving.json` inside the
 archive (`torch.jit.load(path, _extra_files={"serving.json": ""})`) describes it.
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 
-from models.ctr import CTRModel, CTRScorer, CTRTask, scorer_from_model
+from models.ctr import CTRModel, CTRTask
+from models.scorer import CTRScorer, scorer_from_model
 from models.zoo import build_model, make_config
 from pipeline.data import PreparedData
 

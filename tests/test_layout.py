@@ -93,3 +93,22 @@ def test_the_checks_see_the_real_graph(graph: dict[str, set[str]]) -> None:
     assert "models.zoo" in graph["pipeline.train"] or any(
         "models.zoo" in graph[m] for m in graph if m.startswith("pipeline.")
     )
+
+
+def test_serving_and_interest_arches_need_torch_only() -> None:
+    """Serving hosts and the GPU check have torch but no torchrec or fbgemm: the scorer,
+    the bucketizer and every interest arch import without them."""
+    import sys
+
+    light = ["models.features", "models.scorer", "models.buckets", "models.dta", "models.interest"]
+    light += [f"models.{name}" for name in ("ta", "dmf", "ta_early", "ta_late", "sasrec")]
+    light += [f"models.{name}" for name in ("din", "bfs_mf", "simtier", "make")]
+    light += ["pipeline.bench_serving"]  # what the GPU check runs
+    code = (
+        f"import sys\nfor m in {light!r}: __import__(m)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchrec', 'fbgemm_gpu'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

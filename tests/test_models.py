@@ -13,8 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.batch import Batch
 from models.ctr import CTRModel, OverArch
-from models.features import Batch, FeatureSpec
+from models.features import FeatureSpec
 from models.interest import InterestArch, InterestInputs, request_inputs
 from models.make import make_pretrain_model, transfer_pretrained
 from models.zoo import MODELS, build_model, make_config

@@ -17,8 +17,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from models.buckets import Bucketizer, bucketize
-from models.ctr import CTRModel, CTRScorer, CTRTask, scorer_from_model
+from models.ctr import CTRModel, CTRTask
 from models.features import FeatureSpec
+from models.scorer import CTRScorer, scorer_from_model
 from models.zoo import MODELS, build_model, make_config
 from pipeline import bench_serving, export, score_requests
 from pipeline.data import PreparedData, table_to_batch

@@ -1,0 +1,90 @@
+"""The training batch: the features of models/features.py as a KeyedJaggedTensor.
+
+Kept apart from models/features.py because it needs torchrec (a `Pipelineable`, what
+TrainPipelineSparseDist moves between devices and streams), which serving hosts lack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
+
+from models.features import HIST_ITEM, USER
+
+
+@dataclass
+class Batch(Pipelineable):
+    """One batch of B samples.
+
+    sparse_features: KJT with keys `user`, `item` (one id per sample), `hist_item`
+        (jagged history, oldest first) and, when the data has categories, `category` and
+        `hist_category` (aligned with `hist_item`).
+    hist_sims: (N,) float32, cosine similarity of each history item to its sample's
+        target, aligned with `sparse_features["hist_item"].values()`.
+    labels: (B,) float32.
+
+    Implements what TrainPipelineSparseDist needs: `to`, `pin_memory`, `record_stream`.
+    """
+
+    sparse_features: KeyedJaggedTensor
+    hist_sims: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        return Batch(
+            sparse_features=self.sparse_features.to(device=device, non_blocking=non_blocking),
+            hist_sims=self.hist_sims.to(device=device, non_blocking=non_blocking),
+            labels=self.labels.to(device=device, non_blocking=non_blocking),
+        )
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        self.sparse_features.record_stream(stream)
+        self.hist_sims.record_stream(stream)
+        self.labels.record_stream(stream)
+
+    def pin_memory(self) -> Batch:
+        return Batch(
+            sparse_features=self.sparse_features.pin_memory(),
+            hist_sims=self.hist_sims.pin_memory(),
+            labels=self.labels.pin_memory(),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels.shape[0]
+
+    def users(self) -> torch.Tensor:
+        """(B,) user index of each sample."""
+        return self.sparse_features[USER].values()
+
+    def history_lengths(self) -> torch.Tensor:
+        """(B,) number of history items of each sample."""
+        return self.sparse_features[HIST_ITEM].lengths()
+
+
+@dataclass
+class HistoryLayout:
+    """Where each sample's history sits in a jagged feature, and its padded layout.
+
+    offsets (B+1,) long; lengths (B,) long; max_len L = max(lengths, 1); mask (B, L) bool,
+    True on real history slots.
+    """
+
+    offsets: torch.Tensor
+    lengths: torch.Tensor
+    max_len: int
+    mask: torch.Tensor
+
+    @staticmethod
+    def of(history: JaggedTensor) -> HistoryLayout:
+        lengths = history.lengths().long()
+        max_len = max(int(lengths.max()), 1) if lengths.numel() else 1
+        mask = torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)
+        return HistoryLayout(history.offsets().long(), lengths, max_len, mask)
+
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """Jagged (N, D) values aligned with the history -> (B, L, D), zeros on padding."""
+        return torch.ops.fbgemm.jagged_to_padded_dense(values, [self.offsets], [self.max_len], 0.0)
