@@ -80,7 +80,7 @@ def test_history_and_similarities_stay_aligned(data):
     batch = next(data.reader("test", 64).iter_batches())
     jt = batch.sparse_features[HIST_ITEM]
     assert batch.hist_sims.shape == jt.values().shape
-    mm = torch.from_numpy(np.asarray(data.item_mm))
+    mm = torch.from_numpy(np.array(data.item_mm))  # a writable copy of the read-only memmap
     targets = batch.sparse_features["item"].values().repeat_interleave(jt.lengths().long())
     expected = (mm[targets] * mm[jt.values()]).sum(-1)
     torch.testing.assert_close(batch.hist_sims, expected, atol=1e-5, rtol=0)
