@@ -40,8 +40,8 @@ from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
+from models.batch import Batch
 from models.ctr import CTRTask
-from models.features import Batch
 from models.zoo import build_model, make_config
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import TrainConfig, resolve
@@ -209,7 +209,7 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
     checkpointer = Checkpointer(output_dir / "checkpoints")
     resuming = config.resume and checkpointer.latest() is not None
     if config.model == "make" and model_config.pretrain_epochs > 0 and not resuming:
-        from models.baselines import transfer_pretrained
+        from models.make import transfer_pretrained
         from pipeline.pretrain import pretrain_make
 
         stage1 = pretrain_make(spec, model_config, data, env, batch_size, config.lr, config.seed)

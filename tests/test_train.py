@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.fixtures import write_prepared
@@ -21,7 +24,33 @@ COMMON = ["--epochs", "2", "--batch-size", "32", "--eval-batch-size", "64", "--s
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_prepared(tmp_path_factory.mktemp("prepared"), samples_per_split=SPLITS, seed=1)
+    root = write_prepared(tmp_path_factory.mktemp("prepared"), samples_per_split=SPLITS, seed=1)
+    plant_item_effect(root, seed=2)
+    return root
+
+
+def plant_item_effect(root: Path, seed: int) -> None:
+    """Replace the fixture's coin-flip labels by clicks drawn with a per-item rate (uniform
+    in 0.05..0.95), so a model that learns anything beats chance on the test split."""
+    rng = np.random.default_rng(seed)
+    manifest = json.loads((root / "manifest.json").read_text())
+    rate = rng.uniform(0.05, 0.95, size=manifest["vocab_sizes"]["item"])
+    for names in manifest["splits"].values():
+        for name in names:
+            table = pq.read_table(root / name)
+            items = table.column("item").to_numpy()
+            labels = (rng.random(items.shape[0]) < rate[items]).astype(np.float32)
+            table = table.set_column(
+                table.schema.get_field_index("label"), "label", pa.array(labels)
+            )
+            pq.write_table(table, root / name, row_group_size=16)  # the fixture's row groups
+
+
+def label_entropy(root: Path, split: str) -> float:
+    """Log loss of predicting the split's own positive rate for every sample (nats)."""
+    labels = pq.read_table(root / split, columns=["label"]).column("label").to_numpy()
+    p = float(labels.mean())
+    return -(p * np.log(p) + (1 - p) * np.log(1 - p))
 
 
 def _run(cmd: list[str], timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -59,16 +88,25 @@ def _metrics(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_single_process_run_writes_metrics(data: Path, tmp_path: Path):
+    """DMF learns the planted item effect: measured at these settings (seeds 1, 2, 3, 7),
+    test AUC 0.709-0.726 (the true rates score 0.749), GAUC 0.661-0.724 (true rates 0.745),
+    logloss 0.644-0.670 against 0.688 for the split's base rate (true rates 0.599)."""
     proc = _train(data, tmp_path, "--model", "dmf", "--eval-every", "10")
     metrics = _metrics(tmp_path)
+    test = metrics["test"]
     assert metrics["model"] == "dmf"
-    for key in ("auc", "gauc", "logloss"):
-        assert 0.0 <= metrics["test"][key] <= 5.0
-    assert metrics["test"]["samples"] == SPLITS["test"]
+    assert 0.64 < test["auc"] < 0.80, test["auc"]  # well above chance, not above the truth
+    assert 0.58 < test["gauc"] < 0.82, test["gauc"]
+    assert 0.55 < test["logloss"] < label_entropy(data, "test"), test["logloss"]
+    assert test["samples"] == SPLITS["test"]
     assert metrics["train_samples_per_s"] > 0
-    assert set(metrics["test"]["by_activity"]) == {"short", "long"}
+    assert set(test["by_activity"]) == {"short", "long"}
     assert metrics["data"]["manifest_checksum"]
-    assert metrics["valid_history"], "validation ran every 10 steps"
+    steps = 2 * SPLITS["train"] // 32
+    assert metrics["steps"] == steps
+    assert [h["step"] for h in metrics["valid_history"]] == list(range(10, steps + 1, 10))
+    assert max(h["auc"] for h in metrics["valid_history"]) > 0.7
+    assert metrics["config"]["batch_size"] == 32 and metrics["config"]["seed"] == 7
     assert "AUC" in proc.stdout and "dmf" in proc.stdout
 
 
@@ -141,6 +179,8 @@ def test_torchx_component_trains_on_two_workers(data: Path, tmp_path: Path):
     metrics = _metrics(tmp_path)
     assert metrics["world_size"] == 2 and metrics["model"] == "ta"
     assert metrics["test"]["samples"] == SPLITS["test"]
+    # --batch-size is global: 2 workers x 16 rows take the steps one process of 32 takes.
+    assert metrics["steps"] == 2 * SPLITS["train"] // 32
 
 
 @pytest.mark.slow
@@ -153,6 +193,14 @@ def test_unknown_model_setting_is_rejected(data: Path, tmp_path: Path):
     proc = _train(data, tmp_path, "--model", "ta", "--model-arg", "alpha=0.3", check=False)
     assert proc.returncode != 0
     assert "has no settings ['alpha']" in proc.stderr
+
+
+def test_unknown_key_in_a_config_file_fails_the_entry_point(data: Path, tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: ta\nlearning_rate: 0.01\n")
+    proc = _train(data, tmp_path, "--config", str(path), check=False)
+    assert proc.returncode == 2
+    assert "learning_rate" in proc.stderr and str(path) in proc.stderr
 
 
 @pytest.mark.slow
@@ -179,6 +227,8 @@ def test_default_data_ranks_dmf_over_ta_over_popularity(tmp_path: Path):
                 "1",
                 "--seed",
                 "0",
+                "--batch-size",  # the single-process batch this ranking was measured with
+                "256",
             ],
             timeout=600,
         )
