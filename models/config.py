@@ -15,6 +15,7 @@ class ModelConfig:
     mlp_dims: hidden layers of the prediction head (a final 1-unit layer is added).
     temperature: tau of the attention softmax.
     use_user_embedding: feed the user-ID embedding to the head.
+    dropout: dropout rate after each hidden layer of the head MLP (training only).
     """
 
     embedding_dim: int = 32
@@ -23,3 +24,4 @@ class ModelConfig:
     mlp_dims: list[int] = field(default_factory=lambda: [80, 40])
     temperature: float = 1.0
     use_user_embedding: bool = True
+    dropout: float = 0.0

@@ -98,6 +98,7 @@ class OverArch(nn.Module):
         embedding_dim: int,
         mlp_dims: list[int],
         use_user_embedding: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.has_categories = spec.has_categories
@@ -108,7 +109,7 @@ class OverArch(nn.Module):
         )
         item_dim = self.item_dim(embedding_dim, spec)
         head_in = interest.out_dim + item_dim + (embedding_dim if use_user_embedding else 0)
-        self.head = MLP(head_in, [*mlp_dims, 1])
+        self.head = MLP(head_in, [*mlp_dims, 1], dropout=dropout)
 
     @staticmethod
     def item_dim(embedding_dim: int, spec: FeatureSpec) -> int:

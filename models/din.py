@@ -21,10 +21,12 @@ class DINConfig(ModelConfig):
 
     attention_dims: hidden layers of the activation unit.
     activation: "prelu" (as in the paper's Eq. 6) or "dice" (Dice-lite, below).
+    attention_dropout: dropout after each hidden layer of the activation unit (training).
     """
 
     attention_dims: list[int] = field(default_factory=lambda: [80, 40])
     activation: str = "prelu"
+    attention_dropout: float = 0.0
 
 
 class DiceLite(nn.Module):
@@ -67,7 +69,12 @@ class DINInterest(InterestArch):
     ACTIVATIONS = {"prelu": nn.PReLU, "dice": DiceLite}
 
     def __init__(
-        self, item_dim: int, hidden_dim: int, attention_dims: list[int], activation: str = "prelu"
+        self,
+        item_dim: int,
+        hidden_dim: int,
+        attention_dims: list[int],
+        activation: str = "prelu",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if activation not in self.ACTIVATIONS:
@@ -77,6 +84,8 @@ class DINInterest(InterestArch):
         in_dim = 4 * item_dim
         for dim in attention_dims:
             layers += [nn.Linear(in_dim, dim), self.ACTIVATIONS[activation](dim)]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
             in_dim = dim
         self.activation_unit = nn.Sequential(*layers, nn.Linear(in_dim, 1))
         self.project = (
@@ -93,4 +102,10 @@ class DINInterest(InterestArch):
 
 
 def build_din(config: DINConfig, item_dim: int, spec: FeatureSpec) -> DINInterest:
-    return DINInterest(item_dim, config.hidden_dim, config.attention_dims, config.activation)
+    return DINInterest(
+        item_dim,
+        config.hidden_dim,
+        config.attention_dims,
+        config.activation,
+        config.attention_dropout,
+    )

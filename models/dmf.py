@@ -30,12 +30,16 @@ class DMFConfig(ModelConfig):
 
     alpha: a (Eq. 24), or the gate's starting value with `activity_gate`.
     histogram_bins, histogram_hidden: the modality-centric histogram MLP.
+    histogram_edges: "uniform" over [-1, 1] (the paper), "range" (uniform over the
+        training similarities' central range) or "quantile" (the data's equal-frequency
+        buckets); see models/histogram.py.
     activity_gate: learn a from the user's history length instead of a fixed alpha.
     """
 
     alpha: float = 0.3
     histogram_bins: int = 20
     histogram_hidden: list[int] = field(default_factory=lambda: [32])
+    histogram_edges: str = "uniform"
     activity_gate: bool = False
 
 
@@ -66,13 +70,17 @@ class DMFInterest(InterestArch):
         alpha: float,
         activity_gate: bool = False,
         temperature: float = 1.0,
+        histogram_edges: str = "uniform",
+        bucket_boundaries: tuple[float, ...] = (),
     ) -> None:
         super().__init__()
         self.out_dim = hidden_dim
         self.dta = DecoupledTargetAttention(
             item_dim, item_dim, hidden_dim, num_heads, num_buckets, temperature=temperature
         )
-        self.histogram = SimilarityHistogram(histogram_bins, histogram_hidden, hidden_dim)
+        self.histogram = SimilarityHistogram(
+            histogram_bins, histogram_hidden, hidden_dim, histogram_edges, bucket_boundaries
+        )
         self.fusion: nn.Module = ActivityGate(alpha) if activity_gate else FixedFusion(alpha)
 
     def forward(self, x: InterestInputs) -> Tensor:
@@ -106,4 +114,6 @@ def build_dmf(config: DMFConfig, item_dim: int, spec: FeatureSpec) -> DMFInteres
         config.alpha,
         activity_gate=config.activity_gate,
         temperature=config.temperature,
+        histogram_edges=config.histogram_edges,
+        bucket_boundaries=spec.bucket_boundaries,
     )

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from models.config import ModelConfig
-from models.histogram import similarity_histogram
+from models.histogram import SimilarityBins
 from models.interest import InterestArch, InterestInputs, State
 from models.ta import TargetAttentionInterest
 
@@ -21,10 +21,12 @@ if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file witho
 class SIMTIERConfig(ModelConfig):
     """SIMTIER: TA over IDs + log(1 + similarity histogram) concatenated into the head.
 
-    histogram_bins: uniform tiers over [-1, 1].
+    histogram_bins: tiers (uniform over [-1, 1] in the paper).
+    histogram_edges: "uniform", "range" or "quantile" (models/histogram.py).
     """
 
     histogram_bins: int = 20
+    histogram_edges: str = "uniform"
 
 
 class SIMTIERInterest(InterestArch):
@@ -48,16 +50,18 @@ class SIMTIERInterest(InterestArch):
         num_heads: int,
         histogram_bins: int,
         temperature: float = 1.0,
+        histogram_edges: str = "uniform",
+        bucket_boundaries: tuple[float, ...] = (),
     ) -> None:
         super().__init__()
-        self.out_dim = hidden_dim + histogram_bins
-        self.histogram_bins = histogram_bins
+        self.bins = SimilarityBins(histogram_edges, histogram_bins, bucket_boundaries)
+        self.out_dim = hidden_dim + self.bins.num_bins
         self.ta = TargetAttentionInterest(
             item_dim, hidden_dim, num_heads, 0, temperature, False, False
         )
 
     def forward(self, x: InterestInputs) -> torch.Tensor:
-        counts = similarity_histogram(x.sims, x.mask, self.histogram_bins)
+        counts = self.bins(x.sims, x.mask)
         return torch.cat([self.ta(x), torch.log1p(counts)], dim=-1)
 
     @torch.jit.export
@@ -68,9 +72,7 @@ class SIMTIERInterest(InterestArch):
     def attend(
         self, state: State, history: Tensor, query: Tensor, sims: Tensor, buckets: Tensor
     ) -> Tensor:
-        counts = similarity_histogram(
-            sims, torch.ones_like(sims, dtype=torch.bool), self.histogram_bins
-        )
+        counts = self.bins(sims, torch.ones_like(sims, dtype=torch.bool))
         return torch.cat(
             [self.ta.attend(state, history, query, sims, buckets), torch.log1p(counts)], -1
         )
@@ -78,5 +80,11 @@ class SIMTIERInterest(InterestArch):
 
 def build_simtier(config: SIMTIERConfig, item_dim: int, spec: FeatureSpec) -> SIMTIERInterest:
     return SIMTIERInterest(
-        item_dim, config.hidden_dim, config.num_heads, config.histogram_bins, config.temperature
+        item_dim,
+        config.hidden_dim,
+        config.num_heads,
+        config.histogram_bins,
+        config.temperature,
+        config.histogram_edges,
+        spec.bucket_boundaries,
     )

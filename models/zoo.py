@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from models import bfs_mf, din, dmf, make, sasrec, simtier, ta, ta_early, ta_late
+from models import bfs_mf, din, dmf, dnn, make, sasrec, simtier, ta, ta_early, ta_late
 from models.config import ModelConfig
 from models.ctr import CTRModel, OverArch, SparseArch
 from models.features import FeatureSpec
@@ -36,6 +36,7 @@ MODELS: dict[str, tuple[type[ModelConfig], InterestBuilder]] = {
     "bfs_mf": (bfs_mf.BFSMFConfig, bfs_mf.build_bfs_mf),
     "simtier": (simtier.SIMTIERConfig, simtier.build_simtier),
     "make": (make.MAKEConfig, make.build_make),
+    "dnn": (dnn.DNNConfig, dnn.build_dnn),
 }
 
 
@@ -69,5 +70,12 @@ def build_model(
     interest = MODELS[name][1](config, item_dim, spec)
     return CTRModel(
         SparseArch(spec, config.embedding_dim, device=embedding_device),
-        OverArch(spec, interest, config.embedding_dim, config.mlp_dims, config.use_user_embedding),
+        OverArch(
+            spec,
+            interest,
+            config.embedding_dim,
+            config.mlp_dims,
+            config.use_user_embedding,
+            config.dropout,
+        ),
     )

@@ -102,7 +102,7 @@ def test_serving_and_interest_arches_need_torch_only() -> None:
 
     light = ["models.features", "models.scorer", "models.buckets", "models.dta", "models.interest"]
     light += [f"models.{name}" for name in ("ta", "dmf", "ta_early", "ta_late", "sasrec")]
-    light += [f"models.{name}" for name in ("din", "bfs_mf", "simtier", "make")]
+    light += [f"models.{name}" for name in ("din", "bfs_mf", "simtier", "make", "dnn")]
     light += ["pipeline.bench_serving"]  # what the GPU check runs
     code = (
         f"import sys\nfor m in {light!r}: __import__(m)\n"
