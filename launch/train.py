@@ -6,7 +6,10 @@
         --image REGISTRY/dmf:latest --path_prefix "" -- --preset industrial --data /mnt/prep
 
 Defaults (1 node x 2 CPU workers, local scheduler) come from `.torchxconfig`. Everything
-after `--` goes to `python -m pipeline.train` (see `python -m pipeline.train --help`).
+after `--` goes to `python -m pipeline.train` (see `python -m pipeline.train --help`),
+`--config FILE` included (a path the workers can read). The trainer's batch sizes are
+global: `-j 4x8` with `--preset industrial` trains on the preset's 1024 samples a step,
+32 per GPU, the same run as on one machine.
 """
 
 import os
