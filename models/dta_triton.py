@@ -127,9 +127,19 @@ def candidates_tiled(
 if triton is not None:
 
     @triton.jit
+    def _dot(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """acc + a @ b in b's dtype, fp32 accumulation. UPCAST: fp32 operands instead, for
+        Triton's interpreter, which multiplies bf16 as raw uint16 bits and rounds to bf16 by
+        truncation; on a GPU the bf16 product runs as is, `a` rounded to nearest."""
+        if UPCAST:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PRECISION)
+        return tl.dot(a.to(b.dtype), b, acc, input_precision=PRECISION)
+
+    @triton.jit
     def _tile_scores(
         q, k_ptr, bucket_ptr, qe_ptr, qe_rows, rows, row_ok, dims, dim_ok, start, L,
-        s_kd, s_kl, s_bb, s_bl, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
+        s_kd, s_kl, s_bb, s_bl, BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
         """Scores (BLOCK_B, BLOCK_L) of one tile, -inf past L, and its buckets."""
         cols = start + tl.arange(0, BLOCK_L)
@@ -142,7 +152,8 @@ if triton is not None:
         ok = row_ok[:, None] & col_ok[None, :]
         bucket = tl.load(bucket_ptr + rows[:, None] * s_bb + cols[None, :] * s_bl, mask=ok, other=0)
         bucket_term = tl.load(qe_ptr + qe_rows[:, None] + bucket, mask=ok, other=0.0)
-        s = tl.dot(q, k_t, input_precision=PRECISION) + bucket_term
+        s = _dot(q, k_t, tl.zeros([BLOCK_B, BLOCK_L], tl.float32), PRECISION, UPCAST)
+        s += bucket_term
         return tl.where(col_ok[None, :], s, float("-inf")), bucket, ok
 
     @triton.jit
@@ -152,7 +163,7 @@ if triton is not None:
         s_qh, s_qb, s_qd, s_kh, s_kd, s_kl, s_vh, s_vl, s_vd,
         s_ekh, s_ekm, s_ekd, s_evh, s_evm, s_evd, s_bb, s_bl, s_ob, s_oh, s_od,
         BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+        BLOCK_M: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
         pid_b = tl.program_id(0)
         h = tl.program_id(1)
@@ -175,7 +186,7 @@ if triton is not None:
         # Bucket-key scores q E_K^T (BLOCK_B, BLOCK_M), kept in this program's rows of the
         # (H, B, BLOCK_M) scratch so that the tiles below can gather them by bucket.
         qe_rows = (h * B + rows) * BLOCK_M
-        qe = tl.dot(q, e_k, input_precision=PRECISION)
+        qe = _dot(q, e_k, tl.zeros([BLOCK_B, BLOCK_M], tl.float32), PRECISION, UPCAST)
         tl.store(qe_ptr + qe_rows[:, None] + buckets_m[None, :], qe, mask=row_ok[:, None])
         tl.debug_barrier()
         k_ptr += h * s_kh
@@ -184,7 +195,7 @@ if triton is not None:
         for start in range(0, L, BLOCK_L):  # pass 1: softmax statistics
             s, bucket, ok = _tile_scores(
                 q, k_ptr, bucket_ptr, qe_ptr, qe_rows, rows, row_ok, dims, dim_ok, start, L,
-                s_kd, s_kl, s_bb, s_bl, BLOCK_L, PRECISION,
+                s_kd, s_kl, s_bb, s_bl, BLOCK_B, BLOCK_L, PRECISION, UPCAST,
             )  # fmt: skip
             new_max = tl.maximum(row_max, tl.max(s, 1))
             row_sum = row_sum * tl.exp(row_max - new_max) + tl.sum(tl.exp(s - new_max[:, None]), 1)
@@ -194,7 +205,7 @@ if triton is not None:
         for start in range(0, L, BLOCK_L):  # pass 2: probabilities, values, bucket mass
             s, bucket, ok = _tile_scores(
                 q, k_ptr, bucket_ptr, qe_ptr, qe_rows, rows, row_ok, dims, dim_ok, start, L,
-                s_kd, s_kl, s_bb, s_bl, BLOCK_L, PRECISION,
+                s_kd, s_kl, s_bb, s_bl, BLOCK_B, BLOCK_L, PRECISION, UPCAST,
             )  # fmt: skip
             p = tl.where(ok, tl.exp(s - row_max[:, None]) * inv_sum[:, None], 0.0)
             cols = start + tl.arange(0, BLOCK_L)
@@ -203,7 +214,7 @@ if triton is not None:
                 mask=(cols < L)[:, None] & dim_ok[None, :],
                 other=0.0,
             )
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)
+            acc = _dot(p, v, acc, PRECISION, UPCAST)
             tl.atomic_add(mass_ptr + qe_rows[:, None] + bucket, p, mask=ok, sem="relaxed")
         tl.debug_barrier()
         mass = tl.load(
@@ -214,7 +225,7 @@ if triton is not None:
             mask=m_ok[:, None] & dim_ok[None, :],
             other=0.0,
         )
-        acc = tl.dot(mass.to(e_v.dtype), e_v, acc, input_precision=PRECISION)
+        acc = _dot(mass, e_v, acc, PRECISION, UPCAST)
         tl.store(
             out_ptr + rows[:, None] * s_ob + h * s_oh + dims[None, :] * s_od,
             acc.to(out_ptr.dtype.element_ty),
@@ -259,7 +270,8 @@ def candidates_triton(
         *q.stride(), *k_t.stride(), *v.stride(), *e_k.stride(), *e_v.stride(),
         *buckets.stride(), *out.stride(),
         BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_D=_block(dk), BLOCK_M=block_m,
-        PRECISION="tf32" if tf32 else "ieee", num_warps=num_warps,
+        PRECISION="tf32" if tf32 else "ieee",
+        UPCAST=q.dtype != torch.float32 and triton_interpreted(), num_warps=num_warps,
     )  # fmt: skip
     return out.reshape(batch, heads * dk)
 

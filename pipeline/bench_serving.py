@@ -2,6 +2,7 @@
 
     python -m pipeline.bench_serving [--json FILE] [--candidates 1200 --history 400
         --hidden 128 --heads 4 --buckets 35 --threads 2 --requests 60 --warmup 2]
+        [--device cpu|cuda --dtype fp32|bf16 --time-limit-s S --check-reference]
 
 One request = `encode_user` (history of L items) + `score` (B candidates), end to end,
 under torch.inference_mode, with random weights at the given sizes (d = embedding size =
@@ -14,7 +15,21 @@ interleaved rounds so that load from other processes hits all of them alike; the
 (materialising (B, L, d) tensors) run every `--slow-every` rounds only. FLOPs per request
 are the matmul FLOPs counted by torch.utils.flop_counter.FlopCounterMode (elementwise
 work, softmax, gathers and scatters are not counted); the peak is the best GFLOP/s of a
-2048^3 torch.mm measured in the same run (before and after the scorers).
+2048^3 torch.mm measured in the same run (before and after the scorers), in the
+benchmark's dtype.
+
+`--device cuda` builds the scorers and tables on the GPU and times each request with CUDA
+events (synchronised before and after, so a request's time is all of its GPU work); GPU
+scorers run eager (TorchScript is the CPU deployment form), the peak is a 4096^3 mm.
+`--dtype bf16` converts every floating weight and table of the scorers to bf16, the
+multimodal table included, so the similarities are bf16 cosines; they are bucketed
+exactly (fp32 bucketizer), but a cosine within a bf16 rounding of a boundary can land in
+the neighbouring bucket, and DMF's histogram counts in bf16: the figure is a speed (the
+GPU check measures the kernel's accuracy separately).
+`--time-limit-s` ends the timed rounds early once that many seconds have passed (after
+the first round, which times every scorer); `--check-reference` compares each cached
+scorer's CTRs with its per-candidate form (the training forward) on one request.
+scripts/gpu_check.py drives this module on a GPU.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import dmf, ta, ta_early, ta_late
+from models.buckets import Bucketizer
 from models.config import ModelConfig
 from models.features import FeatureSpec
 from models.interest import InterestArch
@@ -43,6 +59,7 @@ from models.scorer import CTRScorer
 
 KEYS = ("ta", "early_fusion", "early_fusion_rank1", "late_fusion", "dta_naive", "dta", "dmf")
 SLOW = ("early_fusion", "late_fusion", "dta_naive")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -62,6 +79,11 @@ class BenchConfig:
     slow_every: int = 8
     script: bool = True
     seed: int = 0
+    device: str = "cpu"
+    dtype: str = "fp32"
+    time_limit_s: float = 0.0  # 0: no limit
+    peak_size: int = 0  # 0: 2048 on CPU, 4096 on a GPU
+    check_reference: bool = False
 
 
 Request = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hist_items (L,), user (), cands (B,)
@@ -83,6 +105,18 @@ def equal_frequency_boundaries(
     b = torch.randint(2, item_mm.shape[0], (100_000,), generator=generator)
     sims = (item_mm[a] * item_mm[b]).sum(-1).numpy()
     return tuple(np.quantile(sims, np.linspace(0, 1, buckets + 1)[1:-1]).tolist())
+
+
+class Float32Bucketizer(nn.Module):
+    """A bf16 scorer's bucketizer: the exact `Bucketizer`, fp32 tables, fed the bf16
+    cosines as fp32 (its cell arithmetic, x * G/2 clamped to G - 1, needs fp32)."""
+
+    def __init__(self, bucketizer: Bucketizer) -> None:
+        super().__init__()
+        self.bucketizer = bucketizer
+
+    def forward(self, sims: torch.Tensor) -> torch.Tensor:
+        return self.bucketizer(sims.float())
 
 
 # The benchmarked models: the zoo's own config and builder of each (torch only, no
@@ -108,7 +142,8 @@ SCORERS = {
 
 def build_scorers(config: BenchConfig) -> dict[str, nn.Module]:
     """Every benchmarked scorer (`models.scorer.CTRScorer` over the zoo's interest arch),
-    random weights and tables at the configured sizes, scripted unless `script` is False."""
+    random weights and tables at the configured sizes (drawn on the CPU, then moved to
+    `device` and `dtype`), scripted unless `script` is False."""
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     item_mm = random_item_mm(config, generator)
@@ -132,6 +167,9 @@ def build_scorers(config: BenchConfig) -> dict[str, nn.Module]:
         head = MLP(interest.out_dim + 2 * d, [*model_config.mlp_dims, 1])
         boundaries = torch.tensor(spec.bucket_boundaries, dtype=torch.float32)
         scorer = CTRScorer(interest, head, tables, item_mm, boundaries, per_candidate=per_candidate)
+        scorer = scorer.to(device=config.device, dtype=DTYPES[config.dtype])
+        if config.dtype != "fp32":
+            scorer.bucketizer = Float32Bucketizer(Bucketizer(boundaries).to(config.device))
         scorers[key] = scorer.eval().requires_grad_(False)
     if not config.script:
         return scorers
@@ -140,7 +178,7 @@ def build_scorers(config: BenchConfig) -> dict[str, nn.Module]:
 
 def make_requests(config: BenchConfig, count: int) -> list[Request]:
     generator = torch.Generator().manual_seed(config.seed + 1)
-    return [
+    requests = [
         (
             torch.randint(2, config.items, (config.history,), generator=generator),
             torch.randint(2, config.users, (), generator=generator),
@@ -148,6 +186,7 @@ def make_requests(config: BenchConfig, count: int) -> list[Request]:
         )
         for _ in range(count)
     ]
+    return [tuple(x.to(config.device) for x in request) for request in requests]
 
 
 def run_request(scorer: nn.Module, request: Request) -> torch.Tensor:
@@ -162,11 +201,35 @@ def timed(fn: Callable[..., object], *args: object) -> float:
     return time.perf_counter() - start
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 8) -> float:
-    """Best GFLOP/s of a (size x size) @ (size x size) float32 torch.mm."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def timed_cuda(fn: Callable[..., object], *args: object) -> float:
+    """Seconds of GPU time from before fn(*args) to after all the work it launched: CUDA
+    events, with the device synchronised first (nothing earlier is counted)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    fn(*args)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def timer(device: str | torch.device) -> Callable[..., float]:
+    """`timed` on a CPU, `timed_cuda` on a GPU."""
+    return timed_cuda if torch.device(device).type == "cuda" else timed
+
+
+def matmul_peak_gflops(
+    size: int = 2048,
+    repeats: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Best GFLOP/s of a (size x size) @ (size x size) torch.mm on `device` in `dtype`."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    clock = timer(device)
     torch.mm(a, b)
-    best = min(timed(torch.mm, a, b) for _ in range(repeats))
+    best = min(clock(torch.mm, a, b) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
@@ -177,27 +240,71 @@ def count_flops(scorer: nn.Module, request: Request) -> int:
     return int(counter.get_total_flops())
 
 
+def reference_errors(eager: dict[str, nn.Module], request: Request) -> dict[str, float]:
+    """Max |CTR difference| of each cached scorer against its own per-candidate form (the
+    arch's training forward over the history repeated per candidate), on one request."""
+    errors = {}
+    for key, scorer in eager.items():
+        if scorer.per_candidate:  # early_fusion, dta_naive: the reference form itself
+            continue
+        cached = run_request(scorer, request)
+        scorer.per_candidate = True
+        try:
+            reference = run_request(scorer, request)
+        finally:
+            scorer.per_candidate = False
+        errors[key] = float((cached.float() - reference.float()).abs().max())
+    return errors
+
+
+def device_name(device: str | torch.device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
 def benchmark(config: BenchConfig) -> dict:
     """Run everything; returns the JSON-able result."""
+    if config.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
     torch.set_num_threads(config.threads)
     load_before = os.getloadavg()[0]
+    clock = timer(config.device)
+    cuda = torch.device(config.device).type == "cuda"
+    peak_size = config.peak_size or (4096 if cuda else 2048)
+
+    def peak_gflops() -> float:
+        return matmul_peak_gflops(peak_size, device=config.device, dtype=DTYPES[config.dtype])
+
+    errors: dict[str, float] = {}
+    rounds = 0
     with torch.inference_mode():
-        peak = matmul_peak_gflops()  # measured again after the scorers; the best is kept
+        peak = peak_gflops()  # measured again after the scorers; the best is kept
         eager = build_scorers(BenchConfig(**{**asdict(config), "script": False}))
         scorers = build_scorers(config) if config.script else eager
         requests = make_requests(config, 8)
         flops = {key: count_flops(eager[key], requests[0]) for key in KEYS}
+        if config.check_reference:
+            errors = reference_errors(eager, requests[0])
         for key in KEYS:
             for i in range(config.warmup):
                 run_request(scorers[key], requests[i % len(requests)])
         times: dict[str, list[float]] = {key: [] for key in KEYS}
+        started = time.perf_counter()
         for round_ in range(config.requests):
+            if (
+                round_
+                and config.time_limit_s
+                and time.perf_counter() - started > config.time_limit_s
+            ):
+                break
             request = requests[round_ % len(requests)]
             for key in KEYS:
                 if key in SLOW and round_ % config.slow_every:
                     continue
-                times[key].append(timed(run_request, scorers[key], request))
-        peak = max(peak, matmul_peak_gflops())
+                times[key].append(clock(run_request, scorers[key], request))
+            rounds += 1
+        peak = max(peak, peak_gflops())
     latency = {
         key: {
             "median": 1e3 * statistics.median(t),
@@ -208,9 +315,12 @@ def benchmark(config: BenchConfig) -> dict:
         for key, t in times.items()
     }
     qps = {key: 1e3 / latency[key]["median"] for key in KEYS}
-    return {
+    result = {
         "config": asdict(config),
         "torch": torch.__version__,
+        "device": device_name(config.device),
+        "rounds": rounds,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
         # Other processes' load (1-minute average) around the run: the numbers are only
         # comparable within one run when the machine is shared.
         "machine": {
@@ -228,6 +338,9 @@ def benchmark(config: BenchConfig) -> dict:
         # best case is the closest to an idle one.
         "ratios_min": qps_ratios({key: 1e3 / latency[key]["min"] for key in KEYS}),
     }
+    if config.check_reference:
+        result["reference_max_abs_error"] = errors
+    return result
 
 
 def qps_ratios(qps: dict[str, float]) -> dict[str, float]:
@@ -246,6 +359,7 @@ def format_result(result: dict) -> str:
     lines = [
         f"B={c['candidates']} L={c['history']} d={c['hidden']} H={c['heads']} "
         f"M={c['buckets']} threads={c['threads']} scripted={c['script']} "
+        f"device={result.get('device', 'cpu')} dtype={c.get('dtype', 'fp32')} "
         f"torch={result['torch']} peak={result['peak_gflops']:.1f} GFLOP/s "
         f"loadavg={result['machine']['loadavg_before']:.1f}->"
         f"{result['machine']['loadavg_after']:.1f}",
@@ -268,15 +382,25 @@ def format_result(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = BenchConfig()
+    choices = {"device": None, "dtype": sorted(DTYPES)}
     for name, value in asdict(defaults).items():
         if isinstance(value, bool):
             continue
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--eager", action="store_true", help="do not torch.jit.script scorers")
+        flag = f"--{name.replace('_', '-')}"
+        parser.add_argument(flag, type=type(value), default=value, choices=choices.get(name))
+    parser.add_argument(
+        "--eager", action="store_true", help="do not torch.jit.script scorers (always on a GPU)"
+    )
+    parser.add_argument(
+        "--check-reference",
+        action="store_true",
+        help="compare each cached scorer with its per-candidate form on one request",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = vars(parser.parse_args(argv))
     out, eager = args.pop("json"), args.pop("eager")
-    return BenchConfig(**args, script=not eager), out
+    script = not eager and torch.device(args["device"]).type == "cpu"
+    return BenchConfig(**args, script=script), out
 
 
 def main(argv: list[str] | None = None) -> int:
