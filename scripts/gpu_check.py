@@ -367,7 +367,7 @@ def serving_stage(
         seed=seed,
         device=str(device),
         dtype=fmt,
-        time_limit_s=0.5 * limit_s,  # the rest: building, FLOP count, reference, peaks
+        time_limit_s=max(1e-6, 0.5 * limit_s),  # rest: building, FLOPs, reference, peaks (0: none)
         peak_size=sizes.peak_size,
         check_reference=True,
     )
