@@ -270,7 +270,8 @@ def candidates_triton(
         *q.stride(), *k_t.stride(), *v.stride(), *e_k.stride(), *e_v.stride(),
         *buckets.stride(), *out.stride(),
         BLOCK_B=block_b, BLOCK_L=block_l, BLOCK_D=_block(dk), BLOCK_M=block_m,
-        PRECISION="tf32" if tf32 else "ieee",
+        # IEEE fp32 products for fp32 operands; bf16 operands take tl.dot's default.
+        PRECISION="ieee" if q.dtype == torch.float32 and not tf32 else "tf32",
         UPCAST=q.dtype != torch.float32 and triton_interpreted(), num_warps=num_warps,
     )  # fmt: skip
     return out.reshape(batch, heads * dk)

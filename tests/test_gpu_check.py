@@ -188,3 +188,47 @@ def test_triton_kernel_interpreted_matches_attend(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("capability", [90, 86])  # H100/H200, and the paper's A10
+def test_triton_kernel_compiles_for_the_gpus_without_one(capability: int) -> None:
+    """Ahead-of-time compilation to a cubin (Triton's bundled ptxas; no GPU or driver
+    needed), both dtypes: the GPU run cannot fail on a compile error (needs `triton`)."""
+    pytest.importorskip("triton")
+    code = textwrap.dedent(
+        f"""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from models.dta_triton import _dta_candidates_kernel as fn
+        pointers = {{"q_ptr", "k_ptr", "v_ptr", "ek_ptr", "ev_ptr", "out_ptr"}}
+        for dtype, precision in (("fp32", "ieee"), ("bf16", "tf32")):
+            signature = {{}}
+            for name in fn.arg_names:
+                if name in pointers:
+                    signature[name] = "*" + dtype
+                elif name in ("qe_ptr", "mass_ptr"):
+                    signature[name] = "*fp32"
+                elif name == "bucket_ptr":
+                    signature[name] = "*i64"
+                elif name.startswith("BLOCK_") or name in ("PRECISION", "UPCAST"):
+                    signature[name] = "constexpr"
+                else:
+                    signature[name] = "i32"
+            constexprs = dict(BLOCK_B=32, BLOCK_L=64, BLOCK_D=32, BLOCK_M=64,
+                              PRECISION=precision, UPCAST=False)
+            kernel = triton.compile(
+                ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                target=GPUTarget("cuda", {capability}, 32),
+                options={{"num_warps": 4}},
+            )
+            assert kernel.asm["cubin"] and "bar.sync" in kernel.asm["ptx"], dtype
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout + proc.stderr
