@@ -6,7 +6,10 @@ import argparse
 import shlex
 import sys
 
-from data_prep import amazon, default_job, embed_items, logs_job, synthetic_industrial
+from data_prep import amazon, default_job, embed_items, logs_job, synthetic_industrial, verify
+from data_prep.integrity import IntegrityError
+from data_prep.limits import limits_from_args
+from data_prep.rejects import DataPrepError
 
 JOBS = {
     "default": (
@@ -20,7 +23,16 @@ JOBS = {
         "industrial-shaped synthetic raw logs (+ the logs job)",
     ),
     "amazon": (amazon, "Amazon 2014 reviews + metadata -> prepared folder (DIN-style protocol)"),
+    "verify": (verify, "check a prepared folder against its manifest (sizes and sha256)"),
 }
+# What an unusable input or output raises: reported in one line, without a traceback.
+USER_ERRORS = (
+    DataPrepError,
+    IntegrityError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a job; a bad input raises (DataPrepError, IntegrityError...), see `cli`."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "min_timestamp"):
+        try:
+            limits_from_args(args)
+        except ValueError as error:
+            parser.error(str(error))
     JOBS[args.job][0].main(args, "python -m data_prep " + shlex.join(argv))
     # Only after success: on a failure the launcher tears the ranks down, and a barrier
     # here could pair with another rank's unrelated collective.
@@ -57,5 +76,16 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command line: `main`, with an unusable input reported as one line naming it
+    (file, line, reason) and exit status 1 instead of a traceback."""
+    try:
+        main(argv)
+    except USER_ERRORS as error:
+        print(f"python -m data_prep: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import argparse
 import ast
-import gzip
 import json
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_prep.columns import ColumnTypeError, as_ids
 from data_prep.coordination import Coordinator, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, embed_settings, embed_titles, fuse
 from data_prep.events import RawEvents, drop_unknown_items
@@ -39,11 +42,20 @@ from data_prep.items import (
     first_occurrences,
     vectors_from_column,
 )
+from data_prep.limits import (
+    Limits,
+    add_limit_arguments,
+    at_least_two,
+    fraction,
+    limits_from_args,
+    positive_int,
+)
 from data_prep.manifest import input_record
-from data_prep.partitions import PipelineSettings, run_pipeline
+from data_prep.partitions import PipelineSettings, run_pipeline, work_dir
 from data_prep.protocols import Protocol
-from data_prep.rejects import RejectLog, summary
+from data_prep.rejects import InputError, RejectLog, excerpt, summary
 from data_prep.scatter import ScatterWriter
+from data_prep.tables import read_lines
 from data_prep.vocab import FIRST_ID, Vocab
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE
 
@@ -61,15 +73,6 @@ class MetaRecords:
     excerpt: list[str]
 
 
-def _lines(path: Path):
-    """(1-based line number, raw bytes) of the non-blank lines of a gzip or plain file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if raw.strip():
-                yield number, raw
-
-
 def _decode(raw: bytes, file: str, number: int, rejects: RejectLog) -> str | None:
     try:
         return raw.decode("utf-8")
@@ -78,23 +81,77 @@ def _decode(raw: bytes, file: str, number: int, rejects: RejectLog) -> str | Non
         return None
 
 
-def read_reviews(path: Path, items: Vocab, rejects: RejectLog) -> tuple[RawEvents, np.ndarray]:
-    """Review lines -> (RawEvents (click 1), raw item ids); bad lines are rejected."""
-    users: list[str] = []
-    asins: list[str] = []
-    times: list[int] = []
-    lines: list[int] = []
-    for number, raw in _lines(path):
+def _records(
+    path: Path, rejects: RejectLog, limits: Limits, parse
+) -> Iterator[tuple[int, str, Any]]:
+    """(line, text, parsed record) of the lines of `path` that parse within the limits;
+    every other line is counted read and rejected (`line_too_long`, `not_utf8`,
+    `malformed`, `too_deep`)."""
+    for number, raw in read_lines(path, limits.max_line_bytes):
         rejects.add_read(1)
+        if raw is None:
+            rejects.reject(
+                path.name, number, "line_too_long", f"longer than {limits.max_line_bytes} bytes"
+            )
+            continue
         text = _decode(raw, path.name, number, rejects)
         if text is None:
             continue
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            rejects.reject(path.name, number, "malformed", f"{error.msg}: {text}")
+            record = parse(text)
+        except RecursionError:
+            rejects.reject(path.name, number, "too_deep", text)
             continue
-        problem = _review_problem(record)
+        except (ValueError, SyntaxError, MemoryError, TypeError) as error:
+            message = getattr(error, "msg", None) or type(error).__name__
+            rejects.reject(path.name, number, "malformed", f"{message}: {text}")
+            continue
+        if nesting_exceeds(record, limits.max_depth):
+            rejects.reject(path.name, number, "too_deep", text)
+            continue
+        yield number, text, record
+
+
+def nesting_exceeds(record: Any, max_depth: int) -> bool:
+    """Whether lists, tuples, sets and dicts nest deeper than `max_depth` in `record`."""
+    stack = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list | tuple | set | frozenset):
+            children = value
+        else:
+            continue
+        if depth > max_depth:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _parse_json(text: str) -> Any:
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def _parse_literal(text: str) -> Any:
+    return ast.literal_eval(text.strip())
+
+
+def read_reviews(
+    path: Path, items: Vocab, rejects: RejectLog, limits: Limits | None = None
+) -> tuple[RawEvents, np.ndarray]:
+    """Review lines -> (RawEvents (click 1), raw item ids); bad lines are rejected."""
+    limits = limits or Limits()
+    users: list[str] = []
+    asins: list[str] = []
+    times: list[int] = []
+    lines: list[int] = []
+    for number, text, record in _records(path, rejects, limits, _parse_json):
+        problem = _review_problem(record, limits)
         if problem is not None:
             rejects.reject(path.name, number, problem, text)
             continue
@@ -103,7 +160,7 @@ def read_reviews(path: Path, items: Vocab, rejects: RejectLog) -> tuple[RawEvent
         times.append(int(record["unixReviewTime"]))
         lines.append(number)
     n = len(users)
-    raw_items = np.asarray(asins, dtype=str)
+    raw_items = np.asarray(asins, dtype=str)  # ids are bounded by limits.max_id_length
     raw = RawEvents(
         user=np.asarray(users, dtype=str),
         item=items.encode(raw_items),
@@ -116,38 +173,40 @@ def read_reviews(path: Path, items: Vocab, rejects: RejectLog) -> tuple[RawEvent
     return raw, raw_items
 
 
-def _review_problem(record: Any) -> str | None:
+def _review_problem(record: Any, limits: Limits) -> str | None:
     if not isinstance(record, dict):
         return "malformed"
-    for field in REVIEW_FIELDS:
-        value = record.get(field)
+    for name in REVIEW_FIELDS:
+        value = record.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
             return "missing_field"
     if not isinstance(record["reviewerID"], str) or not isinstance(record["asin"], str):
         return "malformed"
+    if max(len(record["reviewerID"]), len(record["asin"])) > limits.max_id_length:
+        return "id_too_long"
     ts = record["unixReviewTime"]
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or ts != int(ts):
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
         return "malformed"
+    if isinstance(ts, float):
+        if not math.isfinite(ts) or ts != math.floor(ts):
+            return "malformed"
+        if not -(2.0**63) <= ts < 2.0**63:
+            return "timestamp_out_of_range"
+        ts = int(ts)
+    if not limits.timestamp_ok(ts):
+        return "timestamp_out_of_range"
     return None
 
 
-def read_meta(path: Path, rejects: RejectLog) -> MetaRecords:
+def read_meta(path: Path, rejects: RejectLog, limits: Limits | None = None) -> MetaRecords:
     """Metadata lines -> MetaRecords; unparsable lines and lines without asin are rejected."""
+    limits = limits or Limits()
     asins: list[str] = []
     titles: list[str] = []
     categories: list[str] = []
     lines: list[int] = []
     excerpts: list[str] = []
-    for number, raw in _lines(path):
-        rejects.add_read(1)
-        text = _decode(raw, path.name, number, rejects)
-        if text is None:
-            continue
-        try:
-            record = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError, MemoryError, RecursionError) as error:
-            rejects.reject(path.name, number, "malformed", f"{type(error).__name__}: {text}")
-            continue
+    for number, text, record in _records(path, rejects, limits, _parse_literal):
         if not isinstance(record, dict):
             rejects.reject(path.name, number, "malformed", text)
             continue
@@ -155,12 +214,16 @@ def read_meta(path: Path, rejects: RejectLog) -> MetaRecords:
         if not isinstance(asin, str) or not asin.strip():
             rejects.reject(path.name, number, "missing_field", text)
             continue
+        category = _leaf_category(record.get("categories"))
+        if max(len(asin), len(category)) > limits.max_id_length:
+            rejects.reject(path.name, number, "id_too_long", text)
+            continue
         title = record.get("title")
         asins.append(asin)
         titles.append(title.strip() if isinstance(title, str) else "")
-        categories.append(_leaf_category(record.get("categories")))
+        categories.append(category)
         lines.append(number)
-        excerpts.append(text)
+        excerpts.append(excerpt(text))
     return MetaRecords(
         asin=np.asarray(asins, dtype=str),
         title=np.asarray(titles, dtype=object),
@@ -198,6 +261,7 @@ class AmazonConfig:
     strict: bool = False
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
     created_by: str = ""
+    limits: Limits = field(default_factory=Limits)
 
 
 def item_vectors(
@@ -222,10 +286,17 @@ def item_vectors(
         modalities.append(embed_titles(titles, encoder, settings.cache_dir))
         sources.append(f"title:{encoder.name}:{json.dumps(encoder.settings(), sort_keys=True)}")
     if config.item_vectors is not None:
-        table = pq.read_table(config.item_vectors, columns=["item_id", "mm_vector"])
-        vectors, bad = vectors_from_column(table.column("mm_vector"))
-        ids = np.asarray(table.column("item_id").to_pylist(), dtype=str)
-        aligned, missing = align_rows(ids, vectors, bad, asins)
+        name = config.item_vectors.name
+        try:
+            table = pq.read_table(config.item_vectors, columns=["item_id", "mm_vector"])
+            ids = as_ids(table.column("item_id"), config.limits.max_id_length)
+        except (pa.ArrowException, OSError, ColumnTypeError) as error:
+            raise InputError(
+                f"{name}: not a Parquet table of item_id, mm_vector: {error}"
+            ) from None
+        vectors, bad = vectors_from_column(table.column("mm_vector"), name)
+        bad |= ids.missing | ids.not_utf8 | ids.too_long
+        aligned, missing = align_rows(ids.values, vectors, bad, asins)
         for i in np.flatnonzero(missing):
             rejects.repair(config.meta.name, int(meta_lines[i]), "bad_vector", asins[i])
         modalities.append(aligned)
@@ -247,7 +318,7 @@ class AmazonItems:
         self.rows = np.array([], dtype=np.int64)  # metadata rows of the candidates, sorted by asin
 
     def load(self, rejects: RejectLog) -> np.ndarray:
-        meta = read_meta(self.config.meta, rejects)
+        meta = read_meta(self.config.meta, rejects, self.config.limits)
         duplicate = ~first_occurrences(meta.asin)
         for i in np.flatnonzero(duplicate):
             rejects.reject(
@@ -292,6 +363,7 @@ class AmazonScatterTask:
     work: Path
     partitions: int
     strict: bool
+    limits: Limits = field(default_factory=Limits)
 
     def run(self) -> dict[str, Any]:
         items = Vocab(np.load(self.work / "candidates.npy"))
@@ -300,7 +372,7 @@ class AmazonScatterTask:
             with RejectLog(
                 self.work / "rejects" / "b-scatter-reviews.jsonl", self.strict
             ) as rejects:
-                raw, raw_items = read_reviews(self.reviews, items, rejects)
+                raw, raw_items = read_reviews(self.reviews, items, rejects, self.limits)
                 writer.write(drop_unknown_items(raw, rejects, raw_items))
         finally:
             writer.close()
@@ -312,7 +384,9 @@ def run_amazon(
 ) -> dict[str, Any] | None:
     """Run the job; returns the manifest (None on ranks other than the leader)."""
     coordinator = coordinator or make_coordinator(config.workers, config.distributed)
-    config.out.mkdir(parents=True, exist_ok=True)
+    for path in (config.reviews, config.meta, config.item_vectors):
+        if path is not None and not path.is_file():
+            raise InputError(f"{path}: no such file")
     settings = PipelineSettings(
         out=config.out,
         job="amazon",
@@ -322,8 +396,11 @@ def run_amazon(
         num_buckets=config.num_buckets,
         row_group_size=config.row_group_size,
         strict=config.strict,
+        limits=config.limits,
     )
-    task = AmazonScatterTask(config.reviews, config.out / "_work", config.partitions, config.strict)
+    task = AmazonScatterTask(
+        config.reviews, work_dir(config.out), config.partitions, config.strict, config.limits
+    )
     inputs = {p.name: input_record(p) for p in (config.reviews, config.meta)}
     manifest = run_pipeline(
         settings, coordinator, AmazonItems(config), [task], [config.reviews.name], inputs
@@ -339,25 +416,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--meta", type=Path, required=True, help="metadata, Python-literal dicts (.json.gz)"
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--max-history", type=int, default=50)
-    parser.add_argument("--num-buckets", type=int, default=35)
+    parser.add_argument("--max-history", type=positive_int, default=50)
+    parser.add_argument("--num-buckets", type=at_least_two, default=35)
     parser.add_argument("--seed", type=int, default=0, help="negative sampling and valid users")
     parser.add_argument(
-        "--valid-frac", type=float, default=0.0, help="fraction of users with a valid pair"
+        "--valid-frac",
+        type=fraction,
+        default=0.0,
+        help="fraction of users with a valid pair (0..1)",
     )
     add_embed_arguments(parser, ("minilm", "hashed", "precomputed"))
     parser.add_argument(
         "--item-vectors", type=Path, help="Parquet item_id, mm_vector (fused with titles)"
     )
     parser.add_argument(
-        "--partitions", type=int, default=1, help="user partitions (hash of the user id)"
+        "--partitions", type=positive_int, default=1, help="user partitions (hash of the user id)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="local processes")
+    parser.add_argument("--workers", type=positive_int, default=1, help="local processes")
     parser.add_argument(
         "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
     )
-    parser.add_argument("--row-group-size", type=int, default=DEFAULT_ROW_GROUP_SIZE)
+    parser.add_argument("--row-group-size", type=positive_int, default=DEFAULT_ROW_GROUP_SIZE)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
+    add_limit_arguments(parser)
 
 
 def main(args: argparse.Namespace, command: str) -> None:
@@ -381,6 +462,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         strict=args.strict,
         row_group_size=args.row_group_size,
         created_by=command,
+        limits=limits_from_args(args),
     )
     manifest = run_amazon(config)
     if manifest is not None:

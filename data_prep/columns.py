@@ -1,37 +1,99 @@
-"""Arrow column -> numpy conversions that flag bad values instead of failing the file."""
+"""Arrow column -> numpy conversions that flag bad values instead of failing the file.
+
+Ids are checked against their length limit before they become a fixed-width numpy array,
+so one very long id costs its own bytes, not (rows x longest id). Integers are checked
+against int64 (and the caller's window) before any cast, so nothing wraps around.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_prep.limits import DEFAULT_MAX_ID_LENGTH
+
 INTEGER_PATTERN = r"^\s*[+-]?\d+\s*$"
+SAFE_DIGITS = 18  # any integer of up to 18 digits fits in int64
+TWO_63 = 2.0**63
 
 
-def as_strings(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """String or binary column (N,) -> (values str (N,), missing (N,), not_utf8 (N,)).
+class ColumnTypeError(TypeError):
+    """A column whose type cannot hold the values asked for (e.g. a list as an id)."""
 
-    Missing = null or blank. Non-UTF-8 values are flagged (not missing) and blanked.
-    """
+
+@dataclass
+class Ids:
+    """An id column (N,): values (str, "" where unusable) and why a value is unusable."""
+
+    values: np.ndarray
+    missing: np.ndarray  # null or blank
+    not_utf8: np.ndarray
+    too_long: np.ndarray
+
+
+def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def as_ids(column: pa.ChunkedArray | pa.Array, max_length: int = DEFAULT_MAX_ID_LENGTH) -> Ids:
+    """String, binary or integer column -> Ids; values longer than `max_length`
+    characters are flagged `too_long` and blanked before the numpy conversion."""
+    column = _combined(column)
+    if pa.types.is_nested(column.type):
+        raise ColumnTypeError(f"a {column.type} column cannot hold ids")
+    if not _is_text(column.type):
         try:
             column = pc.cast(column, pa.string())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return _decode_each(column.to_pylist())
+            return _decode_each(column.to_pylist(), max_length, dtype=str)
+    too_long = pc.greater(pc.utf8_length(column), max_length).fill_null(False)
+    too_long_np = too_long.to_numpy(zero_copy_only=False)
+    if too_long_np.any():
+        column = pc.if_else(too_long, pa.scalar("", column.type), column)
     blank = pc.equal(pc.utf8_trim_whitespace(column), "").fill_null(True)
     values = column.fill_null("").to_numpy(zero_copy_only=False).astype(str)
+    missing = blank.to_numpy(zero_copy_only=False) & ~too_long_np
+    return Ids(values, missing, np.zeros(len(values), dtype=bool), too_long_np)
+
+
+def as_strings(
+    column: pa.ChunkedArray | pa.Array, dtype: type = object
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Text column (N,) -> (values (N,), missing (N,), not_utf8 (N,)), for free text such as
+    titles: `dtype=object` (the default) keeps memory proportional to the text, whatever
+    the longest value. Missing = null or blank; non-UTF-8 values are flagged and blanked."""
+    column = _combined(column)
+    if pa.types.is_nested(column.type):
+        raise ColumnTypeError(f"a {column.type} column cannot hold text")
+    if not _is_text(column.type):
+        try:
+            column = pc.cast(column, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            ids = _decode_each(column.to_pylist(), None, dtype=dtype)
+            return ids.values, ids.missing, ids.not_utf8
+    blank = pc.equal(pc.utf8_trim_whitespace(column), "").fill_null(True)
+    values = np.asarray(column.fill_null("").to_pylist(), dtype=dtype)
     return values, blank.to_numpy(zero_copy_only=False), np.zeros(len(values), dtype=bool)
 
 
-def _decode_each(values: list[object]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Slow path of `as_strings` for a binary column holding some non-UTF-8 values."""
+def _decode_each(values: list[object], max_length: int | None, dtype: type) -> Ids:
+    """Slow path for a binary column holding some non-UTF-8 values."""
     n = len(values)
     out = np.empty(n, dtype=object)
     missing = np.zeros(n, dtype=bool)
     not_utf8 = np.zeros(n, dtype=bool)
+    too_long = np.zeros(n, dtype=bool)
     for i, value in enumerate(values):
         if isinstance(value, bytes):
             try:
@@ -41,43 +103,101 @@ def _decode_each(values: list[object]) -> tuple[np.ndarray, np.ndarray, np.ndarr
                 value = ""
         elif value is not None and not isinstance(value, str):
             value = str(value)
-        if value is None or (not value.strip() and not not_utf8[i]):
+        if max_length is not None and value is not None and len(value) > max_length:
+            too_long[i] = True
+            value = ""
+        elif value is None or (not value.strip() and not not_utf8[i]):
             missing[i] = True
             value = ""
         out[i] = value
-    return out.astype(str), missing, not_utf8
+    return Ids(out.astype(dtype), missing, not_utf8, too_long)
 
 
-def as_int64(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Integer-like column (N,) -> (values int64 (N,), missing (N,), malformed (N,)).
+@dataclass
+class Ints:
+    """An integer column (N,): int64 values (0 where unusable) and why a value is unusable."""
 
-    Accepts integer, integral float, timestamp (converted to seconds) and string columns.
+    values: np.ndarray
+    missing: np.ndarray  # null or blank
+    malformed: np.ndarray  # not an integer (text, fraction, NaN, infinity)
+    overflow: np.ndarray  # an integer outside int64
+
+
+def as_int64(column: pa.ChunkedArray | pa.Array) -> Ints:
+    """Integer-like column (N,) -> Ints.
+
+    Accepts integer, integral float, timestamp (converted to seconds) and string columns;
+    values that do not fit in int64 are flagged `overflow`, never wrapped.
     """
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+    column = _combined(column)
+    n = len(column)
     missing = column.is_null().to_numpy(zero_copy_only=False)
+    none = np.zeros(n, dtype=bool)
     kind = column.type
     if pa.types.is_timestamp(kind):
         column = pc.cast(pc.cast(column, pa.timestamp("s"), safe=False), pa.int64())
         kind = column.type
+    if pa.types.is_boolean(kind):
+        return Ints(np.zeros(n, dtype=np.int64), missing, ~missing, none)
     if pa.types.is_integer(kind):
-        values = column.fill_null(0).to_numpy().astype(np.int64)
-        return values, missing, np.zeros(len(values), dtype=bool)
-    if pa.types.is_floating(kind):
-        raw = column.fill_null(0).to_numpy().astype(np.float64)
-        malformed = ~missing & (~np.isfinite(raw) | (raw != np.round(raw)))
-        return np.where(malformed, 0, raw).astype(np.int64), missing, malformed
+        if pa.types.is_uint64(kind):
+            big = pc.greater(column, pa.scalar(2**63 - 1, pa.uint64())).fill_null(False)
+            big = big.to_numpy(zero_copy_only=False)
+            raw = column.fill_null(0).to_numpy(zero_copy_only=False)
+            values = np.where(big, 0, raw).astype(np.int64)
+            return Ints(values, missing, none, big & ~missing)
+        values = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return Ints(values, missing, none, none.copy())
+    if pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        raw = pc.cast(column, pa.float64(), safe=False).fill_null(0).to_numpy(zero_copy_only=False)
+        finite = np.isfinite(raw)
+        with np.errstate(invalid="ignore"):
+            integral = finite & (raw == np.round(raw))
+        overflow = ~missing & integral & ((raw >= TWO_63) | (raw < -TWO_63))
+        malformed = ~missing & ~integral
+        ok = integral & ~overflow
+        values = np.zeros(n, dtype=np.int64)
+        values[ok] = raw[ok].astype(np.int64)
+        return Ints(values, missing, malformed, overflow)
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        column = pc.cast(column, pa.string(), safe=False)
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
-        text = pc.utf8_trim_whitespace(column)
-        missing |= pc.equal(text, "").fill_null(True).to_numpy(zero_copy_only=False)
-        ok = (
-            pc.match_substring_regex(text, INTEGER_PATTERN)
-            .fill_null(False)
-            .to_numpy(zero_copy_only=False)
-        )
-        malformed = ~missing & ~ok
-        clean = pc.if_else(pa.array(ok), text, "0")
-        return pc.cast(clean, pa.int64()).to_numpy().astype(np.int64), missing, malformed
-    raise TypeError(f"cannot read a {kind} column as integers")
+        try:
+            column = pc.cast(column, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # some values not UTF-8
+            texts = [_latin(v) for v in column.to_pylist()]
+            column = pa.array(texts, pa.string())
+        kind = column.type
+    if _is_text(kind):
+        return _int_strings(column, missing)
+    raise ColumnTypeError(f"a {kind} column cannot hold integers")
+
+
+def _latin(value: bytes | None) -> str | None:
+    """Bytes that are not UTF-8 as text that cannot match an integer (digits are ASCII)."""
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "\ufffd"
+
+
+def _int_strings(column: pa.Array, missing: np.ndarray) -> Ints:
+    n = len(column)
+    text = pc.utf8_trim_whitespace(column)
+    missing = missing | pc.equal(text, "").fill_null(True).to_numpy(zero_copy_only=False)
+    ok = pc.match_substring_regex(text, INTEGER_PATTERN).fill_null(False)
+    digits = pc.utf8_length(pc.replace_substring_regex(text, r"^[+-]", ""))
+    short = pc.and_(ok, pc.less_equal(digits, SAFE_DIGITS)).fill_null(False)
+    ok_np = ok.to_numpy(zero_copy_only=False)
+    short_np = short.to_numpy(zero_copy_only=False)
+    clean = pc.if_else(short, text, "0")
+    values = pc.cast(clean, pa.int64()).to_numpy(zero_copy_only=False).astype(np.int64)
+    overflow = np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(ok_np & ~short_np):  # 19+ digits: exact check, rare
+        number = int(text[int(i)].as_py())
+        if -(2**63) <= number < 2**63:
+            values[i] = number
+        else:
+            overflow[i] = True
+    malformed = ~missing & ~ok_np
+    return Ints(values, missing, malformed, overflow)

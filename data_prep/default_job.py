@@ -1,8 +1,8 @@
 """`python -m data_prep default`: the embedded synthetic default dataset.
 
 Generates raw logs into DIR/raw/ and runs the generic `logs` job on them, exactly as a
-user would on their own logs. Skips all work when DIR/manifest.json is intact and was
-built from the same settings.
+user would on their own logs. Skips all work when DIR/manifest.json and every file it
+lists are intact (sha256 checked) and were built from the same settings and raw files.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.logs_job import LogsConfig, run_logs
-from data_prep.manifest import read_manifest
+from data_prep.manifest import input_record, read_manifest
 from data_prep.protocols import Protocol
 from data_prep.synthetic import SyntheticConfig, write_raw
 
@@ -35,12 +35,21 @@ def expected_protocol(config: LogsConfig, generator: SyntheticConfig) -> dict[st
 
 
 def is_up_to_date(out: Path, config: LogsConfig, generator: SyntheticConfig) -> bool:
-    manifest = read_manifest(out)
+    """The folder is complete and intact (every file's sha256 checked), was built from the
+    same settings, and its raw files are the ones it was built from."""
+    manifest = read_manifest(out, full=True)
     if manifest is None:
         return False
-    return manifest["job"] == "synthetic" and manifest["protocol"] == expected_protocol(
+    if manifest["job"] != "synthetic" or manifest["protocol"] != expected_protocol(
         config, generator
-    )
+    ):
+        return False
+    raw = out / "raw"
+    for name, record in manifest.get("inputs", {}).items():
+        path = raw / name
+        if not path.is_file() or input_record(path) != record:
+            return False
+    return True
 
 
 def build_default(out: Path, seed: int = 0) -> dict[str, Any] | None:

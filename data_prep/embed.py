@@ -19,6 +19,8 @@ import pyarrow as pa
 
 from data_prep.columns import as_strings
 from data_prep.encoders import TextEncoder, make_encoder
+from data_prep.limits import positive_int
+from data_prep.rejects import InputError
 from data_prep.similarity import normalize_rows
 
 
@@ -108,11 +110,13 @@ class EmbedSettings:
 
 def add_embed_arguments(parser: argparse.ArgumentParser, encoders: tuple[str, ...]) -> None:
     parser.add_argument("--encoder", choices=encoders, default="minilm", help="title encoder")
-    parser.add_argument("--max-tokens", type=int, default=32, help="minilm: tokens per title")
-    parser.add_argument("--hashed-dim", type=int, default=256, help="hashed: vector size")
+    parser.add_argument(
+        "--max-tokens", type=positive_int, default=32, help="minilm: tokens per title"
+    )
+    parser.add_argument("--hashed-dim", type=positive_int, default=256, help="hashed: vector size")
     parser.add_argument(
         "--project-dim",
-        type=int,
+        type=positive_int,
         help="project item vectors to this size (fixed random orthogonal)",
     )
     parser.add_argument("--projection-seed", type=int, default=0)
@@ -140,7 +144,7 @@ def add_title_vectors(
 ) -> tuple[pa.Table, str, int]:
     """Table with titles -> (table with a vector column, vector source, number of blank titles)."""
     if title_column not in table.column_names:
-        raise ValueError(f"no column {title_column!r} to embed (columns: {table.column_names})")
+        raise InputError(f"no column {title_column!r} to embed (columns: {table.column_names})")
     titles, blank, not_utf8 = as_strings(table.column(title_column))
     empty = blank | not_utf8
     vectors, source = settings.embed(np.where(empty, "", titles))

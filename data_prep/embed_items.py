@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from data_prep.embed import add_embed_arguments, add_title_vectors, embed_settings
+from data_prep.integrity import atomic_file
 from data_prep.tables import read_table
 
 
@@ -31,8 +32,8 @@ def main(args: argparse.Namespace, command: str) -> None:
     table, source, blank = add_title_vectors(
         read_table(args.items), embed_settings(args), args.title_column
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, args.out)
+    with atomic_file(args.out) as tmp:  # a killed run never leaves a half-written table
+        pq.write_table(table, tmp)
     print(
         f"wrote {args.out}: {table.num_rows:,} items, {blank:,} blank titles (null vector), "
         f"{time.perf_counter() - start:.1f} s ({source})"

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data_prep.columns import as_strings
-from data_prep.rejects import RejectLog
+from data_prep.columns import ColumnTypeError, as_ids
+from data_prep.limits import DEFAULT_MAX_ID_LENGTH
+from data_prep.rejects import InputError, RejectLog
 from data_prep.similarity import normalize_rows
 from data_prep.vocab import FIRST_ID, OOV, PAD, Vocab
 
@@ -56,14 +57,21 @@ def category_table(
     return category_vocab, category
 
 
-def vectors_from_column(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def vectors_from_column(
+    column: pa.ChunkedArray, file: str = "item table"
+) -> tuple[np.ndarray, np.ndarray]:
     """list<float> column (N,) -> (float64 (N, d), bad (N,)); d is the most common length."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or pa.types.is_nested(
+        kind.value_type
+    ):
+        raise InputError(f"{file}: the vector column is {kind}, expected list<float>")
     lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     dim = int(np.bincount(lengths[lengths > 0]).argmax()) if np.any(lengths > 0) else 0
     if dim == 0:
-        raise ValueError("no item has a vector")
+        raise InputError(f"{file}: no item has a vector")
     ok = lengths == dim
     flat = column.filter(pa.array(ok)).flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     vectors = np.zeros((len(column), dim), dtype=np.float64)
@@ -97,51 +105,69 @@ def read_item_table(
     category_column: str = "category",
     bad_vector_reason: str = "bad_vector",
     source: str | None = None,
+    lines: np.ndarray | None = None,
+    max_id_length: int = DEFAULT_MAX_ID_LENGTH,
 ) -> ItemTable:
     """Item table with vectors (one row per item) -> ItemTable.
 
+    `lines`: the 1-based line (CSV) or row (Parquet) of each row, row + 1 by default.
     Rows whose vector is unusable are repaired under `bad_vector_reason` (zero vector).
     """
     if id_column not in table.column_names:
-        raise ValueError(f"{file}: no column {id_column!r} (columns: {table.column_names})")
+        raise InputError(f"{file}: no column {id_column!r} (columns: {table.column_names})")
     if vector_column not in table.column_names:
-        raise ValueError(
+        raise InputError(
             f"{file}: no column {vector_column!r}; embed titles first (python -m data_prep embed-items)"
         )
+    kind = table.schema.field(vector_column).type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
+        pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
+    ):
+        raise InputError(f"{file}: column {vector_column!r} is {kind}, expected list<float>")
+    lines = np.arange(1, table.num_rows + 1) if lines is None else lines
     rejects.add_read(table.num_rows)
-    ids, missing, not_utf8 = as_strings(table.column(id_column))
-    keep = ~missing & ~not_utf8
-    for row in np.flatnonzero(~keep):
-        rejects.reject(
-            file, row + 1, "not_utf8" if not_utf8[row] else "missing_field", _row(table, row)
+    try:
+        ids = as_ids(table.column(id_column), max_id_length)
+        category = (
+            as_ids(table.column(category_column), max_id_length)
+            if category_column in table.column_names
+            else None
         )
-    duplicate = keep & ~first_occurrences(np.where(keep, ids, ""))
+    except ColumnTypeError as error:
+        raise InputError(f"{file}: {error}") from None
+    keep = np.ones(table.num_rows, dtype=bool)
+    category_too_long = category.too_long if category is not None else np.zeros_like(keep)
+    for reason, mask in (
+        ("not_utf8", ids.not_utf8),
+        ("missing_field", ids.missing),
+        ("id_too_long", ids.too_long | category_too_long),
+    ):
+        for row in np.flatnonzero(keep & mask):
+            rejects.reject(file, int(lines[row]), reason, _row(table, row))
+        keep &= ~mask
+    duplicate = keep & ~first_occurrences(np.where(keep, ids.values, ""))
     for row in np.flatnonzero(duplicate):
-        rejects.reject(file, row + 1, "duplicate_item", _row(table, row))
+        rejects.reject(file, int(lines[row]), "duplicate_item", _row(table, row))
     keep &= ~duplicate
-    vectors, bad = vectors_from_column(table.column(vector_column))
+    vectors, bad = vectors_from_column(table.column(vector_column), file)
     normed, bad_norm = normalize_rows(vectors)
     bad |= bad_norm
     for row in np.flatnonzero(keep & bad):
-        rejects.repair(file, row + 1, bad_vector_reason, _row(table, row))
+        rejects.repair(file, int(lines[row]), bad_vector_reason, _row(table, row))
     rejects.add_used(int(keep.sum()))
 
     rows = np.flatnonzero(keep)
-    vocab = Vocab(ids[rows])
-    order = rows[np.argsort(ids[rows], kind="stable")]  # rows in vocab order
+    vocab = Vocab(ids.values[rows])
+    order = rows[np.argsort(ids.values[rows], kind="stable")]  # rows in vocab order
     mm = np.zeros((len(vocab), vectors.shape[1]), dtype=np.float32)
     mm[FIRST_ID:] = np.where(bad[order, None], 0.0, normed[order])
-    raw_category = _optional_strings(table, category_column, order)
-    category_vocab, category = category_table(vocab, raw_category)
+    raw_category = None
+    if category is not None:
+        usable = category.missing | category.not_utf8 | category.too_long
+        raw_category = np.where(usable, "", category.values)[order]
+    category_vocab, category_index = category_table(vocab, raw_category)
     source = source or f"{file}:{vector_column}"
-    return ItemTable(vocab, mm, source, category_vocab, category)
-
-
-def _optional_strings(table: pa.Table, name: str, rows: np.ndarray) -> np.ndarray | None:
-    if name not in table.column_names:
-        return None
-    values, missing, not_utf8 = as_strings(table.column(name))
-    return np.where(missing | not_utf8, "", values)[rows]
+    return ItemTable(vocab, mm, source, category_vocab, category_index)
 
 
 def _row(table: pa.Table, row: int) -> dict[str, object]:

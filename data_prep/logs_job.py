@@ -16,19 +16,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from data_prep.columns import as_int64, as_strings
+from data_prep.columns import ColumnTypeError, as_ids, as_int64
 from data_prep.coordination import Coordinator, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, add_title_vectors, embed_settings
 from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.items import ItemTable, read_item_table
+from data_prep.limits import (
+    Limits,
+    add_limit_arguments,
+    at_least_two,
+    fraction,
+    limits_from_args,
+    non_negative_int,
+    positive_int,
+)
 from data_prep.manifest import input_record
-from data_prep.partitions import DEFAULT_BLOCK_EVENTS, PipelineSettings, run_pipeline
+from data_prep.partitions import DEFAULT_BLOCK_EVENTS, PipelineSettings, run_pipeline, work_dir
 from data_prep.protocols import Protocol
-from data_prep.rejects import RejectLog, summary
+from data_prep.rejects import InputError, RejectLog, summary
 from data_prep.scatter import ScatterWriter
-from data_prep.tables import expand_inputs, iter_batches, read_table
+from data_prep.tables import Batch, expand_inputs, iter_batches, read_batch
 from data_prep.vocab import Vocab
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE
 
@@ -53,29 +61,44 @@ class LogsConfig:
     distributed: bool | None = False
     job: str = "logs"
     created_by: str = ""
+    limits: Limits = field(default_factory=Limits)
 
 
-def load_items(path: Path, embedding: EmbedSettings, rejects: RejectLog) -> ItemTable:
+def load_items(
+    path: Path, embedding: EmbedSettings, rejects: RejectLog, limits: Limits | None = None
+) -> ItemTable:
     """The item table; titles are embedded when it has no mm_vector column."""
-    table = read_table(path)
+    limits = limits or Limits()
+
+    def bad_row(line: int, reason: str, excerpt: str) -> None:
+        rejects.add_read(1)
+        rejects.reject(path.name, line, reason, excerpt)
+
+    batch = read_batch(path, bad_row, limits.max_line_bytes)
+    table, lines = batch.table, batch.lines
+    common = {"lines": lines, "max_id_length": limits.max_id_length}
     if "mm_vector" in table.column_names or "title" not in table.column_names:
-        return read_item_table(table, path.name, rejects)
-    table, source, _ = add_title_vectors(table, embedding)
+        return read_item_table(table, path.name, rejects, **common)
+    try:
+        table, source, _ = add_title_vectors(table, embedding)
+    except ColumnTypeError as error:
+        raise InputError(f"{path.name}: column 'title': {error}") from None
     return read_item_table(
-        table, path.name, rejects, bad_vector_reason="empty_title", source=source
+        table, path.name, rejects, bad_vector_reason="empty_title", source=source, **common
     )
 
 
 class LogsItems:
     """Item side of the logs job: the item table is the catalogue, kept whole."""
 
-    def __init__(self, path: Path, embedding: EmbedSettings) -> None:
+    def __init__(self, path: Path, embedding: EmbedSettings, limits: Limits | None = None) -> None:
         self.path = path
         self.embedding = embedding
+        self.limits = limits or Limits()
         self.items: ItemTable | None = None
 
     def load(self, rejects: RejectLog) -> np.ndarray:
-        self.items = load_items(self.path, self.embedding, rejects)
+        self.items = load_items(self.path, self.embedding, rejects, self.limits)
         return self.items.vocab.raw_ids
 
     def finalize(self, used: np.ndarray, rejects: RejectLog) -> tuple[ItemTable, np.ndarray]:
@@ -84,53 +107,68 @@ class LogsItems:
 
 
 def parse_batch(
-    table: pa.Table,
+    batch: Batch,
     files: list[str],
     source: int,
-    first_line: int,
     columns: dict[str, str],
     items: Vocab,
     rejects: RejectLog,
+    limits: Limits | None = None,
 ) -> tuple[RawEvents, np.ndarray]:
     """One batch of rows -> (RawEvents, raw item ids (N,)); rows with a bad field are rejected."""
-    file = files[source]
+    limits = limits or Limits()
+    table, file = batch.table, files[source]
     for key in ("user", "item", "timestamp"):
         if columns[key] not in table.column_names:
-            raise ValueError(f"{file}: no column {columns[key]!r} (columns: {table.column_names})")
+            raise InputError(f"{file}: no column {columns[key]!r} (columns: {table.column_names})")
     rejects.add_read(table.num_rows)
-    user, user_missing, user_bad = as_strings(table.column(columns["user"]))
-    item, item_missing, item_bad = as_strings(table.column(columns["item"]))
-    ts, ts_missing, ts_bad = as_int64(table.column(columns["timestamp"]))
-    if columns["click"] in table.column_names:
-        click, click_missing, click_bad = as_int64(table.column(columns["click"]))
-        click_bad |= ~click_missing & ~np.isin(click, (0, 1))
-    else:
-        click = np.ones(table.num_rows, dtype=np.int64)
-        click_missing = click_bad = np.zeros(table.num_rows, dtype=bool)
+    try:
+        name = columns["user"]
+        user = as_ids(table.column(name), limits.max_id_length)
+        name = columns["item"]
+        item = as_ids(table.column(name), limits.max_id_length)
+        name = columns["timestamp"]
+        ts = as_int64(table.column(name))
+        if columns["click"] in table.column_names:
+            name = columns["click"]
+            click = as_int64(table.column(name))
+            click_bad = click.malformed | click.overflow
+            click_bad |= ~click.missing & ~np.isin(click.values, (0, 1))
+            click_values, click_missing = click.values, click.missing
+        else:
+            click_values = np.ones(table.num_rows, dtype=np.int64)
+            click_missing = click_bad = np.zeros(table.num_rows, dtype=bool)
+    except ColumnTypeError as error:
+        raise InputError(f"{file}: column {name!r}: {error}") from None
+    out_of_window = ts.overflow | ~(
+        (ts.values >= limits.min_timestamp) & (ts.values <= limits.max_timestamp)
+    )
     keep = np.ones(table.num_rows, dtype=bool)
     reason = np.full(table.num_rows, "", dtype=object)
     for name, mask in (
-        ("not_utf8", user_bad | item_bad),
-        ("missing_field", user_missing | item_missing | ts_missing | click_missing),
-        ("malformed", ts_bad | click_bad),
+        ("not_utf8", user.not_utf8 | item.not_utf8),
+        ("missing_field", user.missing | item.missing | ts.missing | click_missing),
+        ("id_too_long", user.too_long | item.too_long),
+        ("malformed", ts.malformed | click_bad),
+        ("timestamp_out_of_range", out_of_window),
     ):
         reason[keep & mask] = name
         keep &= ~mask
     for row in np.flatnonzero(~keep):
         rejects.reject(
-            file, int(row) + first_line, reason[row], table.slice(int(row), 1).to_pylist()[0]
+            file, int(batch.lines[row]), reason[row], table.slice(int(row), 1).to_pylist()[0]
         )
     rows = np.flatnonzero(keep)
     raw = RawEvents(
-        user=user[rows],
-        item=items.encode(item[rows]),
-        ts=ts[rows],
-        click=click[rows].astype(np.int8),
+        user=user.values[rows],
+        item=items.encode(item.values[rows]),
+        ts=ts.values[rows],
+        click=click_values[rows].astype(np.int8),
         source=np.full(len(rows), source, dtype=np.int32),
-        line=rows.astype(np.int64) + first_line,
+        line=batch.lines[rows].astype(np.int64),
         files=files,
     )
-    return raw, item[rows]
+    return raw, item.values[rows]
 
 
 @dataclass(frozen=True)
@@ -145,20 +183,27 @@ class LogsScatterTask:
     partitions: int
     strict: bool
     batch_rows: int
+    limits: Limits = field(default_factory=Limits)
 
     def run(self) -> dict[str, Any]:
         items = Vocab(np.load(self.work / "candidates.npy"))
-        first_line = 1 if self.path.suffix == ".parquet" else 2  # CSV line 1 is the header
         writer = ScatterWriter(self.work, self.partitions, f"s{self.source:05d}")
         rejects_path = self.work / "rejects" / f"b-scatter-{self.source:05d}.jsonl"
+        file = self.files[self.source]
         try:
             with RejectLog(rejects_path, self.strict) as rejects:
-                for table in iter_batches(self.path, self.batch_rows):
+
+                def bad_row(line: int, reason: str, excerpt: str) -> None:
+                    rejects.add_read(1)
+                    rejects.reject(file, line, reason, excerpt)
+
+                for batch in iter_batches(
+                    self.path, self.batch_rows, bad_row, self.limits.max_line_bytes
+                ):
                     raw, raw_items = parse_batch(
-                        table, self.files, self.source, first_line, self.columns, items, rejects
+                        batch, self.files, self.source, self.columns, items, rejects, self.limits
                     )
                     writer.write(drop_unknown_items(raw, rejects, raw_items))
-                    first_line += table.num_rows
         finally:
             writer.close()
         return rejects.as_manifest()
@@ -171,17 +216,19 @@ def run_logs(
 ) -> dict[str, Any] | None:
     """Run the job; returns the manifest (None on ranks other than the leader)."""
     coordinator = coordinator or make_coordinator(config.workers, config.distributed)
-    config.out.mkdir(parents=True, exist_ok=True)
     paths = expand_inputs(config.interactions)
     items_path = Path(config.items)
+    if not items_path.is_file():
+        raise InputError(f"{items_path}: no such item table")
     files = [p.name for p in paths]
-    work = config.out / "_work"
+    work = work_dir(config.out)
     tasks = [
         LogsScatterTask(
-            p, i, files, config.columns, work, config.partitions, config.strict, config.batch_rows
+            p, i, files, config.columns, work, config.partitions, config.strict,
+            config.batch_rows, config.limits,
         )
         for i, p in enumerate(paths)
-    ]
+    ]  # fmt: skip
     settings = PipelineSettings(
         out=config.out,
         job=config.job,
@@ -192,6 +239,7 @@ def run_logs(
         row_group_size=config.row_group_size,
         block_events=config.block_events,
         strict=config.strict,
+        limits=config.limits,
     )
     inputs = (
         {p.name: input_record(p) for p in [*paths, items_path]} if coordinator.is_leader else {}
@@ -199,7 +247,7 @@ def run_logs(
     manifest = run_pipeline(
         settings,
         coordinator,
-        LogsItems(items_path, config.embedding),
+        LogsItems(items_path, config.embedding, config.limits),
         tasks,
         files,
         inputs,
@@ -211,33 +259,36 @@ def run_logs(
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-history", type=int, default=50)
-    parser.add_argument("--num-buckets", type=int, default=35)
+    parser.add_argument("--max-history", type=positive_int, default=50)
+    parser.add_argument("--num-buckets", type=at_least_two, default=35)
     parser.add_argument("--seed", type=int, default=0, help="negative sampling seed (next-item)")
     parser.add_argument(
-        "--valid-days", type=int, default=1, help="temporal: days before the test days"
+        "--valid-days", type=non_negative_int, default=1, help="temporal: days before the test days"
     )
-    parser.add_argument("--test-days", type=int, default=1, help="temporal: last days")
+    parser.add_argument("--test-days", type=positive_int, default=1, help="temporal: last days")
     parser.add_argument(
-        "--valid-frac", type=float, default=0.0, help="next-item: users with a valid pair"
+        "--valid-frac", type=fraction, default=0.0, help="next-item: users with a valid pair (0..1)"
     )
 
 
 def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--partitions", type=int, default=1, help="user partitions (hash of the user id)"
+        "--partitions", type=positive_int, default=1, help="user partitions (hash of the user id)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="local processes")
+    parser.add_argument("--workers", type=positive_int, default=1, help="local processes")
     parser.add_argument(
-        "--block-events", type=int, default=DEFAULT_BLOCK_EVENTS, help="events per build block"
+        "--block-events",
+        type=positive_int,
+        default=DEFAULT_BLOCK_EVENTS,
+        help="events per build block",
     )
     parser.add_argument(
-        "--batch-rows", type=int, default=1_000_000, help="rows per scattered input batch"
+        "--batch-rows", type=positive_int, default=1_000_000, help="rows per scattered input batch"
     )
     parser.add_argument(
         "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
     )
-    parser.add_argument("--row-group-size", type=int, default=DEFAULT_ROW_GROUP_SIZE)
+    parser.add_argument("--row-group-size", type=positive_int, default=DEFAULT_ROW_GROUP_SIZE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -252,6 +303,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_protocol_arguments(parser)
     add_scale_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
+    add_limit_arguments(parser)
     add_embed_arguments(parser, ("minilm", "hashed"))
     for key, default in DEFAULT_COLUMNS.items():
         parser.add_argument(f"--{key}-column", default=default)
@@ -285,6 +337,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         batch_rows=args.batch_rows,
         distributed=args.distributed or None,
         created_by=command,
+        limits=limits_from_args(args),
     )
     manifest = run_logs(config)
     if manifest is not None:

@@ -6,12 +6,18 @@
     leader: global user vocabulary; final item table (ItemSide.finalize)
     build tasks, one per partition, in blocks of whole users: protocol -> samples ->
         similarities -> shards; each returns its histogram of training similarities
-    leader: merged histogram -> bucket boundaries; rejects.jsonl; manifest.json
+    leader: merged histogram -> bucket boundaries; rejects.jsonl; checksums of every
+        file; manifest.json; the folder is moved into place
 
 Tasks run through a `Coordinator`: in-process, in a local process pool, or spread over
 torch.distributed ranks (task i on rank i % world_size). Memory per task is bounded by
-its partition (build tasks: by `block_events`), not by the dataset. Intermediate files
-live in DIR/_work and are removed at the end.
+its partition (build tasks: by `block_events`), not by the dataset.
+
+Atomic output: everything is written into `.DIR.partial` beside DIR (intermediate files
+in its `_work/`, removed at the end), the manifest last, and only then moved into DIR
+(`integrity.commit_folder`). A job killed at any point leaves DIR as it was (or, in the
+moment of the move, without a manifest, which every reader refuses); the next run starts
+from an empty `.DIR.partial`.
 """
 
 from __future__ import annotations
@@ -28,10 +34,18 @@ import numpy as np
 from data_prep import SCHEMA_VERSION
 from data_prep.coordination import Coordinator
 from data_prep.events import Events, clean_events
+from data_prep.integrity import (
+    checksum_files,
+    commit_folder,
+    file_entry,
+    fresh_staging_folder,
+    staging_folder,
+)
 from data_prep.items import ItemTable, save_item_arrays
-from data_prep.manifest import file_sha256, write_manifest
+from data_prep.limits import Limits
+from data_prep.manifest import MANIFEST, write_manifest
 from data_prep.protocols import Protocol
-from data_prep.rejects import RejectLog, check_records, merge_records
+from data_prep.rejects import InputError, RejectLog, check_records, merge_records, summary
 from data_prep.samples import Samples
 from data_prep.scatter import read_partition
 from data_prep.similarity import SimilarityHistogram, history_similarities
@@ -40,6 +54,16 @@ from data_prep.writer import DEFAULT_ROW_GROUP_SIZE, ShardWriter
 
 DEFAULT_BLOCK_EVENTS = 200_000
 IN_MEMORY_ITEM_BYTES = 1 << 30
+# What a job writes in its folder; a rerun removes those it no longer produces (a split).
+OUTPUTS = (
+    MANIFEST, "vocab", "item_mm.npy", "item_category.npy", "rejects.jsonl",
+    "train", "valid", "test", "_work",
+)  # fmt: skip
+
+
+def work_dir(out: Path) -> Path:
+    """Intermediate files of the job writing `out` (inside its staging folder)."""
+    return staging_folder(out) / "_work"
 
 
 class Task(TypingProtocol):
@@ -132,8 +156,10 @@ class BuildTask:
             for name, n in protocol_counts.items():
                 before_valid[name] = before_valid.get(name, 0) + n
         paths = {name: writer.close() for name, writer in writers.items()}
+        files = {p: file_entry(self.out / p) for ps in paths.values() for p in ps}
         return {
             "paths": paths,
+            "files": files,
             "counts": counts,
             "counts_before_valid": before_valid,
             "users": users,
@@ -191,6 +217,7 @@ class PipelineSettings:
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
     block_events: int = DEFAULT_BLOCK_EVENTS
     strict: bool = False
+    limits: Limits | None = None
 
 
 def run_pipeline(
@@ -202,10 +229,36 @@ def run_pipeline(
     inputs: dict[str, dict[str, Any]],
     extra_protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Run the pipeline; returns the manifest on the leader, None on other ranks."""
-    out, work = settings.out, settings.out / "_work"
+    """Run the pipeline; returns the manifest on the leader, None on other ranks.
+
+    Writes into the staging folder and moves it into `settings.out` when complete; on a
+    failure the staging folder is removed and `settings.out` is left as it was.
+    """
+    stage = staging_folder(settings.out)
+    try:
+        return _run_pipeline(
+            settings, stage, coordinator, item_side, scatter_tasks, files, inputs, extra_protocol
+        )
+    except BaseException:
+        if coordinator.is_leader:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _run_pipeline(
+    settings: PipelineSettings,
+    out: Path,
+    coordinator: Coordinator,
+    item_side: ItemSide,
+    scatter_tasks: list[Task],
+    files: list[str],
+    inputs: dict[str, dict[str, Any]],
+    extra_protocol: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    work = out / "_work"
+    assert work == work_dir(settings.out)
     if coordinator.is_leader:
-        shutil.rmtree(work, ignore_errors=True)
+        fresh_staging_folder(settings.out)
         (work / "rejects").mkdir(parents=True)
         with RejectLog(work / "rejects" / "a-items.jsonl", settings.strict) as item_rejects:
             np.save(work / "candidates.npy", item_side.load(item_rejects))
@@ -250,10 +303,17 @@ def run_pipeline(
         ]
     )
     check_records(records)
-    _concat_rejects(work / "rejects", out / "rejects.jsonl")
     histogram = SimilarityHistogram()
     for b in built:
         histogram.counts += b["histogram"]
+    train_samples = sum(b["counts"].get("train", 0) for b in built)
+    if train_samples == 0 or histogram.total == 0:
+        what = "samples" if train_samples == 0 else "sample with a history (no similarities)"
+        raise InputError(
+            f"no training {what} from {', '.join(inputs) or 'the inputs'}; nothing written. "
+            + summary(records).replace("\n", ";")
+        )
+    _concat_rejects(work / "rejects", out / "rejects.jsonl")
     boundaries = histogram.equal_frequency_boundaries(settings.num_buckets)
     splits = settings.protocol.splits
     vocab_sizes = {"user": len(user_vocab), "item": len(items.vocab)}
@@ -264,6 +324,12 @@ def run_pipeline(
         protocol["counts_before_valid"] = {
             s: sum(b["counts_before_valid"].get(s, 0) for b in built) for s in ("train", "test")
         }
+    shards = {s: [p for b in built for p in b["paths"][s]] for s in splits}
+    item_files = [p.relative_to(out).as_posix() for p in (out / "vocab").glob("*.parquet")]
+    item_files += [n for n in ("item_mm.npy", "item_category.npy") if (out / n).exists()]
+    checksums = checksum_files(out, [*item_files, "rejects.jsonl"])
+    for b in built:
+        checksums.update(b["files"])
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "job": settings.job,
@@ -280,15 +346,18 @@ def run_pipeline(
             "path": "item_mm.npy",
             "dim": int(items.mm.shape[1]),
             "source": items.mm_source,
-            "sha256": file_sha256(out / "item_mm.npy"),
+            "sha256": checksums["item_mm.npy"]["sha256"],
         },
         "inputs": inputs,
         "protocol": protocol,
+        "limits": (settings.limits or Limits()).as_dict(),
         "records": records,
-        "splits": {s: [p for b in built for p in b["paths"][s]] for s in splits},
+        "splits": shards,
+        "files": dict(sorted(checksums.items())),
     }
-    manifest = write_manifest(out, manifest)
     shutil.rmtree(work)
+    manifest = write_manifest(out, manifest)
+    commit_folder(out, settings.out, OUTPUTS, MANIFEST)
     return manifest
 
 

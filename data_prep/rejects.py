@@ -19,8 +19,17 @@ from typing import Any, TextIO
 EXCERPT_CHARS = 200
 
 
-class BadRecordError(ValueError):
+class DataPrepError(ValueError):
+    """An input the job cannot use, with a message naming the file (and line): the command
+    line prints it without a traceback and exits with status 1."""
+
+
+class BadRecordError(DataPrepError):
     """A bad input record in strict mode."""
+
+
+class InputError(DataPrepError):
+    """A whole input that cannot be read (damaged, truncated, wrong columns, no records)."""
 
 
 class AccountingError(RuntimeError):

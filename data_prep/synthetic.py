@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from data_prep.integrity import atomic_file
+
 START_TS = 1_704_067_200  # 2024-01-01 00:00 UTC
 DAY = 86_400
 TOPIC_WORDS = (
@@ -153,6 +155,7 @@ def write_raw(config: SyntheticConfig, raw_dir: Path) -> tuple[Path, Path]:
     raw_dir.mkdir(parents=True, exist_ok=True)
     interactions, items = generate(config)
     paths = raw_dir / "interactions.parquet", raw_dir / "items.parquet"
-    pq.write_table(interactions, paths[0])
-    pq.write_table(items, paths[1])
+    for table, path in ((interactions, paths[0]), (items, paths[1])):
+        with atomic_file(path) as tmp:  # never a half-written raw file
+            pq.write_table(table, tmp)
     return paths

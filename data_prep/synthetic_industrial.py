@@ -19,6 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_prep.integrity import atomic_file
+from data_prep.limits import fraction, positive_int
+
 START_TS = 1_704_067_200
 DAY = 86_400
 FAVOURITE_WEIGHTS = np.array([0.5, 0.3, 0.2])
@@ -71,7 +74,8 @@ def write_raw(config: IndustrialConfig, raw_dir: Path) -> list[Path]:
             ).cast(pa.list_(pa.float32())),
         }
     )
-    pq.write_table(items, raw_dir / "items.parquet")
+    with atomic_file(raw_dir / "items.parquet") as tmp:  # never a half-written raw file
+        pq.write_table(items, tmp)
 
     by_topic = np.lexsort((np.arange(config.items), topic))
     topic_sorted = topic[by_topic]
@@ -116,7 +120,8 @@ def write_raw(config: IndustrialConfig, raw_dir: Path) -> list[Path]:
             }
         )
         path = raw_dir / f"interactions-{group:05d}.parquet"
-        pq.write_table(table, path, row_group_size=1 << 20)
+        with atomic_file(path) as tmp:
+            pq.write_table(table, tmp, row_group_size=1 << 20)
         paths.append(path)
     return paths
 
@@ -124,15 +129,16 @@ def write_raw(config: IndustrialConfig, raw_dir: Path) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = IndustrialConfig()
     parser.add_argument("--out", type=Path, required=True, help="output folder (raw/ inside)")
-    for name in ("samples", "users", "items", "topics", "dim", "days", "files", "seed"):
-        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
+    for name in ("samples", "users", "items", "topics", "dim", "days", "files"):
+        parser.add_argument(f"--{name}", type=positive_int, default=getattr(defaults, name))
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--zipf", type=float, default=defaults.zipf, help="item exposure exponent")
-    parser.add_argument("--popular-share", type=float, default=defaults.popular_share)
+    parser.add_argument("--popular-share", type=fraction, default=defaults.popular_share)
     parser.add_argument(
-        "--history", type=int, default=100, help="max history of the prepared samples"
+        "--history", type=positive_int, default=100, help="max history of the prepared samples"
     )
-    parser.add_argument("--partitions", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--partitions", type=positive_int, default=16)
+    parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--raw-only", action="store_true", help="only write the raw logs")
 
 

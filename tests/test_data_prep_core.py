@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep.history import clicked_windows, sequence_windows, sort_order
-from data_prep.manifest import checksum, read_manifest, write_manifest
+from data_prep.integrity import IntegrityError, checksum_files, safe_path
+from data_prep.manifest import checksum, read_manifest, verify_folder, write_manifest
 from data_prep.ragged import range_indices
 from data_prep.rejects import (
     AccountingError,
@@ -132,16 +133,41 @@ def test_writer_row_groups_and_shards(tmp_path):
 
 
 def test_manifest_checksum_and_read(tmp_path):
-    written = write_manifest(
-        tmp_path, {"schema_version": 1, "splits": {}, "item_embeddings": {"path": "x.npy"}}
-    )
+    (tmp_path / "x.npy").write_bytes(b"abcd")
+    files = checksum_files(tmp_path, ["x.npy"])
+    body = {"schema_version": 1, "splits": {}, "item_embeddings": {"path": "x.npy"}}
+    written = write_manifest(tmp_path, body | {"files": files})
     assert written["checksum"] == checksum(written)
-    assert read_manifest(tmp_path) is None  # x.npy is missing
-    (tmp_path / "x.npy").write_bytes(b"")
+    assert read_manifest(tmp_path) == written == verify_folder(tmp_path, full=True)
+    (tmp_path / "x.npy").write_bytes(b"abce")  # same size: only the sha256 tells
     assert read_manifest(tmp_path) == written
+    assert read_manifest(tmp_path, full=True) is None
+    with pytest.raises(IntegrityError, match=r"x\.npy: sha256 differs"):
+        verify_folder(tmp_path, full=True)
+    (tmp_path / "x.npy").write_bytes(b"abc")
+    with pytest.raises(IntegrityError, match=r"x\.npy: 3 bytes, the manifest says 4"):
+        verify_folder(tmp_path)
+    (tmp_path / "x.npy").unlink()
+    with pytest.raises(IntegrityError, match=r"x\.npy: missing"):
+        verify_folder(tmp_path)
     tampered = json.loads((tmp_path / "manifest.json").read_text()) | {"schema_version": 2}
     (tmp_path / "manifest.json").write_text(json.dumps(tampered))
+    with pytest.raises(IntegrityError, match="checksum mismatch"):
+        verify_folder(tmp_path)
+    write_manifest(tmp_path, body)  # no checksum table: written by an older data_prep
     assert read_manifest(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    "name", ["/etc/passwd", "../outside.npy", "a/../../b", "", "C:/x", "a\\..\\b", 7]
+)
+def test_paths_from_a_manifest_stay_inside_the_folder(tmp_path, name):
+    with pytest.raises(IntegrityError):
+        safe_path(tmp_path, name)
+    (tmp_path / "link").symlink_to(tmp_path.parent)
+    with pytest.raises(IntegrityError, match="outside"):
+        safe_path(tmp_path, "link/x")
+    assert safe_path(tmp_path, "train/part-0.parquet") == tmp_path / "train" / "part-0.parquet"
 
 
 def test_reject_log_counts_and_invariant(tmp_path):
