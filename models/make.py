@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from models.buckets import bucketize
 from models.config import ModelConfig
-from models.interest import InterestArch, InterestInputs, State
+from models.interest import InterestInputs, State
 from models.mlp import MLP
-from models.ta import TargetAttentionInterest
+from models.ta import IDAttentionPlus
 
 if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
     from models.batch import Batch
@@ -67,7 +67,7 @@ class MultimodalModule(nn.Module):
         return self.mlp(self.features(sims, mask))
 
 
-class MAKEInterest(InterestArch):
+class MAKEInterest(IDAttentionPlus):
     """MAKE (Sheng et al. 2024): ID target attention + a pre-trained multimodal module.
 
     MAKE trains the multimodal-related parameters on the CTR task for several epochs
@@ -79,9 +79,6 @@ class MAKEInterest(InterestArch):
     V_id); the multimodal module per candidate from the similarities.
     """
 
-    caches_user = True
-    needs_sims = True
-
     def __init__(
         self,
         item_dim: int,
@@ -90,19 +87,12 @@ class MAKEInterest(InterestArch):
         multimodal: MultimodalModule,
         temperature: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(item_dim, hidden_dim, num_heads, temperature)
         self.out_dim = hidden_dim + multimodal.out_dim
-        self.ta = TargetAttentionInterest(
-            item_dim, hidden_dim, num_heads, 0, temperature, False, False
-        )
         self.multimodal = multimodal
 
     def forward(self, x: InterestInputs) -> torch.Tensor:
         return torch.cat([self.ta(x), self.multimodal(x.sims, x.mask)], dim=-1)
-
-    @torch.jit.export
-    def encode(self, history: Tensor) -> State:
-        return self.ta.encode(history)
 
     @torch.jit.export
     def attend(

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from models.config import ModelConfig
 from models.histogram import SimilarityBins
-from models.interest import InterestArch, InterestInputs, State
-from models.ta import TargetAttentionInterest
+from models.interest import InterestInputs, State
+from models.ta import IDAttentionPlus
 
 if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
     from models.features import FeatureSpec
@@ -29,7 +29,7 @@ class SIMTIERConfig(ModelConfig):
     histogram_edges: str = "uniform"
 
 
-class SIMTIERInterest(InterestArch):
+class SIMTIERInterest(IDAttentionPlus):
     """SIMTIER (Sheng et al. 2024): the similarity histogram as a dense feature of the head.
 
     SimTier counts the target-history similarities in N uniform tiers over [-1, 1] and feeds
@@ -39,9 +39,6 @@ class SIMTIERInterest(InterestArch):
     of the counts independent of history length (as in models/histogram.py). Served from
     a per-user cache (TA's K_id, V_id); the histogram per candidate.
     """
-
-    caches_user = True
-    needs_sims = True
 
     def __init__(
         self,
@@ -53,20 +50,13 @@ class SIMTIERInterest(InterestArch):
         histogram_edges: str = "uniform",
         bucket_boundaries: tuple[float, ...] = (),
     ) -> None:
-        super().__init__()
+        super().__init__(item_dim, hidden_dim, num_heads, temperature)
         self.bins = SimilarityBins(histogram_edges, histogram_bins, bucket_boundaries)
         self.out_dim = hidden_dim + self.bins.num_bins
-        self.ta = TargetAttentionInterest(
-            item_dim, hidden_dim, num_heads, 0, temperature, False, False
-        )
 
     def forward(self, x: InterestInputs) -> torch.Tensor:
         counts = self.bins(x.sims, x.mask)
         return torch.cat([self.ta(x), torch.log1p(counts)], dim=-1)
-
-    @torch.jit.export
-    def encode(self, history: Tensor) -> State:
-        return self.ta.encode(history)
 
     @torch.jit.export
     def attend(

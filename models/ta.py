@@ -89,15 +89,29 @@ class TargetAttentionInterest(InterestArch):
         return self.attention.attend(state, query, buckets)
 
 
-def id_attention(item_dim: int, config: ModelConfig) -> TargetAttentionInterest:
-    """Plain TA over ID embeddings, the ID side of TA, SIMTIER, MAKE and TA_late."""
-    return TargetAttentionInterest(
-        item_dim, config.hidden_dim, config.num_heads, 0, config.temperature, False, False
-    )
+class IDAttentionPlus(InterestArch):
+    """Base of the arches that add a similarity path to plain ID target attention (SIMTIER,
+    MAKE, TA_late): `self.ta` is that attention, and its K_id / V_id are the per-user cache.
+    Subclasses implement `forward` and `attend` (which calls `self.ta.attend`)."""
+
+    caches_user = True
+    needs_sims = True
+
+    def __init__(self, item_dim: int, hidden_dim: int, num_heads: int, temperature: float) -> None:
+        super().__init__()
+        self.ta = TargetAttentionInterest(
+            item_dim, hidden_dim, num_heads, 0, temperature, bucket_keys=False, bucket_values=False
+        )
+
+    @torch.jit.export
+    def encode(self, history: Tensor) -> State:
+        return self.ta.encode(history)
 
 
 def build_ta(config: TAConfig, item_dim: int, spec: FeatureSpec) -> TargetAttentionInterest:
-    return id_attention(item_dim, config)
+    return TargetAttentionInterest(
+        item_dim, config.hidden_dim, config.num_heads, 0, config.temperature, False, False
+    )
 
 
 def build_dta(config: DTAConfig, item_dim: int, spec: FeatureSpec) -> TargetAttentionInterest:

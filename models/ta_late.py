@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from models.config import ModelConfig
 from models.dta import masked_softmax
-from models.interest import InterestArch, InterestInputs, State
-from models.ta import TargetAttentionInterest
+from models.interest import InterestInputs, State
+from models.ta import IDAttentionPlus
 
 if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
     from models.features import FeatureSpec
@@ -22,7 +22,7 @@ class TALateConfig(ModelConfig):
     """TA_late: separate attention over K_sim/V_sim (linear in c) and K_id/V_id, concatenated."""
 
 
-class LateFusionInterest(InterestArch):
+class LateFusionInterest(IDAttentionPlus):
     """TA_late (paper Fig. 4b, Table IV): ID and similarity attended separately, merged last.
 
     ID path: plain TA, K_id = S W_k, V_id = S W_v (target-agnostic, cacheable).
@@ -36,17 +36,11 @@ class LateFusionInterest(InterestArch):
     candidate, materialised as the paper counts it (B, L, d_h).
     """
 
-    caches_user = True
-    needs_sims = True
-
     def __init__(
         self, item_dim: int, hidden_dim: int, num_heads: int, temperature: float = 1.0
     ) -> None:
-        super().__init__()
+        super().__init__(item_dim, hidden_dim, num_heads, temperature)
         self.out_dim = 2 * hidden_dim
-        self.ta = TargetAttentionInterest(
-            item_dim, hidden_dim, num_heads, 0, temperature, False, False
-        )
         self.num_heads = num_heads
         self.head_dim = hidden_dim // num_heads
         self.scale = 1.0 / (self.head_dim**0.5 * temperature)
@@ -67,10 +61,6 @@ class LateFusionInterest(InterestArch):
 
     def forward(self, x: InterestInputs) -> Tensor:
         return torch.cat([self.ta(x), self.similarity_attention(x.target, x.sims, x.mask)], -1)
-
-    @torch.jit.export
-    def encode(self, history: Tensor) -> State:
-        return self.ta.encode(history)
 
     @torch.jit.export
     def attend(
