@@ -1,9 +1,30 @@
 """DistributedModelParallel for a CTR model: planner from the real topology, fused
-embedding optimizer, Adam for the dense part."""
+embedding optimizer, Adam for the dense part.
+
+Embedding optimizers come in two kinds (`--embedding-optimizer`):
+
+- fused (`EMBEDDING_OPTIMIZERS`): the tables are sharded by the planner and fbgemm updates
+  the rows a batch touched inside the backward pass. fbgemm's CPU kernels implement only
+  exact SGD, Adagrad and row-wise Adagrad; ADAM, PARTIAL_ROWWISE_ADAM, LAMB and LARS_SGD
+  are refused on CPU ("not supported in CPU mode").
+- dense (`DENSE_EMBEDDING_OPTIMIZERS`, `adam_dense`): Adam on CPU. torchrec 1.8's only
+  non-fused compute kernel, EmbeddingComputeKernel.DENSE, is accepted by its planner for
+  DATA_PARALLEL sharding only ("DENSE kernel requires DATA_PARALLEL sharding"), and
+  fbgemm-gpu-cpu 1.8.0's dense unpooled lookup (DenseTableBatchedEmbeddingBagsCodegen
+  with PoolingMode.NONE, what a data-parallel EmbeddingCollection runs) returns pooled
+  rows on CPU, so the sharded EmbeddingCollection fails ("split_with_sizes expects
+  split_sizes to sum exactly to ..."). The dense kind therefore leaves the
+  EmbeddingCollection unsharded: its nn.Embedding tables are replicated on every rank,
+  DMP's DistributedDataParallel all-reduces their (dense) gradients with the dense ones,
+  and a regular `torch.optim.Adam` (in a torchrec KeyedOptimizerWrapper, checkpointed like
+  the dense optimizer) updates every row every step, as `nn.Embedding` + Adam does in
+  PyTorch CTR libraries. It suits tables that fit on one rank (Amazon: 44k rows); cost
+  measured in docs/tuning.md.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,19 +34,14 @@ from torch import nn
 from torchrec import optim as trec_optim
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
-from torchrec.distributed.planner import EmbeddingShardingPlanner
-from torchrec.distributed.planner.types import (
-    KernelConfig,
-    ParameterConstraints,
-    TopologyFactory,
-    TrainerConfig,
-)
-from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from pipeline.distributed import DistEnv
+from pipeline.planner_inputs import SHARDING_TYPES as SHARDING_TYPES  # re-exported
+from pipeline.planner_inputs import PlannerInputs, device_memory, make_planner
 
 # fbgemm's CPU kernels implement only these fused optimizers (Adam is GPU-only there).
 EMBEDDING_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -35,7 +51,16 @@ EMBEDDING_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": trec_optim.SGD,
 }
 CPU_EMBEDDING_OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
-SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise")
+# Non-fused: unsharded, replicated tables, dense gradients, a regular torch optimizer.
+DENSE_EMBEDDING_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam_dense": torch.optim.Adam,
+}
+EMBEDDING_OPTIMIZER_NAMES = tuple(sorted({*EMBEDDING_OPTIMIZERS, *DENSE_EMBEDDING_OPTIMIZERS}))
+
+
+def is_dense_embedding_optimizer(name: str) -> bool:
+    """True for the non-fused embedding optimizers (tables replicated, not sharded)."""
+    return name in DENSE_EMBEDDING_OPTIMIZERS
 
 
 @dataclass
@@ -51,9 +76,11 @@ class ShardingSettings:
 def resolve_embedding_optimizer(name: str, device: torch.device) -> str:
     if name == "auto":
         return "adam" if device.type == "cuda" else "adagrad"
+    if is_dense_embedding_optimizer(name):
+        return name
     if name not in EMBEDDING_OPTIMIZERS:
         raise ValueError(
-            f"unknown embedding optimizer {name!r}; choose from {sorted(EMBEDDING_OPTIMIZERS)}"
+            f"unknown embedding optimizer {name!r}; choose from {list(EMBEDDING_OPTIMIZER_NAMES)}"
         )
     if device.type == "cpu" and name not in CPU_EMBEDDING_OPTIMIZERS:
         raise ValueError(
@@ -64,28 +91,29 @@ def resolve_embedding_optimizer(name: str, device: torch.device) -> str:
 
 
 def plan_sharding(
-    model: nn.Module, env: DistEnv, sharding_type: str, batch_size: int
+    model: nn.Module,
+    env: DistEnv,
+    sharding_type: str,
+    batch_size: int,
+    pooling_factors: Mapping[str, float] | None = None,
 ) -> ShardingPlan:
-    """Plan with EmbeddingShardingPlanner on the real topology (same plan on every rank)."""
-    if sharding_type not in SHARDING_TYPES:
-        raise ValueError(f"unknown sharding type {sharding_type!r}; choose from {SHARDING_TYPES}")
-    constraints = None
-    if sharding_type != "auto":
-        names = [
-            config.name
-            for module in model.modules()
-            if hasattr(module, "embedding_configs")
-            for config in module.embedding_configs()
-        ]
-        value = ShardingType[sharding_type.upper()].value
-        constraints = {name: ParameterConstraints(sharding_types=[value]) for name in names}
-    topology = TopologyFactory.create_topology(
-        TrainerConfig(world_size=env.world_size, local_world_size=env.local_world_size),
-        kernel_config=KernelConfig(compute_device=env.device.type),
+    """Plan with EmbeddingShardingPlanner on the real topology (same plan on every rank).
+
+    The planner's inputs are those of the offline plan (`python -m pipeline.plan`, built
+    by pipeline/planner_inputs.py): this device's memory, the per-rank batch and the
+    features' pooling factors (mean ids per sample; None: 1.0 each)."""
+    hbm_cap, ddr_cap = device_memory(env.device, env.local_world_size)
+    inputs = PlannerInputs(
+        world_size=env.world_size,
+        local_world_size=env.local_world_size,
+        compute_device=env.device.type,
+        batch_size=batch_size,
+        hbm_cap=hbm_cap,
+        ddr_cap=ddr_cap,
+        pooling_factors=dict(pooling_factors or {}),
+        sharding_type=sharding_type,
     )
-    planner = EmbeddingShardingPlanner(
-        topology=topology, batch_size=batch_size, constraints=constraints
-    )
+    planner = make_planner(model, inputs)
     return planner.collective_plan(model, [EmbeddingCollectionSharder()], dist.GroupMember.WORLD)
 
 
@@ -96,24 +124,64 @@ def shard_model(
     dense_optimizer: Callable[[Any], torch.optim.Optimizer],
     dense_lr: float,
     batch_size: int,
+    pooling_factors: Mapping[str, float] | None = None,
 ) -> tuple[DistributedModelParallel, CombinedOptimizer, KeyedOptimizerWrapper, str]:
-    """Shard `task` (a CTRTask whose tables may be on the meta device).
+    """Shard `task` (a CTRTask whose tables may be on the meta device; with a dense
+    embedding optimizer they must be real: they are not sharded).
 
     dense_optimizer: builds the optimizer of the dense (replicated) parameters.
     Returns the DMP module, the combined optimizer (fused embedding optimizer + dense
-    optimizer), the dense keyed optimizer (for learning-rate schedules and checkpoint
-    loading) and the embedding optimizer's name.
+    optimizer, plus the embedding KeyedOptimizerWrapper with a dense embedding optimizer),
+    the dense keyed optimizer (for learning-rate schedules and checkpoint loading) and the
+    embedding optimizer's name.
     """
     opt_name = resolve_embedding_optimizer(settings.embedding_optimizer, env.device)
-    embedding_lr = settings.embedding_lr or (dense_lr if opt_name == "adam" else 0.05)
+    adam_like = opt_name in ("adam", "adam_dense")
+    embedding_lr = settings.embedding_lr or (dense_lr if adam_like else 0.05)
     sparse = task.model.sparse_arch
+    if is_dense_embedding_optimizer(opt_name):
+        return _replicate_model(task, env, opt_name, embedding_lr, dense_optimizer)
     apply_optimizer_in_backward(
         EMBEDDING_OPTIMIZERS[opt_name], sparse.parameters(), {"lr": embedding_lr}
     )
-    plan = plan_sharding(task, env, settings.sharding_type, batch_size)
+    plan = plan_sharding(task, env, settings.sharding_type, batch_size, pooling_factors)
     model = DistributedModelParallel(module=task, device=env.device, plan=plan)
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(model.named_parameters())), dense_optimizer
     )
     combined = CombinedOptimizer([model.fused_optimizer, dense])
+    return model, combined, dense, opt_name
+
+
+def _replicate_model(
+    task: nn.Module,
+    env: DistEnv,
+    opt_name: str,
+    embedding_lr: float,
+    dense_optimizer: Callable[[Any], torch.optim.Optimizer],
+) -> tuple[DistributedModelParallel, CombinedOptimizer, KeyedOptimizerWrapper, str]:
+    """The dense embedding optimizers: DMP with an empty plan (nothing sharded; its DDP
+    wraps the whole task, tables included: DDP's static graph tolerates a table the head
+    does not use, as the user table with use_user_embedding=false), a regular optimizer
+    for the tables and the dense optimizer for the rest."""
+    sparse = task.model.sparse_arch
+    if any(p.is_meta for p in sparse.parameters()):
+        raise ValueError(
+            f"embedding optimizer {opt_name!r} replicates the tables: build them on the "
+            "device, not on the meta device"
+        )
+    table_ids = {id(p) for p in sparse.parameters()}
+    model = DistributedModelParallel(module=task, device=env.device, plan=ShardingPlan(plan={}))
+    named = dict(in_backward_optimizer_filter(model.named_parameters()))
+    tables = {k: p for k, p in named.items() if id(p) in table_ids}
+    if len(tables) != len(table_ids):
+        raise RuntimeError(f"found {len(tables)} of the {len(table_ids)} embedding tables")
+    dense = KeyedOptimizerWrapper(
+        {k: p for k, p in named.items() if id(p) not in table_ids}, dense_optimizer
+    )
+    optimizer_cls = DENSE_EMBEDDING_OPTIMIZERS[opt_name]
+    embeddings = KeyedOptimizerWrapper(
+        tables, lambda params: optimizer_cls(params, lr=embedding_lr)
+    )
+    combined = CombinedOptimizer([embeddings, dense])
     return model, combined, dense, opt_name

@@ -8,7 +8,14 @@ presets and `--config FILE`: pipeline/config.py.
 Reading order: `main` resolves the config; `train` starts the process (`start`), builds the
 run once (`build_run`: data readers, model, sharding, optimizers, schedule, checkpoint
 state), then alternates `train_segment` and `end_segment` (validation, early stopping,
-checkpoint) until done, and `finish` evaluates the test split and writes the result.
+the `on_eval` hook, checkpoint) until done, and `finish` restores the best validation
+step's weights (`--restore-best`), evaluates the test split and writes the result.
+
+The recipe settings (docs/tuning.md): `--embedding-l2` (penalty on the embedding rows a
+batch looks up, computed in models.ctr.CTRTask), `--weight-decay` (decoupled, dense
+weight matrices), model dropout (`--model-arg dropout=...`), `--restore-best` (the test
+metrics are those of the step chosen on validation, whether training ran to the end or
+stopped early), `--embedding-optimizer adam_dense` (Adam on CPU, pipeline/sharding.py).
 
 Training runs in segments of `--eval-every` steps; the sparse pipeline is drained at the end
 of each segment, so evaluation and checkpoints see no batch in flight and the data position
@@ -23,11 +30,12 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,18 +56,32 @@ from pipeline.config import TrainConfig, resolve
 from pipeline.data import PreparedData, ShardReader
 from pipeline.distributed import DistEnv, init_distributed
 from pipeline.metrics import EvalAccumulator, to_jsonable
+from pipeline.planner_inputs import pooling_factors
 from pipeline.progress import Progress
 from pipeline.results import write_result
-from pipeline.sharding import ShardingSettings, shard_model
+from pipeline.sharding import (
+    ShardingSettings,
+    is_dense_embedding_optimizer,
+    resolve_embedding_optimizer,
+    shard_model,
+)
 
 log = logging.getLogger("pipeline.train")
 DEFAULT_DATA = Path("data/default")
 LOG_EVERY = 20  # steps between loss/samples-per-second readings (TensorBoard, progress)
+# on_eval(step, metrics) -> stop: called after every validation with the validation
+# metrics (auc, gauc, logloss, step, epoch, epochs_done); rank 0's answer counts.
+EvalHook = Callable[[int, dict[str, Any]], bool]
 
 
 # ---------------------------------------------------------------------------- the run
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train `config.model` and evaluate it on the test split; returns metrics.json's dict."""
+def train(config: TrainConfig, on_eval: EvalHook | None = None) -> dict[str, Any]:
+    """Train `config.model` and evaluate it on the test split; returns metrics.json's dict.
+
+    on_eval: called on every rank after each validation as on_eval(step, metrics); when
+    rank 0's call returns True, every rank stops training there (as early stopping does;
+    metrics.json records stopped_by "on_eval"). The tuner's pruning runs through it.
+    """
     env = start(config)
     data = PreparedData(config.data or ensure_default_data(env))
     output_dir = Path(config.output_dir)
@@ -71,6 +93,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         return run_popularity(config, data, env, output_dir)
 
     run = build_run(config, env, data, output_dir)
+    run.on_eval = on_eval
     progress = Progress(run.total_steps, run.state.step, enabled=env.is_main)
     while run.state.step < run.total_steps and not run.stopped_early:
         epoch = train_segment(run, progress)
@@ -87,6 +110,8 @@ class TrainState:
     best: float = -math.inf  # best validation AUC so far
     bad_evals: int = 0  # evaluations since the best one
     history: list[dict[str, Any]] = field(default_factory=list)  # validation records
+    best_step: int | None = None  # the step of `best`
+    best_checkpoint: str | None = None  # its weights (restore_best), a folder of best/
 
 
 @dataclass
@@ -99,12 +124,14 @@ class Run:
     output_dir: Path
     model_config: Any
     dmp: DistributedModelParallel
+    task: CTRTask
     optimizer: CombinedOptimizer
     dense_optimizer: KeyedOptimizerWrapper
     embedding_optimizer: str
     scheduler: torch.optim.lr_scheduler.LambdaLR
     pipeline: TrainPipelineSparseDist
     checkpointer: Checkpointer
+    best_checkpointer: Checkpointer | None  # restore_best with validation on, else None
     train_reader: ShardReader
     eval_readers: dict[str, ShardReader]  # one per evaluated split, built once
     total_steps: int
@@ -114,6 +141,17 @@ class Run:
     train_samples: int = 0
     train_time: float = 0.0
     stopped_early: bool = False
+    stopped_by: str | None = None  # "early_stopping" or "on_eval"
+    on_eval: EvalHook | None = None
+    checkpointed_best: str | None = None  # best_checkpoint of the latest regular checkpoint
+
+    @property
+    def lazy_optimizers(self) -> tuple[KeyedOptimizerWrapper, ...]:
+        """The keyed optimizers whose state appears on their first step (Adam: the dense
+        one, and the embedding one with a dense embedding optimizer)."""
+        return tuple(
+            opt for _, opt in self.optimizer.optimizers if isinstance(opt, KeyedOptimizerWrapper)
+        )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -204,8 +242,13 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
     spec = data.feature_spec()
     model_config = make_config(config.model, config.model_args)
     # Tables are allocated on the meta device and materialised shard by shard by DMP, so
-    # no rank ever holds a whole 20M-row table.
-    model = build_model(config.model, spec, model_config, embedding_device=torch.device("meta"))
+    # no rank ever holds a whole 20M-row table; a dense embedding optimizer replicates
+    # them (no sharding), so they are built whole on the device.
+    replicated = is_dense_embedding_optimizer(
+        resolve_embedding_optimizer(config.embedding_optimizer, env.device)
+    )
+    embedding_device = env.device if replicated else torch.device("meta")
+    model = build_model(config.model, spec, model_config, embedding_device=embedding_device)
     checkpointer = Checkpointer(output_dir / "checkpoints")
     resuming = config.resume and checkpointer.latest() is not None
     if config.model == "make" and model_config.pretrain_epochs > 0 and not resuming:
@@ -214,18 +257,25 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
 
         stage1 = pretrain_make(spec, model_config, data, env, batch_size, config.lr, config.seed)
         transfer_pretrained(stage1, model)
-    task = CTRTask(model, autocast=config.amp and env.device.type == "cuda")
+    task = CTRTask(
+        model, autocast=config.amp and env.device.type == "cuda", embedding_l2=config.embedding_l2
+    )
     dmp, optimizer, dense_optimizer, embedding_optimizer = shard_model(
         task,
         env,
         ShardingSettings(config.embedding_optimizer, config.embedding_lr, config.sharding_type),
-        dense_optimizer=lambda params: ClippedAdam(params, config.lr, config.grad_clip),
+        dense_optimizer=lambda params: ClippedAdam(
+            params, config.lr, config.grad_clip, config.weight_decay
+        ),
         dense_lr=config.lr,
         batch_size=batch_size,
+        pooling_factors=pooling_factors(data),  # the offline plan's inputs (pipeline.plan)
     )
     ranks = {"rank": env.rank, "world_size": env.world_size}
     train_reader = data.reader("train", batch_size, shuffle=True, seed=config.seed, **ranks)
-    eval_splits = ["test"] + (["valid"] if config.eval_every and data.has_split("valid") else [])
+    validating = bool(config.eval_every) and data.has_split("valid")
+    # With evaluate_test off no reader of the test split is ever built.
+    eval_splits = (["test"] if config.evaluate_test else []) + (["valid"] if validating else [])
     eval_readers = {split: data.reader(split, eval_batch_size, **ranks) for split in eval_splits}
     total_steps = len(train_reader) * config.epochs
     if config.max_steps is not None:
@@ -241,12 +291,18 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         output_dir=output_dir,
         model_config=model_config,
         dmp=dmp,
+        task=task,
         optimizer=optimizer,
         dense_optimizer=dense_optimizer,
         embedding_optimizer=embedding_optimizer,
         scheduler=scheduler,
         pipeline=TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True),
         checkpointer=checkpointer,
+        best_checkpointer=(
+            Checkpointer(output_dir / "checkpoints" / "best", keep=BEST_KEEP)
+            if config.restore_best and validating
+            else None
+        ),
         train_reader=train_reader,
         eval_readers=eval_readers,
         total_steps=total_steps,
@@ -274,10 +330,24 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
 
 class ClippedAdam(torch.optim.Adam):
     """Adam that clips the gradient norm of its own parameters (the dense ones) first.
-    Under DMP the dense gradients are already all-reduced here, so every rank clips alike."""
+    Under DMP the dense gradients are already all-reduced here, so every rank clips alike.
 
-    def __init__(self, params: Any, lr: float, max_norm: float | None) -> None:
-        super().__init__(params, lr=lr)
+    weight_decay > 0: decoupled weight decay (AdamW) of the weight matrices (parameters of
+    2 or more dimensions); biases, PReLU/LayerNorm parameters and other vectors are not
+    decayed (a second parameter group). 0: plain Adam, one group."""
+
+    def __init__(
+        self, params: Any, lr: float, max_norm: float | None, weight_decay: float = 0.0
+    ) -> None:
+        params = list(params)
+        if weight_decay:
+            groups = [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
+            super().__init__([g for g in groups if g["params"]], lr=lr, decoupled_weight_decay=True)
+        else:
+            super().__init__(params, lr=lr)
         self.max_norm = max_norm
 
     def step(self, closure: Any = None) -> Any:
@@ -310,9 +380,17 @@ def restore(run: Run) -> None:
     if latest is None:
         return
     saved = run.checkpointer.load(
-        latest, run.dmp, run.optimizer, lazy_optimizers=(run.dense_optimizer,)
+        latest, run.dmp, run.optimizer, lazy_optimizers=run.lazy_optimizers
     )
-    run.state = TrainState(saved["step"], saved["best"], saved["bad_evals"], saved["history"])
+    run.state = TrainState(
+        saved["step"],
+        saved["best"],
+        saved["bad_evals"],
+        saved["history"],
+        saved.get("best_step"),  # absent from checkpoints written before restore_best
+        saved.get("best_checkpoint"),
+    )
+    run.checkpointed_best = run.state.best_checkpoint
     run.scheduler.load_state_dict(saved["scheduler"])
     # load_state_dict restores the schedule's position, not the groups' current lr.
     for group, lr in zip(run.dense_optimizer.param_groups, run.scheduler.get_last_lr()):
@@ -327,9 +405,69 @@ def save_checkpoint(run: Run) -> None:
         "best": state.best,
         "bad_evals": state.bad_evals,
         "history": state.history,
+        "best_step": state.best_step,
+        "best_checkpoint": state.best_checkpoint,
         "scheduler": run.scheduler.state_dict(),
     }
     run.checkpointer.save(state.step, run.dmp, run.optimizer, saved)
+    run.checkpointed_best = state.best_checkpoint
+    prune_best(run)
+
+
+# ------------------------------------------------------------ the best validation step
+BEST_KEEP = 1 << 30  # best/ is pruned by `prune_best`, not by the Checkpointer
+
+
+class _NoOptimizer:
+    """Stands in for the optimizer in the best checkpoint, which holds weights only."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def save_best(run: Run) -> None:
+    """Keep the weights of the step that just became the best on validation (DCP, through
+    the Checkpointer, in OUTPUT_DIR/checkpoints/best)."""
+    state = run.state
+    path = run.best_checkpointer.save(
+        state.step, run.dmp, _NoOptimizer(), {"step": state.step, "valid_auc": state.best}
+    )
+    state.best_checkpoint = path.name
+    prune_best(run)
+
+
+def prune_best(run: Run) -> None:
+    """Rank 0 deletes the best checkpoints no longer needed: only the current best and
+    the one the latest regular checkpoint refers to (what a resume from it would restore)
+    are kept, so the best-so-far survives a crash and a resume."""
+    if run.best_checkpointer is None or not run.env.is_main:
+        return
+    keep = {run.state.best_checkpoint, run.checkpointed_best}
+    root = run.best_checkpointer.root
+    for path in root.iterdir() if root.is_dir() else ():
+        if path.is_dir() and path.name not in keep and (path / "progress.json").is_file():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def restore_best_weights(run: Run) -> int:
+    """Load the best validation step's weights before the test evaluation; returns the step
+    the weights are from (the current one when it is the best, or nothing was kept)."""
+    state = run.state
+    if run.best_checkpointer is None or state.best_step is None:
+        return state.step
+    if state.best_step == state.step:
+        return state.step  # the current weights are the best ones
+    if state.best_checkpoint is None:
+        raise RuntimeError(f"best validation step {state.best_step} has no saved weights")
+    path = run.best_checkpointer.root / state.best_checkpoint
+    if not (path / "progress.json").is_file():
+        raise RuntimeError(f"{path}: the best validation step's weights are missing")
+    run.best_checkpointer.load(path, run.dmp, _NoOptimizer())
+    log.info("restored the weights of step %d (best valid AUC %.4f)", state.best_step, state.best)
+    return state.best_step
 
 
 # --------------------------------------------------------------------------- training
@@ -355,6 +493,10 @@ def train_segment(run: Run, progress: Progress) -> int:
             run.writer.add_scalar("train/loss", float(loss), state.step)
             run.writer.add_scalar("train/lr", run.scheduler.get_last_lr()[0], state.step)
             run.writer.add_scalar("train/samples_per_s", rate, state.step)
+            if run.task.last_penalty is not None:
+                run.writer.add_scalar(
+                    "train/embedding_l2", float(run.task.last_penalty), state.step
+                )
         progress.update(1)
     run.train_time += time.perf_counter() - start
     return epoch
@@ -416,13 +558,23 @@ def validate(run: Run, epoch: int) -> None:
         for key in METRIC_KEYS:
             run.writer.add_scalar(f"valid/{key}", metrics[key], state.step)
     if metrics["auc"] > state.best:
-        state.best, state.bad_evals = metrics["auc"], 0
+        state.best, state.bad_evals, state.best_step = metrics["auc"], 0, state.step
+        # The last step's weights are the model's at the end anyway: nothing to keep.
+        if run.best_checkpointer is not None and state.step < run.total_steps:
+            save_best(run)
     else:
         state.bad_evals += 1
         patience = config.early_stopping_patience
         if patience and state.bad_evals >= patience:
-            run.stopped_early = True
+            run.stopped_early, run.stopped_by = True, "early_stopping"
             log.info("early stopping at step %d (best valid AUC %.4f)", state.step, state.best)
+    if run.on_eval is not None:
+        metrics = {**record, "epochs_done": state.step / run.steps_per_epoch}
+        decision = [bool(run.on_eval(state.step, metrics))]
+        dist.broadcast_object_list(decision, src=0)  # every rank stops, or none
+        if decision[0] and not run.stopped_early:
+            run.stopped_early, run.stopped_by = True, "on_eval"
+            log.info("stopped by on_eval at step %d", state.step)
 
 
 # ------------------------------------------------------------------------- evaluation
@@ -483,25 +635,57 @@ def evaluate(
 
 
 def finish(run: Run) -> dict[str, Any]:
-    """Evaluate the test split; write metrics.json (with the full resolved config)."""
-    test = evaluate(run.pipeline, run.dmp, run.eval_readers["test"], run.config, run.env)
-    result = {
-        "model": run.config.model,
-        "test": test,
-        "valid_history": run.state.history,
-        "train_samples_per_s": run.train_samples / max(run.train_time, 1e-9),
-        "eval_samples_per_s": test["samples_per_s"],
-        "steps": run.state.step,
-        "stopped_early": run.stopped_early,
-        "world_size": run.env.world_size,
-        "device": str(run.env.device),
-        "embedding_optimizer": run.embedding_optimizer,
-        "data": {"path": str(run.data.root), "manifest_checksum": run.data.checksum},
-        "config": run.config.to_dict(),
-        "model_config": dataclasses.asdict(run.model_config),
-    }
-    write_result(result, run.output_dir, run.env, run.writer)
+    """Restore the best validation step's weights (restore_best), evaluate the test split
+    with them (unless evaluate_test is off); write metrics.json (with the full resolved
+    config, best_step, and test_step: the step whose weights the test metrics are of)."""
+    state = run.state
+    weights_step = restore_best_weights(run)
+    result: dict[str, Any] = {"model": run.config.model}
+    if "test" in run.eval_readers:
+        test = evaluate(run.pipeline, run.dmp, run.eval_readers["test"], run.config, run.env)
+        result.update(test=test, test_step=weights_step)
+    restored = run.best_checkpointer is not None and state.best_step is not None
+    result.update(
+        {
+            "test_from": "best_valid_step" if restored else "last_step",
+            "best_step": state.best_step,
+            "best_valid_auc": state.best if state.best_step is not None else None,
+            "valid_history": state.history,
+            "train_samples_per_s": run.train_samples / max(run.train_time, 1e-9),
+            "eval_samples_per_s": result["test"]["samples_per_s"] if "test" in result else None,
+            "steps": state.step,
+            "stopped_early": run.stopped_early,
+            "stopped_by": run.stopped_by,
+            "world_size": run.env.world_size,
+            "device": str(run.env.device),
+            "embedding_optimizer": run.embedding_optimizer,
+            "data": {"path": str(run.data.root), "manifest_checksum": run.data.checksum},
+            "config": run.config.to_dict(),
+            "model_config": dataclasses.asdict(run.model_config),
+        }
+    )
+    if "test" in result:
+        write_result(result, run.output_dir, run.env, run.writer)
+    else:
+        write_valid_only_result(result, run)
     return result
+
+
+def write_valid_only_result(result: dict[str, Any], run: Run) -> None:
+    """metrics.json without test figures (evaluate_test off: the tuner's trials)."""
+    if not run.env.is_main:
+        return
+    if run.writer is not None:
+        run.writer.close()
+    (run.output_dir / "metrics.json").write_text(json.dumps(to_jsonable(result), indent=2))
+    best = result["best_valid_auc"]
+    print(
+        f"{result['model']}: best valid AUC {best:.4f} at step {result['best_step']} "
+        f"(test split not evaluated); metrics: {run.output_dir / 'metrics.json'}"
+        if best is not None
+        else f"{result['model']}: no validation ran (test split not evaluated)",
+        flush=True,
+    )
 
 
 # -------------------------------------------------------------------------------- CLI
