@@ -255,6 +255,12 @@ def build_task(
     model_config = make_config(config.model, config.model_args)
     model = build_model(config.model, spec, model_config, embedding_device=torch.device("meta"))
     opt_name = resolve_embedding_optimizer(config.embedding_optimizer, device)
+    if opt_name not in EMBEDDING_OPTIMIZERS:
+        raise ValueError(
+            f"embedding optimizer {opt_name!r} is not fused: the trainer replicates the tables "
+            "unsharded, so there is no sharding plan to make; choose a fused one "
+            f"({sorted(EMBEDDING_OPTIMIZERS)})"
+        )
     apply_optimizer_in_backward(
         EMBEDDING_OPTIMIZERS[opt_name], model.sparse_arch.parameters(), {"lr": 0.01}
     )
@@ -304,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--embedding-optimizer",
         default=None,
-        choices=("auto", *sorted(EMBEDDING_OPTIMIZERS)),
+        choices=("auto", *sorted(EMBEDDING_OPTIMIZERS)),  # fused ones: they are sharded
         help="default: the preset's (auto: adam on cuda, adagrad on cpu)",
     )
     p.add_argument("--sharding-type", choices=SHARDING_TYPES, default="auto")
