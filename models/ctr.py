@@ -154,20 +154,72 @@ class CTRModel(nn.Module):
         return self.over_arch(embeddings, batch.hist_sims)
 
 
+class EmbeddingPenalty(nn.Module):
+    """Mini-batch L2 of the embedding rows in use: the batch mean of each sample's sum of
+    squared norms of the rows it looks up (its user, target and history items, and their
+    categories), so only rows the batch touches are penalised and get its gradient (the
+    way CTR libraries regularise embeddings; a row looked up twice counts twice).
+
+    features: the features whose rows count. A leaf of TrainPipelineSparseDist's fx trace
+    (it holds no sharded module), like OverArch.
+
+    >>> rows = {"item": JaggedTensor(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), lengths=torch.tensor([1, 1])),
+    ...         "hist_item": JaggedTensor(torch.ones(2, 2), lengths=torch.tensor([0, 2]))}
+    >>> EmbeddingPenalty(["item", "hist_item"])(rows, torch.zeros(2))  # (1 + 4 + 2 + 2) / 2
+    tensor(4.5000)
+    """
+
+    def __init__(self, features: list[str]) -> None:
+        super().__init__()
+        self.features = list(features)
+
+    def forward(self, embeddings: dict[str, JaggedTensor], labels: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros((), device=labels.device)
+        for name in self.features:
+            total = total + embeddings[name].values().float().pow(2).sum()
+        return total / max(labels.shape[0], 1)
+
+
+def penalised_features(over_arch: OverArch) -> list[str]:
+    """The features whose embedding rows the model uses (the user's only when the head
+    reads it)."""
+    features = [USER] if over_arch.use_user_embedding else []
+    features += [ITEM, HIST_ITEM]
+    if over_arch.has_categories:
+        features += [CATEGORY, HIST_CATEGORY]
+    return features
+
+
 class CTRTask(nn.Module):
     """Training wrapper: forward(batch) -> (loss, (loss, logits, labels)), detached outputs,
-    the contract of torchrec's TrainPipeline. `autocast` runs the model in bf16 on GPU."""
+    the contract of torchrec's TrainPipeline. `autocast` runs the model in bf16 on GPU.
 
-    def __init__(self, model: CTRModel, autocast: bool = False) -> None:
+    embedding_l2: lambda of the embedding penalty (`EmbeddingPenalty`): the loss is
+    BCE + lambda * penalty; the last batch's lambda * penalty (detached) is kept in
+    `last_penalty` for logging. No parameters of its own: the state dict is the model's.
+    """
+
+    def __init__(self, model: CTRModel, autocast: bool = False, embedding_l2: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.autocast = autocast
         self.loss_fn = nn.BCEWithLogitsLoss()
+        self.embedding_l2 = float(embedding_l2)
+        self.penalty = (
+            EmbeddingPenalty(penalised_features(model.over_arch)) if self.embedding_l2 else None
+        )
+        self.last_penalty: torch.Tensor | None = None
 
     def forward(
         self, batch: Batch
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(batch).float()
+            # CTRModel.forward's two calls, made here so the penalty sees the embeddings.
+            embeddings = self.model.sparse_arch(batch.sparse_features)
+            logits = self.model.over_arch(embeddings, batch.hist_sims).float()
         loss = self.loss_fn(logits, batch.labels)
+        if self.penalty is not None:
+            penalty = self.embedding_l2 * self.penalty(embeddings, batch.labels)
+            loss = loss + penalty
+            self.last_penalty = penalty.detach()
         return loss, (loss.detach(), logits.detach(), batch.labels)

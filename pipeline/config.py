@@ -2,9 +2,13 @@
 
 A run's settings are resolved in layers, each overriding only the keys it names:
 
-    TrainConfig defaults  <  PRESETS[preset]  <  --config FILE  <  flags typed on the command line
+    TrainConfig defaults  <  PRESETS[preset]  <  PRESETS[preset]["models"][model]
+                          <  --config FILE  <  flags typed on the command line
 
-The preset is chosen by `--preset`, else by the file's `preset` key, else "default".
+The preset is chosen by `--preset`, else by the file's `preset` key, else "default". A
+preset may hold per-model entries under its `models` key (settings tuned for one model,
+e.g. by `python -m experiments.tune`); the entry of the run's model (chosen by `--model`,
+else the file's `model`, else the default) applies over the preset's shared settings.
 `model_args` merges key by key across layers (a layer's `hidden_dim` replaces only
 `hidden_dim`); every other setting is replaced whole. A flag the user did not type
 never overrides anything: the parser has no defaults of its own.
@@ -15,7 +19,8 @@ means the same run on 1 or 8 workers.
 
 API (used by `pipeline.train` and by jobs that drive the trainer, such as the study):
 `resolve(argv) -> TrainConfig`, `load_config_file(path) -> dict`, `save_config(config, path)`,
-`TrainConfig.to_dict()` / `TrainConfig.from_dict(d)`.
+`TrainConfig.to_dict()` / `TrainConfig.from_dict(d)`, `preset_layers(preset, model)` (the
+preset's shared settings and its entry for the model, as layers for `merge`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from models.zoo import MODELS
-from pipeline.sharding import EMBEDDING_OPTIMIZERS, SHARDING_TYPES
+from pipeline.sharding import EMBEDDING_OPTIMIZER_NAMES, SHARDING_TYPES
 
 
 class ConfigError(ValueError):
@@ -39,7 +44,9 @@ class ConfigError(ValueError):
 
 
 # Settings bundles. Each names only what it changes from the TrainConfig defaults;
-# model_args entries merge into the default model_args key by key.
+# model_args entries merge into the default model_args key by key. A bundle's optional
+# `models` key holds per-model entries ({model name: settings}), applied over the bundle
+# for that model only (see `preset_layers`); `models` is not a setting itself.
 PRESETS: dict[str, dict[str, Any]] = {
     # The TrainConfig defaults: sized for the embedded synthetic dataset (about two
     # minutes on 2 CPU workers).
@@ -67,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 MODEL_CHOICES = (*sorted(MODELS), "popularity")
-EMBEDDING_OPTIMIZER_CHOICES = ("auto", *sorted(EMBEDDING_OPTIMIZERS))
+EMBEDDING_OPTIMIZER_CHOICES = ("auto", *EMBEDDING_OPTIMIZER_NAMES)
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
@@ -96,7 +103,8 @@ class TrainConfig:
     )
     preset: str = setting(
         "default",
-        help="settings bundle applied over the defaults (see PRESETS in pipeline/config.py)",
+        help="settings bundle applied over the defaults, then its entry for the model if it "
+        "has one (see PRESETS in pipeline/config.py)",
         choices=tuple(PRESETS),
     )
     epochs: int = setting(2, help="passes over the training split")
@@ -117,14 +125,31 @@ class TrainConfig:
     grad_clip: float | None = setting(
         None, help="clip the dense gradient norm to this", metavar="NORM"
     )
+    weight_decay: float = setting(
+        0.0,
+        help="decoupled (AdamW) weight decay of the dense weight matrices (biases, norms and "
+        "embedding tables excluded; embeddings: see embedding_l2)",
+        metavar="WD",
+    )
     embedding_optimizer: str = setting(
         "auto",
-        help="fused TorchRec embedding optimizer; auto = adam on GPU, adagrad on CPU "
-        "(fbgemm's CPU kernels have no fused Adam)",
+        help="embedding optimizer: fused TorchRec (sharded tables) adam (GPU only), adagrad, "
+        "rowwise_adagrad, sgd, or adam_dense (unsharded replicated tables, dense gradients, "
+        "torch Adam: Adam on CPU, where fbgemm has no fused Adam); auto = adam on GPU, "
+        "adagrad on CPU",
         choices=EMBEDDING_OPTIMIZER_CHOICES,
     )
     embedding_lr: float | None = setting(
-        None, help="embedding learning rate (none: lr for adam, 0.05 for the others)", metavar="LR"
+        None,
+        help="embedding learning rate (none: lr for adam and adam_dense, 0.05 for the others)",
+        metavar="LR",
+    )
+    embedding_l2: float = setting(
+        0.0,
+        help="L2 penalty on the embedding rows a batch looks up: this x the batch mean of "
+        "each sample's sum of squared row norms (user row only when the head uses it), "
+        "added to the loss",
+        metavar="LAMBDA",
     )
     sharding_type: str = setting(
         "auto",
@@ -138,6 +163,17 @@ class TrainConfig:
     resume: bool = setting(False, help="continue from OUTPUT_DIR/checkpoints' latest if present")
     early_stopping_patience: int | None = setting(
         None, help="stop after N evaluations without a better validation AUC"
+    )
+    restore_best: bool = setting(
+        True,
+        help="when validation runs (a valid split and eval_every): keep the weights of the "
+        "best validation step (OUTPUT_DIR/checkpoints/best) and evaluate the test split "
+        "with them; metrics.json records best_step",
+    )
+    evaluate_test: bool = setting(
+        True,
+        help="evaluate the test split at the end; off (tuning) the test split is never read "
+        "and metrics.json holds validation figures only",
     )
     amp: bool = setting(False, help="bf16 autocast of the dense part (GPU only)")
     device: str = setting(
@@ -353,11 +389,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def preset_layers(preset: str, model: str) -> list[dict[str, Any]]:
+    """The layers a preset contributes for `model`: its shared settings, then its entry
+    for the model (empty when it has none)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: {preset!r} is not one of {list(PRESETS)}")
+    values = PRESETS[preset]
+    shared = {k: v for k, v in values.items() if k != "models"}
+    return [shared, dict(values.get("models", {}).get(model, {}))]
+
+
+def check_presets() -> None:
+    """Every preset, and every preset entry for a model, is a valid set of settings whose
+    model_args that model accepts (a ConfigError/ValueError naming it otherwise)."""
+    from models.zoo import make_config
+
+    for name, values in PRESETS.items():
+        check_settings({k: v for k, v in values.items() if k != "models"}, f"preset {name}")
+        for model, entry in values.get("models", {}).items():
+            source = f"preset {name}, models.{model}"
+            if model not in MODEL_CHOICES:
+                raise ConfigError(f"{source}: unknown model; choose from {list(MODEL_CHOICES)}")
+            check_settings(entry, source)
+            layers = [TrainConfig().to_dict(), *preset_layers(name, model), {"model": model}]
+            config = TrainConfig.from_dict(merge(*layers), source)
+            if model != "popularity":
+                make_config(model, config.model_args)
+
+
 def merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers override earlier ones key by key; model_args merges by its keys."""
+    """Later layers override earlier ones key by key; model_args merges by its keys. A
+    preset's `models` key (its per-model entries, not a setting) is left out: use
+    `preset_layers` to apply the entry of a model."""
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
+            if key == "models":
+                continue
             if key == "model_args":
                 merged[key] = {**merged.get(key, {}), **value}
             else:
@@ -366,7 +434,8 @@ def merge(*layers: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve(argv: list[str] | None = None) -> TrainConfig:
-    """The TrainConfig a command line describes: defaults < preset < --config FILE < flags.
+    """The TrainConfig a command line describes: defaults < preset < the preset's entry
+    for the model < --config FILE < flags.
 
     Errors (unknown keys, bad values, a batch the world size does not divide when run
     under torchrun) exit with a usage message, like any argparse error.
@@ -380,7 +449,9 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
         flags = check_settings(typed, "command line")
         from_file = load_config_file(path) if path else {}
         preset = flags.get("preset", from_file.get("preset", TrainConfig.preset))
-        layers = [TrainConfig().to_dict(), PRESETS[preset], from_file, flags]
+        shared = preset_layers(preset, "")[0]
+        model = flags.get("model", from_file.get("model", shared.get("model", TrainConfig.model)))
+        layers = [TrainConfig().to_dict(), *preset_layers(preset, model), from_file, flags]
         config = TrainConfig.from_dict({**merge(*layers), "preset": preset}, "merged settings")
         if "WORLD_SIZE" in os.environ:  # under torchrun: fail before any work
             world_size = int(os.environ["WORLD_SIZE"])

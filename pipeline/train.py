@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.train_pipeline import TrainPipelineBase, TrainPipelineSparseDist
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from models.batch import Batch
@@ -129,7 +129,7 @@ class Run:
     dense_optimizer: KeyedOptimizerWrapper
     embedding_optimizer: str
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    pipeline: TrainPipelineSparseDist
+    pipeline: TrainPipelineSparseDist | TrainPipelineBase
     checkpointer: Checkpointer
     best_checkpointer: Checkpointer | None  # restore_best with validation on, else None
     train_reader: ShardReader
@@ -296,7 +296,7 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         dense_optimizer=dense_optimizer,
         embedding_optimizer=embedding_optimizer,
         scheduler=scheduler,
-        pipeline=TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True),
+        pipeline=make_pipeline(dmp, optimizer, env.device, replicated),
         checkpointer=checkpointer,
         best_checkpointer=(
             Checkpointer(output_dir / "checkpoints" / "best", keep=BEST_KEEP)
@@ -326,6 +326,21 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         embedding_optimizer,
     )
     return run
+
+
+def make_pipeline(
+    dmp: DistributedModelParallel,
+    optimizer: CombinedOptimizer,
+    device: torch.device,
+    replicated: bool,
+) -> TrainPipelineSparseDist | TrainPipelineBase:
+    """TrainPipelineSparseDist (input distribution of the sharded tables overlapped with
+    the previous step); with replicated tables (a dense embedding optimizer) nothing is
+    sharded, its fx rewrite finds no sharded module to pipeline (and traces into the
+    OverArch), so TrainPipelineBase runs the same steps."""
+    if replicated:
+        return TrainPipelineBase(dmp, optimizer, device)
+    return TrainPipelineSparseDist(dmp, optimizer, device, execute_all_batches=True)
 
 
 class ClippedAdam(torch.optim.Adam):
