@@ -29,6 +29,7 @@ in Triton's interpreter, which is how its correctness is checked without a GPU.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -44,6 +45,10 @@ except ImportError:  # pragma: no cover - depends on the machine
     tl = None
 
 BACKENDS = ("auto", "triton", "torch")
+# Read when the kernel below is decorated (at import), as Triton itself does.
+INTERPRETED = triton is not None and os.environ.get("TRITON_INTERPRET", "").lower() in (
+    "1", "true", "on"
+)  # fmt: skip
 
 
 def triton_version() -> str | None:
@@ -52,9 +57,7 @@ def triton_version() -> str | None:
 
 def triton_interpreted() -> bool:
     """True when the kernel was decorated under TRITON_INTERPRET=1 (runs on CPU tensors)."""
-    import os
-
-    return triton is not None and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return INTERPRETED
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

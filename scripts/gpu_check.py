@@ -146,11 +146,6 @@ class Budget:
         return max(0.0, self.total - self.elapsed()) * weight / weights_left
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_calls(
     fn: Callable[[], object], device: torch.device, reps: int, limit_s: float, warmup: int = 2
 ) -> dict:
@@ -242,7 +237,7 @@ def kernel_stage(
     device: torch.device, sizes: Sizes, limit_s: float, seed: int, backend: str = "auto"
 ) -> dict:
     fused = load_kernel_module(device) if backend != "torch" else import_kernel_module()
-    backend = fused.resolve_backend(backend, device)
+    requested, backend = backend, fused.resolve_backend(backend, device)
     result: dict[str, Any] = {
         "backend": backend,
         "triton": fused.triton_version(),
@@ -255,7 +250,7 @@ def kernel_stage(
     if backend != "triton":
         why = "triton is not installed" if fused.triton is None else "no CUDA device"
         print(f"kernel: Triton kernel not run ({why}); checking its PyTorch mirror instead")
-        if device.type == "cuda":
+        if device.type == "cuda" and requested == "auto":
             checks.append(check("kernel: Triton kernel runs on the GPU", 0.0, 0.0, ok=False))
     per_call = limit_s / (4 * len(sizes.serving))  # 2 dtypes x 2 timings per size
     for batch, length in sizes.serving:
@@ -552,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     if device.type == "cuda":
+        if device.index is None:  # set_device and the stages want an index: cuda:N
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     sizes = QUICK if args.quick else Sizes()
     threads = args.threads or (1 if args.quick else (os.cpu_count() or 1))
