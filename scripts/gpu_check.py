@@ -194,6 +194,14 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
+def installed(module: str) -> bool:
+    """Whether `module` could be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -205,7 +213,7 @@ def package_version(name: str) -> str | None:
 def load_kernel_module(device: torch.device) -> Any:
     """models.dta_triton, with Triton's interpreter switched on for a CPU run when Triton
     is installed (it must be set before the kernel is decorated, i.e. before import)."""
-    if device.type == "cpu" and importlib.util.find_spec("triton") is not None:
+    if device.type == "cpu" and installed("triton"):
         os.environ.setdefault("TRITON_INTERPRET", "1")
     return import_kernel_module()
 
@@ -570,10 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": [],
         "errors": [],
     }
-    if (
-        importlib.util.find_spec("torchrec") is None
-        or importlib.util.find_spec("fbgemm_gpu") is None
-    ):
+    if not installed("torchrec") or not installed("fbgemm_gpu"):
         why = "torchrec / fbgemm-gpu are not installed here"
     else:
         why = "not part of this check: run `python -m pipeline.train --device cuda` for it"
