@@ -102,8 +102,12 @@ def _records(
         except RecursionError:
             rejects.reject(path.name, number, "too_deep", text)
             continue
-        except (ValueError, SyntaxError, MemoryError, TypeError) as error:
-            message = getattr(error, "msg", None) or type(error).__name__
+        except SyntaxError as error:  # Python literals; the parser's own nesting limit too
+            reason = "too_deep" if "nested" in str(error.msg) else "malformed"
+            rejects.reject(path.name, number, reason, f"{error.msg}: {text}")
+            continue
+        except (ValueError, MemoryError, TypeError) as error:
+            message = getattr(error, "msg", None) or str(error) or type(error).__name__
             rejects.reject(path.name, number, "malformed", f"{message}: {text}")
             continue
         if nesting_exceeds(record, limits.max_depth):

@@ -19,6 +19,7 @@ import numpy as np
 from data_prep.events import Events
 from data_prep.hashing import hash_keys
 from data_prep.history import clicked_windows, sequence_windows
+from data_prep.rejects import InputError
 from data_prep.samples import Samples
 from data_prep.vocab import FIRST_ID
 
@@ -75,8 +76,9 @@ def sample_negatives(
     seen_users, seen_counts = np.unique(seen // num_items, return_counts=True)
     if np.any(seen_counts >= real):
         full = seen_users[seen_counts >= real]
-        raise ValueError(
-            f"cannot sample negatives: user index {full[0]} interacted with every item"
+        raise InputError(
+            f"cannot sample negatives: user index {full[0]} interacted with every item "
+            "(the next-item protocol needs items a user has not seen)"
         )
     out = np.empty(len(user), dtype=np.int64)
     todo = np.arange(len(user))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from data_prep.integrity import IntegrityError, safe_path
+from data_prep.manifest import listed_paths, load_manifest, verify_folder
 from models.batch import Batch
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
 
 SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -35,17 +40,62 @@ class DataError(ValueError):
 
 
 class PreparedData:
-    """A prepared-data folder: its manifest, bucket boundaries and multimodal table."""
+    """A prepared-data folder: its manifest, bucket boundaries and multimodal table.
 
-    def __init__(self, root: str | Path) -> None:
+    Opening it checks the folder against its manifest (docs/reliability.md): the
+    manifest's checksum and the size of every file it lists (`verify="sizes"`, the
+    default, cheap), their sha256 too (`verify="full"`, what `python -m data_prep verify`
+    does), or nothing (`verify="none"`). A half-written, truncated or edited folder is
+    refused with a DataError naming the file. Every path read from the manifest is
+    resolved inside the folder. A manifest without a checksum table (written before
+    checksums were added, or by hand) is read with a logged warning.
+    """
+
+    def __init__(self, root: str | Path, verify: str = "sizes") -> None:
+        if verify not in ("sizes", "full", "none"):
+            raise ValueError(f"verify must be sizes, full or none, not {verify!r}")
         self.root = Path(root)
         path = self.root / "manifest.json"
-        if not path.is_file():
-            raise DataError(f"{path}: no manifest; run `python -m data_prep ...` first")
-        self.manifest: dict = json.loads(path.read_text())
-        version = self.manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise DataError(f"{path}: schema_version {version}, this code reads {SCHEMA_VERSION}")
+        try:
+            self.manifest: dict = load_manifest(self.root)
+            version = self.manifest.get("schema_version")
+            if version != SCHEMA_VERSION:
+                raise DataError(
+                    f"{path}: schema_version {version}, this code reads {SCHEMA_VERSION}"
+                )
+            if verify != "none":
+                if "files" in self.manifest:
+                    verify_folder(self.root, full=verify == "full")
+                else:
+                    log.warning(
+                        "%s lists no file checksums (written before they were added): the "
+                        "files are not verified; run the data-prep job again",
+                        path,
+                    )
+            for name in listed_paths(self.manifest):
+                safe_path(self.root, name, "path in the manifest")
+        except IntegrityError as error:
+            raise DataError(str(error)) from None
+        self._check_tables()
+
+    def _check_tables(self) -> None:
+        """The multimodal table has one row per item index (a cheap header read)."""
+        path = self.path(self.manifest["item_embeddings"]["path"])
+        try:
+            rows = np.load(path, mmap_mode="r").shape[0]
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: not a readable .npy table ({error})") from None
+        if rows != self.vocab_sizes["item"]:
+            raise DataError(
+                f"{path}: {rows} rows, the manifest's item vocabulary has {self.vocab_sizes['item']}"
+            )
+
+    def path(self, name: str) -> Path:
+        """A file named by the manifest, resolved inside the folder (else DataError)."""
+        try:
+            return safe_path(self.root, name, "path in the manifest")
+        except IntegrityError as error:
+            raise DataError(str(error)) from None
 
     @property
     def vocab_sizes(self) -> dict[str, int]:
@@ -78,7 +128,7 @@ class PreparedData:
     @cached_property
     def item_mm(self) -> np.ndarray:
         """(num_items, d_m) frozen L2-normalised multimodal vectors, memory-mapped."""
-        return np.load(self.root / self.manifest["item_embeddings"]["path"], mmap_mode="r")
+        return np.load(self.path(self.manifest["item_embeddings"]["path"]), mmap_mode="r")
 
     def feature_spec(self) -> FeatureSpec:
         """What the model needs of this data: table sizes and bucket boundaries."""
@@ -93,13 +143,16 @@ class PreparedData:
     def split_files(self, split: str) -> list[Path]:
         names = self.manifest.get("splits", {}).get(split)
         if names is None:
-            names = sorted(p.relative_to(self.root) for p in (self.root / split).glob("*.parquet"))
-        return [self.root / name for name in names]
+            names = sorted(
+                p.relative_to(self.root).as_posix() for p in (self.root / split).glob("*.parquet")
+            )
+        return [self.path(name) for name in names]
 
     def has_split(self, split: str) -> bool:
         return self.manifest.get("counts", {}).get(split, 0) > 0
 
     def reader(self, split: str, batch_size: int, **kwargs) -> ShardReader:
+        kwargs.setdefault("vocab_sizes", self.vocab_sizes)
         return ShardReader(
             self.split_files(split), batch_size, has_categories=self.has_categories, **kwargs
         )
@@ -156,6 +209,9 @@ class ShardReader:
         shuffle: shuffle row groups and rows (training); False keeps file order (evaluation).
         seed: with `epoch`, fixes the order: the same (seed, epoch) gives the same batches.
         shuffle_buffer_row_groups: row groups mixed together when shuffling rows.
+        vocab_sizes: table sizes (`PreparedData.vocab_sizes`); when given, every row group
+            read is checked to hold only ids inside the tables (a DataError naming the
+            shard instead of an embedding lookup out of bounds).
     """
 
     def __init__(
@@ -169,19 +225,25 @@ class ShardReader:
         shuffle: bool = False,
         seed: int = 0,
         shuffle_buffer_row_groups: int = 4,
+        vocab_sizes: dict[str, int] | None = None,
     ) -> None:
         if not files:
             raise DataError("no shard files for this split")
+        self.vocab_sizes = vocab_sizes
         self.batch_size = batch_size
         self.has_categories = has_categories
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed = shuffle, seed
         self.buffer_groups = max(1, shuffle_buffer_row_groups)
-        self.row_groups = [
-            _RowGroup(f, i, pq.ParquetFile(f).metadata.row_group(i).num_rows)
-            for f in files
-            for i in range(pq.ParquetFile(f).metadata.num_row_groups)
-        ]
+        self.row_groups = []
+        for f in files:
+            try:
+                meta = pq.ParquetFile(f).metadata
+            except (OSError, pa.ArrowException) as error:
+                raise DataError(f"{f}: not a readable Parquet shard ({error})") from None
+            self.row_groups += [
+                _RowGroup(f, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
+            ]
         self.num_rows = sum(g.rows for g in self.row_groups)
 
     def _rank_range(self) -> tuple[int, int]:
@@ -219,11 +281,44 @@ class ShardReader:
             group = self.row_groups[gi]
             lo, hi = max(start, position), min(stop, position + group.rows)
             if lo < hi:
-                table = pq.ParquetFile(group.file).read_row_group(group.index)
+                table = self._read(group)
                 yield table.slice(lo - position, hi - lo)
             position += group.rows
             if position >= stop:
                 break
+
+    def _read(self, group: _RowGroup) -> pa.Table:
+        """One row group, checked: columns present, histories aligned, ids in the tables."""
+        where = f"{group.file}: row group {group.index}"
+        try:
+            table = pq.ParquetFile(group.file).read_row_group(group.index)
+        except (OSError, pa.ArrowException) as error:
+            raise DataError(f"{where}: cannot be read ({error})") from None
+        need = ["user", "item", "label", "hist_items", "hist_sims"]
+        if self.has_categories:
+            need += ["category", "hist_categories"]
+        missing = [c for c in need if c not in table.column_names]
+        if missing:
+            raise DataError(f"{where}: no column {missing[0]!r}")
+        if table.num_rows and self.vocab_sizes is not None:
+            tables = {"user": "user", "item": "item", "hist_items": "item"}
+            if self.has_categories:
+                tables |= {"category": "category", "hist_categories": "category"}
+            for column, vocab in tables.items():
+                values = table.column(column)
+                if pa.types.is_list(values.type):
+                    values = pc.list_flatten(values)
+                if values.null_count:
+                    raise DataError(f"{where}: null {column}")
+                bounds = pc.min_max(values).as_py()
+                size = self.vocab_sizes.get(vocab, 0)
+                if bounds["min"] is not None and (bounds["min"] < 0 or bounds["max"] >= size):
+                    bad = bounds["max"] if bounds["max"] >= size else bounds["min"]
+                    raise DataError(
+                        f"{where}: {column} id {bad} is outside the {vocab} table [0, {size}): "
+                        "the shard does not belong to this manifest"
+                    )
+        return table
 
     def _shuffled(self, tables: Iterator[pa.Table], epoch: int) -> Iterator[pa.Table]:
         """Shuffle rows within windows of `shuffle_buffer_row_groups` row groups."""

@@ -9,12 +9,17 @@
 The artifact is `torch.jit.script` of models.scorer.CTRScorer: code and every table
 (ID embeddings, multimodal table, bucket boundaries and lookup tables, weights) are in the
 file, so loading it imports neither models/ nor pipeline/. `serving.json` inside the
-archive (`torch.jit.load(path, _extra_files={"serving.json": ""})`) describes it.
+archive (`torch.jit.load(path, _extra_files={"serving.json": ""})`) describes it and
+records the sha256 of every other member of the archive (`payload_sha256`);
+`load_artifact(path)` (what `pipeline.score_requests` uses) checks them before loading and
+refuses a damaged or modified artifact. The artifact is written under a temporary name and
+renamed when complete. A TorchScript archive is code: load artifacts from trusted places.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -24,18 +29,41 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 
+from data_prep.integrity import atomic_file
 from models.ctr import CTRModel, CTRTask
 from models.scorer import CTRScorer, scorer_from_model
 from models.zoo import build_model, make_config
-from pipeline.data import PreparedData
+from pipeline.checkpoint import Checkpointer, CheckpointError
+from pipeline.data import DataError, PreparedData
+from pipeline.score_requests import (
+    METADATA,
+    ArtifactError,
+    load_artifact,
+    payload_checksums,
+    read_metadata,
+    verify_artifact,
+)
 
-METADATA = "serving.json"
+__all__ = [
+    "ArtifactError",
+    "ExportError",
+    "export_model",
+    "export_scorer",
+    "load_artifact",
+    "load_trained_model",
+    "read_metadata",
+    "verify_artifact",
+]
+
+
+class ExportError(ValueError):
+    """A training run that cannot be exported; the message names the file."""
 
 
 def export_scorer(scorer: CTRScorer, path: str | Path, metadata: dict[str, Any]) -> Path:
-    """Script `scorer` and save it with `metadata` as serving.json; returns the path."""
+    """Script `scorer` and save it with `metadata` and its checksums as serving.json;
+    returns the path, once the written file has been verified."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     scripted = torch.jit.script(scorer.eval())
     info = {
         "interface": {
@@ -48,7 +76,19 @@ def export_scorer(scorer: CTRScorer, path: str | Path, metadata: dict[str, Any])
         "num_buckets": int(scorer.bucketizer.boundaries.numel()) + 1,
         **metadata,
     }
-    torch.jit.save(scripted, str(path), _extra_files={METADATA: json.dumps(info, indent=2)})
+    # Members other than serving.json are the same in every save of one module, so their
+    # checksums, taken from a first save, describe the archive saved next.
+    first = io.BytesIO()
+    torch.jit.save(scripted, first, _extra_files={METADATA: "{}"})
+    info["payload_sha256"] = payload_checksums(first.getvalue())
+    archive = io.BytesIO()
+    torch.jit.save(scripted, archive, _extra_files={METADATA: json.dumps(info, indent=2)})
+    try:
+        verify_artifact(path, archive.getvalue())
+    except ArtifactError as error:
+        raise ArtifactError(f"{path}: the export does not verify: {error}") from None
+    with atomic_file(path) as tmp:  # renamed into place when complete
+        tmp.write_bytes(archive.getvalue())
     return path
 
 
@@ -77,15 +117,8 @@ def export_model(
     scorer = scorer_from_model(
         model, data.item_mm, item_categories(data), per_candidate=per_candidate
     )
-    info = {"data_checksum": data.checksum, **(metadata or {})}
+    info = {"data_checksum": data.checksum, "max_history": data.max_history, **(metadata or {})}
     return export_scorer(scorer, path, info)
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """serving.json of an exported artifact."""
-    files = {METADATA: ""}
-    torch.jit.load(str(path), _extra_files=files)
-    return json.loads(files[METADATA])
 
 
 def load_trained_model(
@@ -99,16 +132,32 @@ def load_trained_model(
     """
 
     run_dir = Path(run_dir)
-    result = json.loads((run_dir / "metrics.json").read_text())
-    data = PreparedData(data_dir or result["data"]["path"])
-    name = result["model"]
-    model = build_model(name, data.feature_spec(), make_config(name, result["model_config"]))
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.is_file():
-        raise FileNotFoundError(f"{pointer}: no checkpoint (train with --checkpoint-every N)")
+    metrics_path = run_dir / "metrics.json"
+    try:
+        result = json.loads(metrics_path.read_bytes())
+        name, model_config = result["model"], result["model_config"]
+        data_path = data_dir or result["data"]["path"]
+    except FileNotFoundError:
+        raise ExportError(f"{metrics_path}: missing; is {run_dir} a pipeline.train run?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ExportError(f"{metrics_path}: not a training result ({error!r})") from None
+    data = PreparedData(data_path)
+    recorded = (result.get("data") or {}).get("manifest_checksum")
+    if recorded is not None and recorded != data.checksum:
+        raise ExportError(
+            f"{data.root}: its manifest checksum {data.checksum[:12]} is not the one the run "
+            f"trained on ({str(recorded)[:12]}, {metrics_path}); pass the run's data folder"
+        )
+    model = build_model(name, data.feature_spec(), make_config(name, model_config))
+    checkpoints = Checkpointer(run_dir / "checkpoints")
+    latest = checkpoints.latest()  # verified against its checksums before anything is unpickled
+    if latest is None:
+        raise ExportError(
+            f"{run_dir / 'checkpoints'}: no checkpoint (train with --checkpoint-every N)"
+        )
     task = CTRTask(model)
     state = {"model": task.state_dict()}  # the trainer's layout: {"model": CTRTask state}
-    dcp.load(state, checkpoint_id=str(run_dir / "checkpoints" / pointer.read_text().strip()))
+    dcp.load(state, checkpoint_id=str(latest))
     task.load_state_dict(state["model"])
     return model.eval(), data, result
 
@@ -125,9 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         "per-user cache",
     )
     args = parser.parse_args(argv)
-    model, data, result = load_trained_model(args.run, args.data)
-    meta = {"model": result["model"], "model_config": result["model_config"], "run": str(args.run)}
-    path = export_model(model, data, args.out, per_candidate=args.per_candidate, metadata=meta)
+    try:
+        model, data, result = load_trained_model(args.run, args.data)
+        meta = {
+            "model": result["model"],
+            "model_config": result["model_config"],
+            "run": str(args.run),
+        }
+        path = export_model(model, data, args.out, per_candidate=args.per_candidate, metadata=meta)
+    except (ExportError, ArtifactError, CheckpointError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"exported {result['model']} -> {path}")
     return 0
 

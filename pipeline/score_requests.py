@@ -2,99 +2,382 @@
 
     python -m pipeline.score_requests --artifact scorer.pt --requests R.parquet --out S.parquet
 
-Requests (one row per request): request_id (int64 or string), user (int64), hist_items
-(list<int64>, oldest first), candidates (list<int64>). Output: one row per candidate,
-request_id, candidate (int64), score (float32 CTR), in request and candidate order.
-The user side (`encode_user`) is computed once per request; the candidates are scored
-in the scorer's batches. Needs torch and pyarrow only (no models/ or pipeline/ imports),
-so it runs wherever the artifact is deployed.
+Requests (one row per request): request_id (any type, not null), user (integer),
+hist_items (list<integer>, oldest first), candidates (list<integer>). Output: one row per
+candidate, request_id, candidate (int64), score (float32 CTR), in request and candidate
+order. Every request row is either scored or written to the rejects file (`--rejects`,
+default `S.rejects.jsonl`: row, request_id, reason, detail); types are checked, never
+coerced (a float id is rejected, not truncated). Reasons:
+
+| reason | rule |
+|---|---|
+| `bad_type` | a column of the wrong type (user not an integer, a list column not list<integer>) |
+| `missing_request_id` / `missing_user` / `missing_history` / `missing_candidates` | null |
+| `no_candidates` | an empty candidate list |
+| `null_id` | a null inside hist_items or candidates |
+| `padding_id` | id 0 (padding, never a real id) as user, history item or candidate |
+| `id_out_of_range` | an id outside the artifact's tables (map unknown raw ids to 1, OOV) |
+| `history_too_long` | more history items than the model was trained with (`max_history`) |
+
+The user side (`encode_user`) is computed once per request; the candidates are scored in
+the scorer's batches. The artifact's checksums are verified before it is loaded
+(`load_artifact`). Needs torch, pyarrow and `data_prep.integrity` (standard library) only,
+no models/ code, so it runs wherever the artifact is deployed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
 import sys
 import time
+import zipfile
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from data_prep.integrity import atomic_file
+
 REQUEST_COLUMNS = ("request_id", "user", "hist_items", "candidates")
+METADATA = "serving.json"
+# Members of a TorchScript archive that differ between two saves of the same module.
+UNHASHED = ("extra/serving.json", ".data/serialization_id")
+PAD = 0
 
 
-def _lists(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """list<int64> column -> (flat values, offsets (N+1,))."""
-    array = column.combine_chunks()
-    offsets = array.offsets.to_numpy()
-    values = array.values.to_numpy(zero_copy_only=False).astype(np.int64)
-    return values[offsets[0] : offsets[-1]], offsets - offsets[0]
+class ArtifactError(ValueError):
+    """An artifact that is not intact: damaged, truncated, modified or without checksums."""
 
 
-def _check_ids(name: str, ids: np.ndarray, offsets: np.ndarray, size: int, requests: pa.Table):
-    """Ids are dense indices (docs/data-format.md): map unknown raw ids to 1 (OOV) first."""
-    bad = np.flatnonzero((ids < 0) | (ids >= size))
-    if bad.size:
-        row = int(np.searchsorted(offsets, bad[0], side="right") - 1)
-        request_id = requests.column("request_id")[row].as_py()
-        raise ValueError(
-            f"request row {row} (request_id {request_id!r}): {name} id {int(ids[bad[0]])} is "
-            f"outside the table [0, {size}); {bad.size} such ids in all. Map unknown raw ids "
-            f"to 1 (out of vocabulary) with the prepared data's vocab."
+class RequestError(ValueError):
+    """A request that cannot be scored (strict mode), or a requests file that cannot be read."""
+
+
+# ------------------------------------------------------------------------- artifacts
+def _members(archive: zipfile.ZipFile) -> dict[str, str]:
+    """sha256 of every member of a TorchScript archive, keyed without its top folder."""
+    out = {}
+    for info in archive.infolist():
+        _, _, name = info.filename.partition("/")
+        if name and not info.is_dir() and name not in UNHASHED:
+            out[name] = hashlib.sha256(archive.read(info)).hexdigest()
+    return out
+
+
+def payload_checksums(data: bytes) -> dict[str, str]:
+    """The checksums `serving.json` records: sha256 of each archive member (code, weights,
+    tables), the members that change between identical saves excepted."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return _members(archive)
+
+
+def verify_artifact(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
+    """serving.json of an artifact whose members all match the checksums it records;
+    ArtifactError naming the artifact and the first member that does not."""
+    path = Path(path)
+    try:
+        data = path.read_bytes() if data is None else data
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot be read ({error})") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = [i.filename for i in archive.infolist()]
+            serving = [n for n in names if n.partition("/")[2] == f"extra/{METADATA}"]
+            if len(serving) != 1 or len({n.partition("/")[0] for n in names}) != 1:
+                raise ArtifactError(f"{path}: not an artifact of pipeline.export (no {METADATA})")
+            metadata = json.loads(archive.read(serving[0]))
+            actual = _members(archive)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
+        raise ArtifactError(f"{path}: damaged or truncated archive ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{path}: {METADATA} is not JSON ({error})") from None
+    expected = metadata.get("payload_sha256") if isinstance(metadata, dict) else None
+    if not isinstance(expected, dict) or not expected:
+        raise ArtifactError(
+            f"{path}: {METADATA} records no checksums (exported before they were added); "
+            "export it again"
         )
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            raise ArtifactError(f"{path}: member {name} is missing")
+        if name not in expected:
+            raise ArtifactError(f"{path}: member {name} is not in the checksums")
+        if actual[name] != expected[name]:
+            raise ArtifactError(f"{path}: member {name} differs from its checksum (damaged)")
+    return metadata
 
 
-def score_table(scorer: torch.jit.ScriptModule, requests: pa.Table) -> pa.Table:
-    """Score every request of `requests`; returns (request_id, candidate, score)."""
+def load_artifact(
+    path: str | Path, map_location: str | torch.device | None = None
+) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """(scorer, serving.json) of an exported artifact, verified first.
+
+    The bytes are read once, checked against the checksums in serving.json and loaded
+    from memory, so what is loaded is what was checked. TorchScript archives are code:
+    load artifacts from trusted places (docs/reliability.md)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ArtifactError(f"{path}: cannot be read ({error})") from None
+    metadata = verify_artifact(path, data)
+    try:
+        scorer = torch.jit.load(io.BytesIO(data), map_location=map_location)
+    except RuntimeError as error:
+        raise ArtifactError(f"{path}: verified but not loadable by torch.jit ({error})") from None
+    return scorer, metadata
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """serving.json of an exported artifact (verified)."""
+    return verify_artifact(path)
+
+
+# --------------------------------------------------------------------- requests
+def _integer_list(kind: pa.DataType) -> bool:
+    return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_integer(
+        kind.value_type
+    )
+
+
+def _flat(column: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """list column (N,) -> (flat values int64 (V,), parent row (V,), value null (V,), row
+    lengths (N,)); null lists have length 0 here (they are rejected apart)."""
+    values = pc.list_flatten(column)
+    parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    nulls = values.is_null().to_numpy(zero_copy_only=False)
+    flat = values.fill_null(0).to_numpy(zero_copy_only=False)
+    if flat.dtype == np.uint64:  # ids above int64 are out of range anyway
+        flat = np.where(flat > np.iinfo(np.int64).max, -1, flat)
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    return flat.astype(np.int64), parents, nulls, lengths.astype(np.int64)
+
+
+class _Rejects:
+    """First reason per row wins (checks run in the order of the docstring's table)."""
+
+    def __init__(self, n: int) -> None:
+        self.reason = np.full(n, "", dtype=object)
+        self.detail = np.full(n, "", dtype=object)
+
+    def add(self, rows: np.ndarray, reason: str, detail) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        for row in np.unique(rows):
+            if not self.reason[row]:
+                self.reason[row] = reason
+                self.detail[row] = detail(int(row)) if callable(detail) else detail
+
+    @property
+    def bad(self) -> np.ndarray:
+        return self.reason != ""
+
+
+def _check_ids(
+    rejects: _Rejects, name: str, flat, parents, nulls, size: int, lengths=None, rows=None
+) -> None:
+    rejects.add(parents[nulls], "null_id", f"a null {name}")
+    ok = ~nulls
+    pad = ok & (flat == PAD)
+    rejects.add(parents[pad], "padding_id", f"{name} 0 is the padding id, never a real one")
+    out = ok & ((flat < 0) | (flat >= size))
+    first_bad = {}
+    for i in np.flatnonzero(out)[::-1]:
+        first_bad[int(parents[i])] = int(flat[i])
+    rejects.add(
+        parents[out],
+        "id_out_of_range",
+        lambda row: (
+            f"{name} id {first_bad[row]} is outside the table [0, {size}); map unknown raw ids "
+            "to 1 (out of vocabulary) with the prepared data's vocab"
+        ),
+    )
+
+
+def validate(
+    requests: pa.Table, num_users: int, num_items: int, max_history: int | None = None
+) -> tuple[_Rejects, dict[str, Any]]:
+    """Check every request row; returns the rejects and the parsed columns."""
     missing = set(REQUEST_COLUMNS) - set(requests.column_names)
     if missing:
-        raise ValueError(f"requests lack columns {sorted(missing)}")
-    users = requests.column("user").to_numpy().astype(np.int64)
-    hist, hist_off = _lists(requests.column("hist_items"))
-    cands, cand_off = _lists(requests.column("candidates"))
+        raise RequestError(f"requests lack columns {sorted(missing)}")
+    n = requests.num_rows
+    rejects = _Rejects(n)
+    everyone = np.arange(n)
+    columns = {name: requests.column(name).combine_chunks() for name in REQUEST_COLUMNS}
+    user_type = columns["user"].type
+    for name, ok in (
+        ("user", pa.types.is_integer(user_type)),
+        ("hist_items", _integer_list(columns["hist_items"].type)),
+        ("candidates", _integer_list(columns["candidates"].type)),
+    ):
+        if not ok:
+            kind = columns[name].type
+            want = "an integer" if name == "user" else "list<integer>"
+            rejects.add(everyone, "bad_type", f"{name} is {kind}, {want} expected (not coerced)")
+    if rejects.bad.any():  # a column of the wrong type: every row is rejected
+        return rejects, {}
+    rejects.add(np.flatnonzero(_null(columns["request_id"])), "missing_request_id", "null")
+    user_null = _null(columns["user"])
+    rejects.add(np.flatnonzero(user_null), "missing_user", "null user")
+    rejects.add(np.flatnonzero(_null(columns["hist_items"])), "missing_history", "null hist_items")
+    cand_null = _null(columns["candidates"])
+    rejects.add(np.flatnonzero(cand_null), "missing_candidates", "null candidates")
+    cands, cand_rows, cand_nulls, cand_lengths = _flat(columns["candidates"])
+    rejects.add(np.flatnonzero(~cand_null & (cand_lengths == 0)), "no_candidates", "empty list")
+    users = columns["user"].fill_null(0).to_numpy(zero_copy_only=False)
+    if users.dtype == np.uint64:
+        users = np.where(users > np.iinfo(np.int64).max, -1, users)
+    users = users.astype(np.int64)
+    _check_ids(rejects, "user", users, everyone, user_null, num_users)
+    hist, hist_rows, hist_nulls, hist_lengths = _flat(columns["hist_items"])
+    _check_ids(rejects, "history item", hist, hist_rows, hist_nulls, num_items)
+    _check_ids(rejects, "candidate", cands, cand_rows, cand_nulls, num_items)
+    if max_history is not None:
+        long = np.flatnonzero(hist_lengths > max_history)
+        rejects.add(
+            long,
+            "history_too_long",
+            lambda row: f"{hist_lengths[row]} history items, the model takes at most {max_history}",
+        )
+    parsed = {
+        "users": users,
+        "hist": hist,
+        "hist_off": np.r_[0, np.cumsum(hist_lengths)],
+        "cands": cands,
+        "cand_off": np.r_[0, np.cumsum(cand_lengths)],
+    }
+    return rejects, parsed
+
+
+def _null(column: pa.Array) -> np.ndarray:
+    return column.is_null().to_numpy(zero_copy_only=False)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def score_table(
+    scorer: torch.jit.ScriptModule,
+    requests: pa.Table,
+    rejects: list[dict[str, Any]] | None = None,
+    max_history: int | None = None,
+) -> pa.Table:
+    """Score every valid request of `requests`; returns (request_id, candidate, score).
+
+    A request that cannot be scored is appended to `rejects` (row, request_id, reason,
+    detail); without a `rejects` list the first one raises RequestError naming it.
+    """
     num_items = int(scorer.item_table.shape[0])
-    _check_ids("user", users, np.arange(len(users) + 1), int(scorer.user_table.shape[0]), requests)
-    _check_ids("history item", hist, hist_off, num_items, requests)
-    _check_ids("candidate", cands, cand_off, num_items, requests)
-    scores = np.empty(cands.shape[0], np.float32)
+    num_users = int(scorer.user_table.shape[0])
+    found, parsed = validate(requests, num_users, num_items, max_history)
+    for row in np.flatnonzero(found.bad):
+        request_id = requests.column("request_id")[int(row)].as_py()
+        entry = {
+            "row": int(row),
+            "request_id": _jsonable(request_id),
+            "reason": found.reason[row],
+            "detail": found.detail[row],
+        }
+        if rejects is None:
+            raise RequestError(
+                f"request row {row} (request_id {request_id!r}): {entry['detail']} "
+                f"[{entry['reason']}]"
+            )
+        rejects.append(entry)
+    good = np.flatnonzero(~found.bad)
+    ids = requests.column("request_id").combine_chunks()
+    if not len(good):
+        return pa.table(
+            {
+                "request_id": pa.array([], ids.type),
+                "candidate": pa.array([], pa.int64()),
+                "score": pa.array([], pa.float32()),
+            }
+        )
+    users, hist, hist_off = parsed["users"], parsed["hist"], parsed["hist_off"]
+    cands, cand_off = parsed["cands"], parsed["cand_off"]
     hist_t, cands_t = torch.from_numpy(hist), torch.from_numpy(cands)
+    out_cands, out_scores, out_rows = [], [], []
     with torch.inference_mode():
-        for i, user in enumerate(users):
+        for i in good:
             lo, hi = cand_off[i], cand_off[i + 1]
-            if lo == hi:
-                continue
-            state = scorer.encode_user(hist_t[hist_off[i] : hist_off[i + 1]], torch.tensor(user))
-            scores[lo:hi] = scorer.score(state, cands_t[lo:hi]).numpy()
-    repeats = np.diff(cand_off)
-    request_ids = (
-        requests.column("request_id")
-        .combine_chunks()
-        .take(pa.array(np.repeat(np.arange(requests.num_rows), repeats)))
-    )
+            state = scorer.encode_user(
+                hist_t[hist_off[i] : hist_off[i + 1]], torch.tensor(users[i])
+            )
+            out_scores.append(scorer.score(state, cands_t[lo:hi]).numpy().astype(np.float32))
+            out_cands.append(cands[lo:hi])
+            out_rows.append(np.full(hi - lo, i, dtype=np.int64))
     return pa.table(
-        {"request_id": request_ids, "candidate": pa.array(cands), "score": pa.array(scores)}
+        {
+            "request_id": ids.take(pa.array(np.concatenate(out_rows))),
+            "candidate": pa.array(np.concatenate(out_cands)),
+            "score": pa.array(np.concatenate(out_scores)),
+        }
     )
 
 
-def run(artifact: Path, requests: Path, out: Path, threads: int | None = None) -> dict:
-    """Score a requests file into `out`; returns counts and throughput."""
+def run(
+    artifact: Path,
+    requests: Path,
+    out: Path,
+    threads: int | None = None,
+    rejects_path: Path | None = None,
+    strict: bool = False,
+) -> dict:
+    """Score a requests file into `out` (and its rejects into `rejects_path`, by default
+    OUT.rejects.jsonl); returns counts and throughput. Outputs are written atomically."""
     if threads:
         torch.set_num_threads(threads)
-    scorer = torch.jit.load(str(artifact))
-    table = pq.read_table(requests)
+    scorer, metadata = load_artifact(artifact)
+    try:
+        table = pq.read_table(requests)
+    except (OSError, pa.ArrowException) as error:
+        raise RequestError(f"{requests}: not a readable Parquet file ({error})") from None
+    rejected: list[dict[str, Any]] | None = None if strict else []
     start = time.perf_counter()
-    result = score_table(scorer, table)
+    result = score_table(scorer, table, rejected, metadata.get("max_history"))
     elapsed = time.perf_counter() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(result, out)
+    rejected = rejected or []
+    rejects_path = rejects_path or out.with_name(out.stem + ".rejects.jsonl")
+    with atomic_file(out) as tmp:
+        pq.write_table(result, tmp)
+    with atomic_file(rejects_path) as tmp:
+        with tmp.open("w", encoding="utf-8") as f:
+            for entry in rejected:
+                f.write(json.dumps({"file": requests.name, **entry}, ensure_ascii=False) + "\n")
+    scored = table.num_rows - len(rejected)
     return {
         "requests": table.num_rows,
+        "scored": scored,
+        "rejected": dict(sorted(Counter(e["reason"] for e in rejected).items())),
         "candidates": result.num_rows,
         "seconds": elapsed,
-        "requests_per_s": table.num_rows / max(elapsed, 1e-9),
+        "requests_per_s": scored / max(elapsed, 1e-9),
+        "rejects_path": str(rejects_path),
     }
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,12 +385,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifact", type=Path, required=True, help="pipeline.export output")
     parser.add_argument("--requests", type=Path, required=True, help="requests Parquet file")
     parser.add_argument("--out", type=Path, required=True, help="scores Parquet file")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--rejects", type=Path, default=None, help="(OUT.rejects.jsonl)")
+    parser.add_argument("--threads", type=_positive, default=None, help="torch threads")
+    parser.add_argument("--strict", action="store_true", help="fail at the first bad request")
     args = parser.parse_args(argv)
-    stats = run(args.artifact, args.requests, args.out, args.threads)
+    try:
+        stats = run(args.artifact, args.requests, args.out, args.threads, args.rejects, args.strict)
+    except (ArtifactError, RequestError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    rejected = sum(stats["rejected"].values())
     print(
-        f"scored {stats['candidates']} candidates of {stats['requests']} requests in "
-        f"{stats['seconds']:.2f}s ({stats['requests_per_s']:.1f} requests/s) -> {args.out}"
+        f"read {stats['requests']} requests: scored {stats['scored']} ({stats['candidates']} "
+        f"candidates) in {stats['seconds']:.2f}s ({stats['requests_per_s']:.1f} requests/s) -> "
+        f"{args.out}; rejected {rejected} {stats['rejected'] or ''} -> {stats['rejects_path']}"
     )
     return 0
 

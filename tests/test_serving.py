@@ -22,6 +22,7 @@ from models.features import FeatureSpec
 from models.scorer import CTRScorer, scorer_from_model
 from models.zoo import MODELS, build_model, make_config
 from pipeline import bench_serving, export, score_requests
+from pipeline.checkpoint import write_checksums
 from pipeline.data import PreparedData, table_to_batch
 from pipeline.export import export_model, read_metadata
 from tests.fixtures import write_prepared
@@ -223,6 +224,8 @@ def test_score_requests_job(data: PreparedData, tmp_path: Path) -> None:
         == 0
     )
     scores = pq.read_table(out).to_pylist()
+    rejected = [json.loads(line) for line in (tmp_path / "scores.rejects.jsonl").open()]
+    assert [(r["request_id"], r["reason"]) for r in rejected] == [("c", "no_candidates")]
     scorer = scorer_from_model(model, data.item_mm)
     expected = []
     for row in requests.to_pylist():
@@ -278,12 +281,19 @@ def test_export_cli_from_a_training_run_checkpoint(data: PreparedData, tmp_path:
     CTRTask state under "model") -> `python -m pipeline.export` -> same CTRs."""
     model = random_model("dta_non_invasive", spec_of(data, True), seed=5)
     run = tmp_path / "run"
-    dcp.save({"model": CTRTask(model).state_dict()}, checkpoint_id=str(run / "checkpoints/step-1"))
-    (run / "checkpoints/latest").write_text("step-1")
-    metrics = {"model": "dta_non_invasive", "model_config": SMALL, "data": {"path": str(data.root)}}
+    step = run / "checkpoints/step-00000001"
+    dcp.save({"model": CTRTask(model).state_dict()}, checkpoint_id=str(step))
+    write_checksums(step)  # what the trainer writes beside every checkpoint
+    (run / "checkpoints/latest").write_text(step.name)
+    metrics = {
+        "model": "dta_non_invasive",
+        "model_config": SMALL,
+        "data": {"path": str(data.root), "manifest_checksum": data.checksum},
+    }
     (run / "metrics.json").write_text(json.dumps(metrics))
     assert export.main(["--run", str(run), "--out", str(tmp_path / "scorer.pt")]) == 0
-    scorer = torch.jit.load(str(tmp_path / "scorer.pt"))
+    scorer, info = export.load_artifact(tmp_path / "scorer.pt")
+    assert info["model"] == "dta_non_invasive" and info["max_history"] == data.max_history
     cats = np.load(data.root / "item_category.npy")
     hist, cands = np.array([4, 8, 15, 16, 23]), np.array([2, 3, 39, 17])
     state = scorer.encode_user(torch.tensor(hist), torch.tensor(6))
