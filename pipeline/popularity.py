@@ -44,10 +44,9 @@ def run_popularity(config: Any, data: PreparedData, env: DistEnv, output_dir: Pa
         accumulator.update(scores[items], batch.labels, batch.users(), batch.history_lengths())
         samples += batch.batch_size
     test = accumulator.compute()
-    # Scores are not probabilities: log loss of a popularity ranking is not meaningful.
-    test["logloss"] = float("nan")
-    for group in test["by_activity"].values():
-        group["logloss"] = float("nan")
+    # Scores are not probabilities: log loss (and NE) of a popularity ranking is not meaningful.
+    for group in (test, *test["by_activity"].values()):
+        group["logloss"] = group["ne"] = float("nan")
     test["samples_per_s"] = samples * env.world_size / max(time.perf_counter() - start, 1e-9)
     train_rows = data.manifest["counts"]["train"]
     result = {

@@ -23,6 +23,7 @@ from pipeline.metrics import (
     format_table,
     gauc,
     logloss,
+    ne,
     to_jsonable,
 )
 
@@ -79,6 +80,7 @@ def reference_metrics(rows: dict[str, np.ndarray], short_max: int = 10) -> dict[
             "gauc": value,
             "gauc_users": users,
             "logloss": logloss(probs, y),
+            "ne": ne(probs, y),
             "samples": int(mask.sum()),
             "positives": int(y.sum()),
         }
