@@ -50,6 +50,8 @@ def as_ids(column: pa.ChunkedArray | pa.Array, max_length: int = DEFAULT_MAX_ID_
     """String, binary or integer column -> Ids; values longer than `max_length`
     characters are flagged `too_long` and blanked before the numpy conversion."""
     column = _combined(column)
+    if pa.types.is_null(column.type):  # every value null
+        column = pa.nulls(len(column), pa.string())
     if pa.types.is_nested(column.type):
         raise ColumnTypeError(f"a {column.type} column cannot hold ids")
     if not _is_text(column.type):
@@ -74,6 +76,8 @@ def as_strings(
     titles: `dtype=object` (the default) keeps memory proportional to the text, whatever
     the longest value. Missing = null or blank; non-UTF-8 values are flagged and blanked."""
     column = _combined(column)
+    if pa.types.is_null(column.type):  # every value null
+        column = pa.nulls(len(column), pa.string())
     if pa.types.is_nested(column.type):
         raise ColumnTypeError(f"a {column.type} column cannot hold text")
     if not _is_text(column.type):
@@ -130,6 +134,8 @@ def as_int64(column: pa.ChunkedArray | pa.Array) -> Ints:
     values that do not fit in int64 are flagged `overflow`, never wrapped.
     """
     column = _combined(column)
+    if pa.types.is_null(column.type):  # every value null
+        column = pa.nulls(len(column), pa.int64())
     n = len(column)
     missing = column.is_null().to_numpy(zero_copy_only=False)
     none = np.zeros(n, dtype=bool)

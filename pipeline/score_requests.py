@@ -213,6 +213,7 @@ def validate(
     everyone = np.arange(n)
     columns = {name: requests.column(name).combine_chunks() for name in REQUEST_COLUMNS}
     user_type = columns["user"].type
+    types_ok = True
     for name, ok in (
         ("user", pa.types.is_integer(user_type)),
         ("hist_items", _integer_list(columns["hist_items"].type)),
@@ -222,7 +223,8 @@ def validate(
             kind = columns[name].type
             want = "an integer" if name == "user" else "list<integer>"
             rejects.add(everyone, "bad_type", f"{name} is {kind}, {want} expected (not coerced)")
-    if rejects.bad.any():  # a column of the wrong type: every row is rejected
+            types_ok = False
+    if not types_ok:  # a column of the wrong type: every row is rejected
         return rejects, {}
     rejects.add(np.flatnonzero(_null(columns["request_id"])), "missing_request_id", "null")
     user_null = _null(columns["user"])

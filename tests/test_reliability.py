@@ -630,3 +630,23 @@ def test_every_error_of_the_prep_cli_names_its_input(tmp_path):
 def test_integrity_error_names_the_file(tmp_path):
     with pytest.raises(IntegrityError, match="manifest.json: no manifest"):
         verify_folder(tmp_path)
+
+
+@pytest.mark.slow
+def test_case7_the_trainer_resumes_from_the_previous_good_checkpoint(tmp_path):
+    from tests.test_train import _train
+
+    data = write_prepared(tmp_path / "data", samples_per_split={"train": 320, "test": 64})
+    args = ["--model", "ta", "--checkpoint-every", "5", "--epochs", "1"]  # 10 steps
+    _train(data, tmp_path / "run", *args, "--max-steps", "10")
+    root = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000005", "step-00000010"]
+    _flip(_distcp(root / "step-00000010"))
+    resumed = _train(data, tmp_path / "run", *args, "--epochs", "2", "--resume")
+    log = resumed.stdout + resumed.stderr
+    assert "step-00000010 is unusable" in log and "resumed from" in log and "at step 5" in log
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 20
+    for path in root.glob("step-*"):
+        _flip(_distcp(path))
+    failed = _train(data, tmp_path / "run", *args, "--resume", check=False)
+    assert failed.returncode != 0 and "no usable checkpoint" in failed.stderr
