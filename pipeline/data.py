@@ -27,6 +27,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from data_prep.integrity import IntegrityError, safe_path
+from data_prep.manifest import checksum as manifest_checksum
 from data_prep.manifest import listed_paths, load_manifest, verify_folder
 from models.batch import Batch
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
@@ -63,20 +64,30 @@ class PreparedData:
                 raise DataError(
                     f"{path}: schema_version {version}, this code reads {SCHEMA_VERSION}"
                 )
+            for name in listed_paths(self.manifest):
+                safe_path(self.root, name, "path in the manifest")
             if verify != "none":
                 if "files" in self.manifest:
                     verify_folder(self.root, full=verify == "full")
                 else:
-                    log.warning(
-                        "%s lists no file checksums (written before they were added): the "
-                        "files are not verified; run the data-prep job again",
-                        path,
-                    )
-            for name in listed_paths(self.manifest):
-                safe_path(self.root, name, "path in the manifest")
+                    self._check_legacy(path)
         except IntegrityError as error:
             raise DataError(str(error)) from None
         self._check_tables()
+
+    def _check_legacy(self, path: Path) -> None:
+        """A manifest without a checksum table: its own checksum still has to match (the
+        data_prep form, or the plain `json.dumps(sort_keys=True)` form of hand-written ones)."""
+        recorded = self.manifest.get("checksum")
+        body = {k: v for k, v in self.manifest.items() if k != "checksum"}
+        plain = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        if recorded is not None and recorded not in (manifest_checksum(self.manifest), plain):
+            raise DataError(f"{path}: checksum mismatch: the manifest was edited or damaged")
+        log.warning(
+            "%s lists no file checksums (written before they were added): the files are not "
+            "verified; run the data-prep job again",
+            path,
+        )
 
     def _check_tables(self) -> None:
         """The multimodal table has one row per item index (a cheap header read)."""

@@ -164,6 +164,16 @@ def test_case1_rerun_drops_outputs_it_no_longer_produces(csv_inputs, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
 
 
+def test_case1_an_edited_manifest_is_refused_even_without_a_checksum_table(tmp_path):
+    root = write_prepared(tmp_path)  # hand-written: no checksum table, a plain checksum
+    PreparedData(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["counts"]["train"] += 1
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match="manifest.json: checksum mismatch"):
+        PreparedData(root)
+
+
 def test_case1_reader_refuses_a_shard_with_ids_outside_the_tables(tmp_path):
     data = PreparedData(write_prepared(tmp_path, num_items=30))
     path = data.split_files("train")[0]
