@@ -26,13 +26,8 @@ JOBS = {
     "verify": (verify, "check a prepared folder against its manifest (sizes and sha256)"),
 }
 # What an unusable input or output raises: reported in one line, without a traceback.
-USER_ERRORS = (
-    DataPrepError,
-    IntegrityError,
-    FileNotFoundError,
-    NotADirectoryError,
-    PermissionError,
-)
+# (OSError: a path that is missing, not a folder, not writable..., named by its message.)
+USER_ERRORS = (DataPrepError, IntegrityError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
