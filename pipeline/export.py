@@ -2,7 +2,7 @@
 
     python -m pipeline.export --run RUN_DIR --out scorer.pt    # a pipeline.train run
     export_model(model, PreparedData(DIR), "scorer.pt")       # from a trained CTRModel
-    scorer = torch.jit.load("scorer.pt")                       # anywhere: torch only
+    scorer, info = load_artifact("scorer.pt")                 # verified; torch only
     state = scorer.encode_user(hist_items, user)               # (L,) long, () long
     ctr = scorer.score(state, candidates)                      # (B,) long -> (B,) float
 
