@@ -144,7 +144,7 @@ def staging_folder(target: Path) -> Path:
     """The temporary folder a job builds `target` in: `.NAME.partial` beside it. The name is
     fixed so every rank of a distributed job finds it; a leftover one (a killed run) is
     emptied by the next run. Readers never look at it."""
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # `.` has no name; its parent does
     return target.parent / f".{target.name}.partial"
 
 
@@ -158,16 +158,15 @@ def fresh_staging_folder(target: Path) -> Path:
 def commit_folder(stage: Path, target: Path, outputs: Iterable[str], marker: str) -> None:
     """Move a complete `stage` folder into `target`, `marker` (the manifest) last.
 
-    `target` absent or empty: one rename. Otherwise `target` may hold other things (raw
+    `target` absent: one rename. Otherwise (an existing folder is kept, so a shell whose
+    current folder it is keeps working) `target` may hold other things (raw
     inputs, a cache) that must survive: the old `marker` is removed first, so from then on
     the folder is refused by every reader until the new `marker` lands; each entry of the
     stage replaces its namesake; the `outputs` names the stage did not produce this time
     (a split that no longer exists) are removed; the new `marker` is renamed in last.
     """
-    stage, target = Path(stage), Path(target)
-    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
-        if target.exists():
-            target.rmdir()
+    stage, target = Path(stage), Path(os.path.abspath(target))
+    if not target.exists() and not target.is_symlink():
         os.replace(stage, target)
         return
     if not target.is_dir():

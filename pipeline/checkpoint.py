@@ -137,7 +137,11 @@ class Checkpointer:
         """Complete-looking checkpoint folders, newest first (temporary ones excluded)."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if STEP_NAME.fullmatch(p.name) and p.is_dir()]
+        found = [
+            p
+            for p in self.root.iterdir()
+            if STEP_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()
+        ]  # a link could lead anywhere: not a checkpoint of this folder
         return sorted(found, key=lambda p: p.name, reverse=True)
 
     def _pointer(self) -> str | None:

@@ -139,7 +139,7 @@ def load_trained_model(
         data_path = data_dir or result["data"]["path"]
     except FileNotFoundError:
         raise ExportError(f"{metrics_path}: missing; is {run_dir} a pipeline.train run?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as error:
         raise ExportError(f"{metrics_path}: not a training result ({error!r})") from None
     data = PreparedData(data_path)
     recorded = (result.get("data") or {}).get("manifest_checksum")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "run": str(args.run),
         }
         path = export_model(model, data, args.out, per_candidate=args.per_candidate, metadata=meta)
-    except (ExportError, ArtifactError, CheckpointError, DataError) as error:
+    except (ExportError, ArtifactError, CheckpointError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"exported {result['model']} -> {path}")

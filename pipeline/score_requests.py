@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         stats = run(args.artifact, args.requests, args.out, args.threads, args.rejects, args.strict)
-    except (ArtifactError, RequestError) as error:
+    except (ArtifactError, RequestError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     rejected = sum(stats["rejected"].values())

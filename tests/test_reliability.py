@@ -164,6 +164,15 @@ def test_case1_rerun_drops_outputs_it_no_longer_produces(csv_inputs, tmp_path):
     assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
 
 
+def test_case1_out_may_be_the_current_folder(csv_inputs, tmp_path, monkeypatch):
+    out = tmp_path / "here"
+    out.mkdir()
+    monkeypatch.chdir(out)
+    run_logs_cli(*csv_inputs, Path("."))
+    assert verify_folder(out, full=True) and not staging_folder(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "items.parquet", "logs.csv"]
+
+
 def test_case1_an_edited_manifest_is_refused_even_without_a_checksum_table(tmp_path):
     root = write_prepared(tmp_path)  # hand-written: no checksum table, a plain checksum
     PreparedData(root)
