@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from data_prep.columns import as_strings
 from data_prep.encoders import TextEncoder, make_encoder
+from data_prep.integrity import atomic_file, file_sha256, write_json_atomic
 from data_prep.limits import positive_int
 from data_prep.rejects import InputError
 from data_prep.similarity import normalize_rows
@@ -41,8 +42,8 @@ def embed_titles(titles: np.ndarray, encoder: TextEncoder, cache_dir: Path | Non
     titles = [str(t).strip() for t in titles]
     path = None if cache_dir is None else cache_dir / f"{cache_key(titles, encoder)}.npy"
     if path is not None and path.exists():
-        cached = np.load(path)
-        if cached.shape == (len(titles), encoder.dim):
+        cached = _read_cache(path, (len(titles), encoder.dim))
+        if cached is not None:
             print(f"item embeddings: cache hit {path}")
             return cached
     out = np.zeros((len(titles), encoder.dim), dtype=np.float32)
@@ -50,11 +51,32 @@ def embed_titles(titles: np.ndarray, encoder: TextEncoder, cache_dir: Path | Non
     if rows:
         out[rows] = encoder.encode([titles[i] for i in rows])
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            with tmp.open("wb") as f:
+                np.save(f, out)
+            digest = file_sha256(tmp)
+        write_json_atomic(_cache_sum(path), {"sha256": digest})
     return out
+
+
+def _cache_sum(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _read_cache(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """A cached table whose sha256 matches the one written with it, else None (recomputed,
+    with a message): a damaged cache never turns into wrong item vectors."""
+    try:
+        recorded = json.loads(_cache_sum(path).read_text())["sha256"]
+        if file_sha256(path) != recorded:
+            raise ValueError("sha256 differs from the one written with it")
+        cached = np.load(path, allow_pickle=False)
+        if cached.shape != shape or cached.dtype != np.float32:
+            raise ValueError(f"shape {cached.shape} {cached.dtype}, expected {shape} float32")
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
+        print(f"item embeddings: ignoring the cache {path} ({error}); encoding again")
+        return None
+    return cached
 
 
 def orthogonal_projection(dim_in: int, dim_out: int, seed: int) -> np.ndarray:

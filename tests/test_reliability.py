@@ -669,3 +669,20 @@ def test_case7_the_trainer_resumes_from_the_previous_good_checkpoint(tmp_path):
         _flip(_distcp(path))
     failed = _train(data, tmp_path / "run", *args, "--resume", check=False)
     assert failed.returncode != 0 and "no usable checkpoint" in failed.stderr
+
+
+def test_a_damaged_embedding_cache_is_encoded_again(tmp_path, capsys):
+    from data_prep.embed import embed_titles
+    from data_prep.encoders import make_encoder
+
+    encoder = make_encoder("hashed", dim=16)
+    titles = np.array(["usb cable", "camera", ""])
+    first = embed_titles(titles, encoder, tmp_path)
+    (cached,) = tmp_path.glob("*.npy")
+    assert np.array_equal(embed_titles(titles, encoder, tmp_path), first)
+    assert "cache hit" in capsys.readouterr().out
+    np.save(cached, np.ones_like(first))  # same shape, wrong content
+    assert np.array_equal(embed_titles(titles, encoder, tmp_path), first)
+    assert "ignoring the cache" in capsys.readouterr().out
+    cached.write_bytes(b"truncated")
+    assert np.array_equal(embed_titles(titles, encoder, tmp_path), first)
