@@ -110,7 +110,8 @@ def _records(
             message = getattr(error, "msg", None) or str(error) or type(error).__name__
             rejects.reject(path.name, number, "malformed", f"{message}: {text}")
             continue
-        if nesting_exceeds(record, limits.max_depth):
+        openers = text.count("[") + text.count("{") + text.count("(")
+        if openers > limits.max_depth and nesting_exceeds(record, limits.max_depth):
             rejects.reject(path.name, number, "too_deep", text)
             continue
         yield number, text, record
