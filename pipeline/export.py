@@ -122,13 +122,15 @@ def export_model(
 
 
 def load_trained_model(
-    run_dir: str | Path, data_dir: str | Path | None = None
+    run_dir: str | Path, data_dir: str | Path | None = None, verify: str = "sizes"
 ) -> tuple[CTRModel, PreparedData, dict[str, Any]]:
     """The unsharded CTRModel of a pipeline.train run, from its latest DCP checkpoint.
 
     Reads RUN_DIR/metrics.json (model name, model_config, data path; `data_dir` overrides
-    the path) and RUN_DIR/checkpoints/latest. DCP reassembles the sharded embedding tables
-    into whole tensors in this single process. Returns (model in eval mode, data, metrics).
+    the path) and the latest verified checkpoint of RUN_DIR/checkpoints (see
+    pipeline.checkpoint). DCP reassembles the sharded embedding tables into whole tensors
+    in this single process. `verify`: how the data folder is checked ("sizes", "full").
+    Returns (model in eval mode, data, metrics).
     """
 
     run_dir = Path(run_dir)
@@ -141,7 +143,7 @@ def load_trained_model(
         raise ExportError(f"{metrics_path}: missing; is {run_dir} a pipeline.train run?") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as error:
         raise ExportError(f"{metrics_path}: not a training result ({error!r})") from None
-    data = PreparedData(data_path)
+    data = PreparedData(data_path, verify=verify)
     recorded = (result.get("data") or {}).get("manifest_checksum")
     if recorded is not None and recorded != data.checksum:
         raise ExportError(
@@ -173,9 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         help="serve the interest arch per candidate (its training form) instead of from a "
         "per-user cache",
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the sha256 of every file of the data folder (default: sizes)",
+    )
     args = parser.parse_args(argv)
     try:
-        model, data, result = load_trained_model(args.run, args.data)
+        verify = "full" if args.verify else "sizes"
+        model, data, result = load_trained_model(args.run, args.data, verify)
         meta = {
             "model": result["model"],
             "model_config": result["model_config"],
