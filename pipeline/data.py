@@ -5,11 +5,17 @@ epoch when training) and the rows of that order are cut into `world_size` contig
 nearly equal ranges, one per rank. Every sample is read exactly once per epoch across all
 ranks, and every rank yields the same number of batches (DistributedModelParallel runs
 collectives every step, so a rank with one batch more would hang the others).
-Memory is bounded by a few row groups, not by the split's size.
+Memory is bounded by a few row groups per reading process, not by the split's size.
+
+Reading: the rank's rows are cut into windows (one row group when evaluating,
+`shuffle_buffer_row_groups` shuffled together when training), read here or by DataLoader
+worker processes ahead of the training step (`num_workers`, pipeline/loader.py), with the
+same batches either way.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -31,6 +37,16 @@ from data_prep.manifest import checksum as manifest_checksum
 from data_prep.manifest import listed_paths, load_manifest, verify_folder
 from models.batch import Batch
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
+from pipeline.loader import (
+    Empty,
+    MisalignedHistory,
+    assemble,
+    concat_columns,
+    iter_windows,
+    num_rows,
+    pack_window,
+    table_columns,
+)
 
 SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)
@@ -223,6 +239,11 @@ class ShardReader:
         vocab_sizes: table sizes (`PreparedData.vocab_sizes`); when given, every row group
             read is checked to hold only ids inside the tables (a DataError naming the
             shard instead of an embedding lookup out of bounds).
+        num_workers: DataLoader worker processes reading windows ahead of the consumer
+            (0: read in this process); the batches are the same for any number
+            (pipeline/loader.py).
+        pin_memory: pin every batch (for the asynchronous copy to a GPU).
+        prefetch_factor: windows each worker reads ahead.
     """
 
     def __init__(
@@ -237,6 +258,9 @@ class ShardReader:
         seed: int = 0,
         shuffle_buffer_row_groups: int = 4,
         vocab_sizes: dict[str, int] | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        prefetch_factor: int = 2,
     ) -> None:
         if not files:
             raise DataError("no shard files for this split")
@@ -246,6 +270,8 @@ class ShardReader:
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed = shuffle, seed
         self.buffer_groups = max(1, shuffle_buffer_row_groups)
+        self.num_workers, self.pin_memory = num_workers, pin_memory
+        self.prefetch_factor = prefetch_factor
         self.row_groups = []
         for f in files:
             try:
@@ -281,28 +307,75 @@ class ShardReader:
             remainder -= extra
         return sizes
 
-    def _rows(self, epoch: int) -> Iterator[pa.Table]:
-        """This rank's rows in order, as tables of about one row group each."""
+    def _windows(self, epoch: int) -> list[tuple[int, list[tuple[int, int, int]]]]:
+        """This rank's rows of `epoch` as windows read (and shuffled) together:
+        [(offset of the window's first row among the rank's rows, [(row group, lo, hi)])].
+
+        Row groups are in one global order (shuffled by seed and epoch when training); the
+        rank takes rows start..stop-1 of it. A window is one row group (evaluation) or
+        `shuffle_buffer_row_groups` of them (training)."""
         order = list(range(len(self.row_groups)))
         if self.shuffle:
             np.random.default_rng([self.seed, epoch]).shuffle(order)
         start, stop = self._rank_range()
-        position = 0
+        pieces, position = [], 0
         for gi in order:
-            group = self.row_groups[gi]
-            lo, hi = max(start, position), min(stop, position + group.rows)
+            rows = self.row_groups[gi].rows
+            lo, hi = max(start, position), min(stop, position + rows)
             if lo < hi:
-                table = self._read(group)
-                yield table.slice(lo - position, hi - lo)
-            position += group.rows
+                pieces.append((gi, lo - position, hi - position))
+            position += rows
             if position >= stop:
                 break
+        per_window = self.buffer_groups if self.shuffle else 1
+        windows, offset = [], 0
+        for w in range(0, len(pieces), per_window):
+            chunk = pieces[w : w + per_window]
+            windows.append((offset, chunk))
+            offset += sum(hi - lo for _, lo, hi in chunk)
+        return windows
+
+    def _read_window(
+        self,
+        epoch: int,
+        start_batch: int,
+        windows: list[tuple[int, list[tuple[int, int, int]]]],
+        bounds: np.ndarray,
+        index: int,
+        empty: Empty = np.empty,
+    ) -> dict[str, np.ndarray]:
+        """Window `index` of `windows` (`_windows(epoch)`) packed as its batches from
+        `start_batch` on (`pipeline.loader.pack_window`; `bounds`: `_bounds()`), rows
+        shuffled by a generator keyed by (seed, epoch, rank, window) when training: the
+        same in any process. `empty` allocates the packed arrays (shared memory in a
+        DataLoader worker)."""
+        offset, pieces = windows[index]
+        parts = []
+        for gi, lo, hi in pieces:
+            group = self.row_groups[gi]
+            table = self._read(group).slice(lo, hi - lo)
+            try:
+                parts.append(table_columns(table, self.has_categories))
+            except MisalignedHistory as error:
+                raise DataError(f"{group.file}: row group {group.index}: {error}") from None
+        cols = concat_columns(parts)
+        order = None
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch, self.rank, 1, index])
+            order = rng.permutation(num_rows(cols))
+        return pack_window(cols, offset, bounds, start_batch, self.has_categories, order, empty)
+
+    def _bounds(self) -> np.ndarray:
+        """(steps+1,) batch b is rows bounds[b]..bounds[b+1]-1 of this rank's rows."""
+        return np.concatenate([[0], np.cumsum(self._batch_sizes())]).astype(np.int64)
 
     def _read(self, group: _RowGroup) -> pa.Table:
         """One row group, checked: columns present, histories aligned, ids in the tables."""
         where = f"{group.file}: row group {group.index}"
         try:
-            table = pq.ParquetFile(group.file).read_row_group(group.index)
+            # One thread: the reader's parallelism is its worker processes (`num_workers`),
+            # not Arrow's pool competing with the training step for the rank's cores.
+            table = pq.ParquetFile(group.file).read_row_group(group.index, use_threads=False)
         except (OSError, pa.ArrowException) as error:
             raise DataError(f"{where}: cannot be read ({error})") from None
         need = ["user", "item", "label", "hist_items", "hist_sims"]
@@ -331,38 +404,24 @@ class ShardReader:
                     )
         return table
 
-    def _shuffled(self, tables: Iterator[pa.Table], epoch: int) -> Iterator[pa.Table]:
-        """Shuffle rows within windows of `shuffle_buffer_row_groups` row groups."""
-        rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
-        window: list[pa.Table] = []
-        for table in tables:
-            window.append(table)
-            if len(window) == self.buffer_groups:
-                merged = pa.concat_tables(window)
-                yield merged.take(rng.permutation(merged.num_rows))
-                window = []
-        if window:
-            merged = pa.concat_tables(window)
-            yield merged.take(rng.permutation(merged.num_rows))
-
     def iter_batches(self, epoch: int = 0, start_batch: int = 0) -> Iterator[Batch]:
-        """Batches of `epoch`, skipping the first `start_batch` (resuming mid-epoch)."""
-        tables = self._rows(epoch)
-        if self.shuffle:
-            tables = self._shuffled(tables, epoch)
-        pending: list[pa.Table] = []
-        pending_rows = 0
-        sizes = iter(self._batch_sizes())
-        for index, size in enumerate(sizes):
-            while pending_rows < size:
-                table = next(tables)
-                pending.append(table)
-                pending_rows += table.num_rows
-            merged = pa.concat_tables(pending)
-            batch_table, rest = merged.slice(0, size), merged.slice(size)
-            pending, pending_rows = [rest], rest.num_rows
-            if index >= start_batch:
-                yield table_to_batch(batch_table, self.has_categories)
+        """Batches of `epoch` from batch `start_batch` on (resuming mid-epoch: the windows
+        before it are not read). The same batches for any `num_workers`."""
+        bounds = self._bounds()
+        if start_batch >= bounds.size - 1:
+            return
+        windows = self._windows(epoch)
+        offsets = [offset for offset, _ in windows]
+        first = int(np.searchsorted(offsets, bounds[start_batch], side="right")) - 1
+        read = functools.partial(self._read_window, epoch, start_batch, windows, bounds)
+        stream = iter_windows(
+            read,
+            range(first, len(windows)),
+            self.num_workers,
+            self.prefetch_factor,
+            self.pin_memory,
+        )
+        yield from assemble(stream, bounds, start_batch, self.has_categories, self.pin_memory)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_batches(0)

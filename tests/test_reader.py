@@ -25,7 +25,8 @@ def _keys(batches) -> list[tuple[int, int, float]]:
     out = []
     for b in batches:
         jt = b.sparse_features[HIST_ITEM]
-        sims = torch.split(b.hist_sims, jt.lengths().tolist())
+        # float64 sums: a float32 sum's rounding depends on the slice's place in memory
+        sims = torch.split(b.hist_sims.double(), jt.lengths().tolist())
         for u, i, s in zip(b.users().tolist(), b.sparse_features["item"].values().tolist(), sims):
             out.append((u, i, round(float(s.sum()), 5)))
     return out

@@ -1,0 +1,132 @@
+"""Reader throughput: samples/s for 0 (synchronous), 1, 2 and 4 DataLoader workers.
+
+    python -m pipeline.bench_reader --data DIR --batch-size B [--json FILE]
+
+Reads the training split as training does (shuffled windows of row groups, rank 0 of
+`--world-size`, epoch 0) with `ShardReader(num_workers=N)` for each N of `--workers`, in
+the same run, and prints samples/s (from the first batch asked for to the last received:
+worker start-up and the first window's latency are included; the median of `--repeat`
+interleaved runs) and the ratio to the synchronous reader. The synchronous run also splits its time into reading windows
+(Parquet decode, checks, shuffle: what the workers take over) and cutting them into
+batches (what stays in the consuming process), which bounds the speed-up:
+1 / (cut share) with enough free cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from pipeline.data import PreparedData
+
+
+def measure(data: PreparedData, batch_size: int, workers: int, args) -> dict:
+    reader = data.reader(
+        args.split,
+        batch_size,
+        shuffle=True,
+        seed=args.seed,
+        rank=0,
+        world_size=args.world_size,
+        num_workers=workers,
+        shuffle_buffer_row_groups=args.shuffle_buffer_row_groups,
+    )
+    read_seconds = [0.0]
+    if workers == 0:  # time the window reads inside the synchronous run
+        inner = reader._read_window
+
+        def timed(*args):
+            start = time.perf_counter()
+            try:
+                return inner(*args)
+            finally:
+                read_seconds[0] += time.perf_counter() - start
+
+        reader._read_window = timed
+    samples = batches = 0
+    start = time.perf_counter()
+    for batch in reader.iter_batches(0):
+        samples += batch.batch_size
+        batches += 1
+        if args.max_batches and batches >= args.max_batches:
+            break
+    elapsed = time.perf_counter() - start
+    record = {"samples": samples, "batches": batches, "seconds": elapsed}
+    del reader
+    record["samples_per_s"] = samples / elapsed
+    if workers == 0:
+        record["read_share"] = read_seconds[0] / elapsed
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench_reader", description=__doc__)
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--batch-size", type=int, default=1024, help="per-rank batch")
+    p.add_argument("--workers", default="0,1,2,4", help="comma-separated worker counts")
+    p.add_argument("--split", default="train")
+    p.add_argument("--world-size", type=int, default=1, help="read rank 0's part of N")
+    p.add_argument("--max-batches", type=int, default=0, help="0: the whole epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--shuffle-buffer-row-groups",
+        type=int,
+        default=4,
+        help="row groups per window (trainer: 4)",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="runs per count (median reported)")
+    p.add_argument("--json", metavar="FILE")
+    args = p.parse_args(argv)
+    # torch warns when the workers outnumber the cores; measuring that is the point here.
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
+    data = PreparedData(args.data)
+    counts = [int(w) for w in args.workers.split(",")]
+    load_before = os.getloadavg()[0]
+    runs: dict[int, list[dict]] = {w: [] for w in counts}
+    for _ in range(args.repeat):  # interleaved, so a busy spell hits every count alike
+        for w in counts:
+            runs[w].append(measure(data, args.batch_size, w, args))
+    results = {
+        w: sorted(runs[w], key=lambda r: r["samples_per_s"])[len(runs[w]) // 2] for w in counts
+    }
+    load_after = os.getloadavg()[0]
+    base = results[counts[0]]["samples_per_s"] if 0 not in results else results[0]["samples_per_s"]
+    print(
+        f"data {args.data}, batch {args.batch_size}, {os.cpu_count()} CPUs, "
+        f"load average {load_before:.1f} before, {load_after:.1f} after"
+    )
+    print(f"{'workers':>7}  {'samples/s':>10}  {'x sync':>6}  {'batches':>7}  {'seconds':>7}")
+    for w in counts:
+        r = results[w]
+        print(
+            f"{w:>7}  {r['samples_per_s']:>10,.0f}  {r['samples_per_s'] / base:>6.2f}  "
+            f"{r['batches']:>7}  {r['seconds']:>7.1f}"
+        )
+    if 0 in results:
+        share = results[0]["read_share"]
+        print(
+            f"synchronous: {100 * share:.1f}% of the time reading windows (the workers' part), "
+            f"{100 * (1 - share):.1f}% cutting batches: at most {1 / max(1 - share, 1e-9):.1f}x "
+            "with enough free cores"
+        )
+    if args.json:
+        record = {
+            "samples_per_s": {str(w): results[w]["samples_per_s"] for w in counts},
+            "median_run": {str(w): results[w] for w in counts},
+            "all_samples_per_s": {str(w): [r["samples_per_s"] for r in runs[w]] for w in counts},
+            "batch_size": args.batch_size,
+            "data": args.data,
+            "cpus": os.cpu_count(),
+            "load_average": [load_before, load_after],
+        }
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

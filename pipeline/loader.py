@@ -1,0 +1,377 @@
+"""Batches produced ahead of the training step by DataLoader worker processes.
+
+`pipeline.data.ShardReader` cuts one rank's rows of an epoch into *windows* (one row group
+when evaluating; `shuffle_buffer_row_groups` of them, rows shuffled together, when
+training) and the same rows into batches of precomputed sizes (`bounds`). A window is
+read, checked, shuffled by a generator keyed by (seed, epoch, rank, window) and *packed*
+on its own (`pack_window`): its rows are gathered straight into the layout of the batches
+they belong to (each batch's KJT values key after key, lengths, similarities, labels in
+four arrays). So windows can be read in any process, in any order, and the batches come
+out the same:
+
+- `num_workers=0`: windows are read and packed in this process, one after the other;
+- `num_workers=N`: a torch `DataLoader` over the window indices, N worker processes each
+  reading and packing whole windows (disjoint row groups: no row is read twice by a rank)
+  ahead of the training step, into shared memory; the DataLoader returns them in index
+  order (pinned by its pinning thread when `pin_memory`, for the asynchronous host-to-GPU
+  copy of TrainPipelineSparseDist), and this process only wraps views of them as
+  `Batch`es. A batch cut by window edges travels as fragments and is put together here.
+
+Resuming at batch `start` reads nothing before the window holding its first row, and that
+window packs only batches from `start` on. Memory: each worker holds the window it packs
+(about 3x its packed size while reading) and up to `prefetch_factor` packed windows wait
+per worker.
+
+Columns (`Columns`, a window's rows before packing): `user`, `item`, `label` (B,),
+`hist_offsets` (B+1,) from 0, `hist_items`, `hist_sims` (N,) aligned with them;
+`category` (B,) and `hist_categories` (N,) with categories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from models.batch import Batch
+from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER
+
+Columns = dict[str, np.ndarray]
+ROW_COLUMNS = ("user", "item", "label", "category")
+HISTORY_COLUMNS = ("hist_items", "hist_sims", "hist_categories")
+DTYPES = {
+    "user": np.int64,
+    "item": np.int64,
+    "label": np.float32,
+    "category": np.int64,
+    "hist_items": np.int64,
+    "hist_sims": np.float32,
+    "hist_categories": np.int64,
+}
+
+
+class MisalignedHistory(ValueError):
+    """A history column whose lists do not line up with hist_items."""
+
+
+def table_columns(table: pa.Table, has_categories: bool) -> Columns:
+    """Sample rows (docs/data-format.md) -> Columns (offsets from 0; views of the Arrow
+    buffers where the types match)."""
+    hist = table.column("hist_items").combine_chunks()
+    offsets = hist.offsets.to_numpy().astype(np.int64)
+    cols: Columns = {
+        "user": _numpy(table.column("user"), np.int64),
+        "item": _numpy(table.column("item"), np.int64),
+        "label": _numpy(table.column("label"), np.float32),
+        "hist_offsets": offsets - offsets[0],
+        "hist_items": _numpy(hist.flatten(), np.int64),
+    }
+    jagged = ["hist_sims"] + (["hist_categories"] if has_categories else [])
+    if has_categories:
+        cols["category"] = _numpy(table.column("category"), np.int64)
+    lengths = np.diff(offsets)
+    for name in jagged:
+        column = table.column(name).combine_chunks()
+        if not np.array_equal(np.diff(column.offsets.to_numpy()), lengths):
+            raise MisalignedHistory(f"{name} is not aligned with hist_items")
+        cols[name] = _numpy(column.flatten(), DTYPES[name])
+    return cols
+
+
+def _numpy(array: pa.Array | pa.ChunkedArray, dtype: type) -> np.ndarray:
+    """An Arrow column as numpy, without a copy when it has one chunk, no nulls and `dtype`."""
+    return np.asarray(array.to_numpy(zero_copy_only=False)).astype(dtype, copy=False)
+
+
+def num_rows(cols: Columns) -> int:
+    return int(cols["user"].shape[0])
+
+
+Empty = Callable[[int, type], np.ndarray]
+
+
+def _empty(n: int, dtype: type) -> np.ndarray:
+    return np.empty(n, dtype)
+
+
+def concat_columns(parts: Sequence[Columns], empty: Empty = _empty) -> Columns:
+    """Rows of `parts` one after the other (one copy, into arrays from `empty`)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {}
+    for k in parts[0]:
+        if k != "hist_offsets":
+            out[k] = empty(sum(p[k].shape[0] for p in parts), parts[0][k].dtype)
+            np.concatenate([p[k] for p in parts], out=out[k])
+    lengths = np.concatenate([np.diff(p["hist_offsets"]) for p in parts])
+    out["hist_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return out
+
+
+def slice_rows(cols: Columns, lo: int, hi: int) -> Columns:
+    """Rows lo..hi-1 as views (offsets rebased to 0)."""
+    offsets = cols["hist_offsets"]
+    a, b = int(offsets[lo]), int(offsets[hi])
+    out = {k: cols[k][lo:hi] for k in ROW_COLUMNS if k in cols}
+    out.update({k: cols[k][a:b] for k in HISTORY_COLUMNS if k in cols})
+    out["hist_offsets"] = offsets[lo : hi + 1] - a
+    return out
+
+
+def columns_to_batch(cols: Columns, has_categories: bool) -> Batch:
+    """Columns -> Batch (the KJT's values are one new tensor; the rest are views)."""
+    n = num_rows(cols)
+    lengths = np.diff(cols["hist_offsets"]).astype(np.int32)
+    ones = np.ones(n, np.int32)
+    keys = [USER, ITEM, HIST_ITEM]
+    values = [cols["user"], cols["item"], cols["hist_items"]]
+    key_lengths = [ones, ones, lengths]
+    if has_categories:
+        keys += [CATEGORY, HIST_CATEGORY]
+        values += [cols["category"], cols["hist_categories"]]
+        key_lengths += [ones, lengths]
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=keys,
+        values=torch.from_numpy(np.concatenate(values)),
+        lengths=torch.from_numpy(np.concatenate(key_lengths)),
+    )
+    return Batch(
+        sparse_features=kjt,
+        hist_sims=torch.from_numpy(np.ascontiguousarray(cols["hist_sims"])),
+        labels=torch.from_numpy(np.ascontiguousarray(cols["label"])),
+    )
+
+
+def _gather(cols: Columns, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-row columns of `rows`, and the index of their history entries (in row order)."""
+    offsets = cols["hist_offsets"]
+    lengths = offsets[rows + 1] - offsets[rows]
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    index = np.repeat(offsets[rows] - starts, lengths) + np.arange(lengths.sum())
+    return {k: cols[k][rows] for k in ROW_COLUMNS if k in cols}, index
+
+
+def window_batches(
+    offset: int, rows: int, bounds: np.ndarray, start_batch: int
+) -> list[tuple[int, int, int, bool]]:
+    """The batches a window holds rows of: [(batch, lo, hi, whole)], rows lo..hi-1 of the
+    window; whole when the batch lies entirely in the window. Batches before start_batch
+    are left out."""
+    end = offset + rows
+    b = max(start_batch, int(np.searchsorted(bounds, offset, side="right")) - 1)
+    out = []
+    while b < bounds.size - 1 and bounds[b] < end:
+        lo, hi = max(int(bounds[b]), offset), min(int(bounds[b + 1]), end)
+        if lo < hi:
+            out.append((b, lo - offset, hi - offset, bounds[b] >= offset and bounds[b + 1] <= end))
+        b += 1
+    return out
+
+
+def pack_window(
+    cols: Columns,
+    offset: int,
+    bounds: np.ndarray,
+    start_batch: int,
+    has_categories: bool,
+    order: np.ndarray | None = None,
+    empty: Empty = _empty,
+) -> dict[str, np.ndarray]:
+    """A window's rows (taken in `order`, a permutation, when shuffling) laid out as the
+    batches they belong to, ready to be wrapped without a copy (`unpack_window`).
+
+    Whole batches share four arrays (`values`: each batch's KJT values, key after key;
+    `lengths`; `sims`; `labels`) indexed by `batches` (k, 7): batch, rows, history entries,
+    and the offsets of the batch in the four arrays. A batch cut by the window's edge is a
+    fragment (`fragments`: its batch; `frag{j}.{column}`: its rows as Columns), put
+    together with its other fragments by `assemble`.
+    """
+    n_rows = num_rows(cols)
+    order = np.arange(n_rows) if order is None else order
+    plan = window_batches(offset, n_rows, bounds, start_batch)
+    keys = 5 if has_categories else 3
+    hist_lengths = np.diff(cols["hist_offsets"])
+    whole = [(b, order[lo:hi]) for b, lo, hi, full in plan if full]
+    sizes = [(r.size, int(hist_lengths[r].sum())) for _, r in whole]
+    n_all, m_all = sum(n for n, _ in sizes), sum(m for _, m in sizes)
+    per_row = keys - (2 if has_categories else 1)  # single-id keys per row
+    hist_keys = keys - per_row
+    out = {
+        "values": empty(per_row * n_all + hist_keys * m_all, np.int64),
+        "lengths": empty(keys * n_all, np.int32),
+        "sims": empty(m_all, np.float32),
+        "labels": empty(n_all, np.float32),
+    }
+    index = np.zeros((len(whole), 7), np.int64)
+    v = ln = sm = lb = 0
+    for k, ((b, rows), (n, m)) in enumerate(zip(whole, sizes)):
+        index[k] = (b, n, m, v, ln, sm, lb)
+        per, hist = _gather(cols, rows)
+        lengths = hist_lengths[rows].astype(np.int32)
+        parts = [per["user"], per["item"], ("hist_items", m)]
+        if has_categories:
+            parts += [per["category"], ("hist_categories", m)]
+        for part in parts:
+            if isinstance(part, tuple):
+                np.take(cols[part[0]], hist, out=out["values"][v : v + m])
+                v += m
+            else:
+                out["values"][v : v + n] = part
+                v += n
+        for key in range(keys):
+            is_hist = key == 2 or key == 4
+            out["lengths"][ln : ln + n] = lengths if is_hist else 1
+            ln += n
+        np.take(cols["hist_sims"], hist, out=out["sims"][sm : sm + m])
+        sm += m
+        out["labels"][lb : lb + n] = per["label"]
+        lb += n
+    out["batches"] = index
+    fragments = [(b, order[lo:hi]) for b, lo, hi, full in plan if not full]
+    out["fragments"] = np.array([b for b, _ in fragments], np.int64)
+    for j, (_, rows) in enumerate(fragments):
+        per, hist = _gather(cols, rows)
+        per["hist_offsets"] = np.concatenate([[0], np.cumsum(hist_lengths[rows])]).astype(np.int64)
+        for k in HISTORY_COLUMNS:
+            if k in cols:
+                per[k] = cols[k][hist]
+        out.update({f"frag{j}.{k}": a for k, a in per.items()})
+    return out
+
+
+def _batch_of(packed: dict[str, np.ndarray], row: np.ndarray, has_categories: bool) -> Batch:
+    """Whole batch `row` of `packed["batches"]` as views of the window's arrays."""
+    _, n, m, v, ln, sm, lb = (int(x) for x in row)
+    keys = [USER, ITEM, HIST_ITEM] + ([CATEGORY, HIST_CATEGORY] if has_categories else [])
+    per_row = 3 if has_categories else 2
+    size = per_row * n + (len(keys) - per_row) * m
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=keys,
+        values=torch.from_numpy(packed["values"][v : v + size]),
+        lengths=torch.from_numpy(packed["lengths"][ln : ln + len(keys) * n]),
+    )
+    return Batch(
+        sparse_features=kjt,
+        hist_sims=torch.from_numpy(packed["sims"][sm : sm + m]),
+        labels=torch.from_numpy(packed["labels"][lb : lb + n]),
+    )
+
+
+def _fragment(packed: dict[str, np.ndarray], j: int) -> Columns:
+    prefix = f"frag{j}."
+    return {k[len(prefix) :]: a for k, a in packed.items() if k.startswith(prefix)}
+
+
+def assemble(
+    windows: Iterable[dict[str, np.ndarray]],
+    bounds: np.ndarray,
+    start_batch: int,
+    has_categories: bool,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Batches start_batch.. from packed windows (`pack_window`), in order: whole batches
+    wrap the window's arrays (pinned already when pin_memory), a batch cut by window edges
+    is put together from its fragments (and pinned here)."""
+    expected = start_batch
+    pending: list[Columns] = []
+    for packed in windows:
+        items = [(int(r[0]), "whole", r) for r in packed["batches"]]
+        items += [(int(b), "fragment", j) for j, b in enumerate(packed["fragments"])]
+        for b, kind, item in sorted(items, key=lambda x: x[0]):
+            if kind == "whole":
+                batch = _batch_of(packed, item, has_categories)
+            else:
+                pending.append(_fragment(packed, item))
+                if sum(num_rows(p) for p in pending) < bounds[b + 1] - bounds[b]:
+                    continue
+                batch, pending = columns_to_batch(concat_columns(pending), has_categories), []
+                batch = batch.pin_memory() if pin_memory else batch
+            if b != expected:
+                raise RuntimeError(f"reader out of order: batch {b}, expected {expected}")
+            expected += 1
+            yield batch
+
+
+class SharedArrays:
+    """An `Empty` whose arrays live in shared memory: views of torch tensors that a
+    DataLoader worker hands to the main process without another copy."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[int, torch.Tensor] = {}
+
+    def __call__(self, n: int, dtype: type) -> np.ndarray:
+        kind = torch.from_numpy(np.empty(0, dtype)).dtype
+        nbytes = n * np.dtype(dtype).itemsize
+        new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+        if new_shared is None:  # allocated, then moved to shared memory (one more copy)
+            tensor = torch.empty(n, dtype=kind).share_memory_()
+        else:  # allocated in shared memory directly
+            tensor = torch.empty(0, dtype=kind).set_(new_shared(nbytes), 0, (n,), (1,))
+        array = tensor.numpy()
+        self.tensors[array.__array_interface__["data"][0]] = tensor
+        return array
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        """The shared tensor behind `array` if it is one of ours, else a copy of it."""
+        shared = self.tensors.get(array.__array_interface__["data"][0])
+        if shared is not None and shared.numel() == array.size:
+            return shared
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class _Windows(Dataset):
+    """Window index -> its packed arrays as tensors in shared memory (`read(i, empty)`)."""
+
+    def __init__(self, read: Callable[[int, Empty], dict[str, np.ndarray]], size: int) -> None:
+        self.read, self.size = read, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        shared = SharedArrays()
+        packed = self.read(index, shared)
+        return {k: shared.tensor(v) for k, v in packed.items()}
+
+
+def _as_is(item):
+    return item
+
+
+def iter_windows(
+    read: Callable[[int, Empty], dict[str, np.ndarray]],
+    indices: Sequence[int],
+    num_workers: int = 0,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+) -> Iterator[dict[str, np.ndarray]]:
+    """`read(i, empty)` for i in `indices`, in order: here, or by `num_workers` DataLoader
+    workers that each read whole windows ahead (at most num_workers x prefetch_factor in
+    flight), their arrays allocated in shared memory. pin_memory: the arrays are pinned
+    (by the DataLoader's pinning thread with workers), so the batches that view them are."""
+    if num_workers <= 0:
+        for index in indices:
+            packed = read(index, _empty)
+            if pin_memory:
+                packed = {k: torch.from_numpy(v).pin_memory().numpy() for k, v in packed.items()}
+            yield packed
+        return
+    loader = DataLoader(
+        _Windows(read, max(indices, default=-1) + 1),
+        batch_size=None,
+        sampler=list(indices),
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor,
+        collate_fn=_as_is,
+        pin_memory=pin_memory,
+    )
+    stream = iter(loader)
+    try:
+        for item in stream:
+            yield {k: v.numpy() for k, v in item.items()}
+    finally:
+        del stream  # stops the workers when the consumer stops early
