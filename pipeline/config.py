@@ -117,6 +117,11 @@ class TrainConfig:
         2048,
         help="GLOBAL evaluation batch (all ranks); each rank reads eval_batch_size / world_size",
     )
+    reader_workers: int = setting(
+        0,
+        help="DataLoader worker processes per rank reading batches ahead of the step "
+        "(0: read in the training process; the batches are the same for any number)",
+    )
     lr: float = setting(2e-3, help="dense (Adam) learning rate", metavar="LR")
     lr_schedule: str = setting(
         "constant", help="dense learning-rate schedule after the warmup", choices=LR_SCHEDULES

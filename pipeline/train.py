@@ -271,7 +271,12 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         batch_size=batch_size,
         pooling_factors=pooling_factors(data),  # the offline plan's inputs (pipeline.plan)
     )
-    ranks = {"rank": env.rank, "world_size": env.world_size}
+    ranks = {
+        "rank": env.rank,
+        "world_size": env.world_size,
+        "num_workers": config.reader_workers,  # batches read ahead (pipeline/loader.py)
+        "pin_memory": env.device.type == "cuda",
+    }
     train_reader = data.reader("train", batch_size, shuffle=True, seed=config.seed, **ranks)
     validating = bool(config.eval_every) and data.has_split("valid")
     # With evaluate_test off no reader of the test split is ever built.
