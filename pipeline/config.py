@@ -139,14 +139,15 @@ class TrainConfig:
     embedding_optimizer: str = setting(
         "auto",
         help="embedding optimizer: fused TorchRec (sharded tables) adam (GPU only), adagrad, "
-        "rowwise_adagrad, sgd, or adam_dense (unsharded replicated tables, dense gradients, "
-        "torch Adam: Adam on CPU, where fbgemm has no fused Adam); auto = adam on GPU, "
+        "rowwise_adagrad, sgd; or Adam on CPU, where fbgemm has no fused Adam: adam_dense "
+        "(unsharded replicated tables, dense gradients, torch Adam) or adam_sparse (the same "
+        "with sparse gradients, torch SparseAdam: only touched rows); auto = adam on GPU, "
         "adagrad on CPU",
         choices=EMBEDDING_OPTIMIZER_CHOICES,
     )
     embedding_lr: float | None = setting(
         None,
-        help="embedding learning rate (none: lr for adam and adam_dense, 0.05 for the others)",
+        help="embedding learning rate (none: lr for the Adam ones, 0.05 for the others)",
         metavar="LR",
     )
     embedding_l2: float = setting(

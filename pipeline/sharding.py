@@ -18,8 +18,11 @@ Embedding optimizers come in two kinds (`--embedding-optimizer`):
   DMP's DistributedDataParallel all-reduces their (dense) gradients with the dense ones,
   and a regular `torch.optim.Adam` (in a torchrec KeyedOptimizerWrapper, checkpointed like
   the dense optimizer) updates every row every step, as `nn.Embedding` + Adam does in
-  PyTorch CTR libraries. It suits tables that fit on one rank (Amazon: 44k rows); cost
-  measured in docs/tuning.md.
+  PyTorch CTR libraries (FuxiCTR). `adam_sparse` is the same layout with sparse
+  gradients (`nn.Embedding(sparse=True)`, which DDP all-reduces as sparse tensors over
+  gloo) and `torch.optim.SparseAdam`: only the rows a batch touched are exchanged and
+  updated (lazy Adam, what fbgemm's fused Adam does on GPU). Both suit tables that fit on
+  one rank (Amazon: 44k rows); costs measured in docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
+from models.ctr import penalised_features
 from pipeline.distributed import DistEnv
 from pipeline.planner_inputs import SHARDING_TYPES as SHARDING_TYPES  # re-exported
 from pipeline.planner_inputs import PlannerInputs, device_memory, make_planner
@@ -54,7 +58,11 @@ CPU_EMBEDDING_OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
 # Non-fused: unsharded, replicated tables, dense gradients, a regular torch optimizer.
 DENSE_EMBEDDING_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam_dense": torch.optim.Adam,
+    "adam_sparse": torch.optim.SparseAdam,
 }
+# Of these, the ones whose tables give sparse gradients (nn.Embedding(sparse=True)): only
+# the rows a batch touched are all-reduced and updated (lazy Adam, like fbgemm's fused one).
+SPARSE_GRADIENT_OPTIMIZERS = ("adam_sparse",)
 EMBEDDING_OPTIMIZER_NAMES = tuple(sorted({*EMBEDDING_OPTIMIZERS, *DENSE_EMBEDDING_OPTIMIZERS}))
 
 
@@ -136,7 +144,7 @@ def shard_model(
     embedding optimizer's name.
     """
     opt_name = resolve_embedding_optimizer(settings.embedding_optimizer, env.device)
-    adam_like = opt_name in ("adam", "adam_dense")
+    adam_like = opt_name in ("adam", *DENSE_EMBEDDING_OPTIMIZERS)
     embedding_lr = settings.embedding_lr or (dense_lr if adam_like else 0.05)
     sparse = task.model.sparse_arch
     if is_dense_embedding_optimizer(opt_name):
@@ -171,17 +179,41 @@ def _replicate_model(
             "device, not on the meta device"
         )
     table_ids = {id(p) for p in sparse.parameters()}
+    # A table none of whose features the model reads (the user table with
+    # use_user_embedding=false) never gets a gradient: frozen, DDP and the optimizer skip
+    # it (DDP cannot wait for a sparse gradient that never comes).
+    used = set(penalised_features(task.model.over_arch))
+    collection = sparse.embedding_collection
+    for config in collection.embedding_configs():
+        if not used & set(config.feature_names):
+            collection.embeddings[config.name].weight.requires_grad_(False)
+    if opt_name in SPARSE_GRADIENT_OPTIMIZERS:  # before DDP, which reads `sparse`
+        for module in sparse.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = True
     model = DistributedModelParallel(module=task, device=env.device, plan=ShardingPlan(plan={}))
     named = dict(in_backward_optimizer_filter(model.named_parameters()))
-    tables = {k: p for k, p in named.items() if id(p) in table_ids}
-    if len(tables) != len(table_ids):
-        raise RuntimeError(f"found {len(tables)} of the {len(table_ids)} embedding tables")
+    tables = {k: p for k, p in named.items() if id(p) in table_ids and p.requires_grad}
     dense = KeyedOptimizerWrapper(
         {k: p for k, p in named.items() if id(p) not in table_ids}, dense_optimizer
     )
     optimizer_cls = DENSE_EMBEDDING_OPTIMIZERS[opt_name]
-    embeddings = KeyedOptimizerWrapper(
-        tables, lambda params: optimizer_cls(params, lr=embedding_lr)
+    wrapper = (
+        _SparseKeyedOptimizerWrapper
+        if opt_name in SPARSE_GRADIENT_OPTIMIZERS
+        else KeyedOptimizerWrapper
     )
+    embeddings = wrapper(tables, lambda params: optimizer_cls(params, lr=embedding_lr))
     combined = CombinedOptimizer([embeddings, dense])
     return model, combined, dense, opt_name
+
+
+class _SparseKeyedOptimizerWrapper(KeyedOptimizerWrapper):
+    """KeyedOptimizerWrapper of parameters with sparse gradients: its dummy first step
+    (state initialisation before a checkpoint is loaded in place) uses sparse zeros."""
+
+    def init_state(self, sparse_grad_parameter_names: set[str] | None = None) -> None:
+        names = (
+            set(self.params) if sparse_grad_parameter_names is None else sparse_grad_parameter_names
+        )
+        super().init_state(names)

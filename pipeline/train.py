@@ -135,7 +135,6 @@ class Run:
     train_reader: ShardReader
     eval_readers: dict[str, ShardReader]  # one per evaluated split, built once
     total_steps: int
-    segment_len: int
     writer: SummaryWriter | None
     state: TrainState
     train_samples: int = 0
@@ -286,9 +285,6 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(dense_optimizer, lr_lambda(config, total_steps))
-    segment_len = config.eval_every or total_steps
-    if config.checkpoint_every:
-        segment_len = min(segment_len, config.checkpoint_every)
     run = Run(
         config=config,
         env=env,
@@ -311,7 +307,6 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         train_reader=train_reader,
         eval_readers=eval_readers,
         total_steps=total_steps,
-        segment_len=segment_len,
         writer=SummaryWriter(str(output_dir / "tb")) if env.is_main else None,
         state=TrainState(),
     )
@@ -460,12 +455,21 @@ def save_best(run: Run) -> None:
 
 
 def prune_best(run: Run) -> None:
-    """Rank 0 deletes the best checkpoints no longer needed: only the current best and
-    the one the latest regular checkpoint refers to (what a resume from it would restore)
-    are kept, so the best-so-far survives a crash and a resume."""
+    """Rank 0 deletes the best checkpoints no longer needed: kept are the current best and
+    the best each regular checkpoint on disk refers to (what a resume from it restores,
+    the Checkpointer's fallback to an older good checkpoint included), so the best-so-far
+    survives a crash and a resume."""
     if run.best_checkpointer is None or not run.env.is_main:
         return
     keep = {run.state.best_checkpoint, run.checkpointed_best}
+    regular = run.checkpointer.root
+    for path in regular.iterdir() if regular.is_dir() else ():
+        progress = path / "progress.json"
+        if path.is_dir() and progress.is_file():
+            try:
+                keep.add(json.loads(progress.read_text()).get("best_checkpoint"))
+            except (OSError, ValueError):
+                continue
     root = run.best_checkpointer.root
     for path in root.iterdir() if root.is_dir() else ():
         if path.is_dir() and path.name not in keep and (path / "progress.json").is_file():
@@ -496,9 +500,7 @@ def train_segment(run: Run, progress: Progress) -> int:
     step, end of epoch, end of run); returns the epoch it trained in."""
     state, env = run.state, run.env
     epoch, in_epoch = divmod(state.step, run.steps_per_epoch)
-    stop = min(
-        in_epoch + run.segment_len, run.steps_per_epoch, in_epoch + run.total_steps - state.step
-    )
+    stop = segment_end(run) - epoch * run.steps_per_epoch
     run.pipeline.reset()
     start = time.perf_counter()
     batches = _segment(run.train_reader, epoch, in_epoch, stop)
@@ -520,6 +522,18 @@ def train_segment(run: Run, progress: Progress) -> int:
         progress.update(1)
     run.train_time += time.perf_counter() - start
     return epoch
+
+
+def segment_end(run: Run) -> int:
+    """The step the current segment ends at: the next multiple of eval_every or of
+    checkpoint_every (counted from step 0 over all epochs, so evaluations and checkpoints
+    fall on their steps whatever the epoch length), the end of the epoch or of the run."""
+    step, spe = run.state.step, run.steps_per_epoch
+    ends = [run.total_steps, (step // spe + 1) * spe]
+    for every in (run.config.eval_every, run.config.checkpoint_every):
+        if every:
+            ends.append((step // every + 1) * every)
+    return min(ends)
 
 
 def _segment(reader: ShardReader, epoch: int, start: int, stop: int) -> Iterator[Batch]:

@@ -183,3 +183,60 @@ def test_parse_args_is_an_alias_of_resolve():
     from pipeline.train import parse_args
 
     assert parse_args is resolve
+
+
+# ------------------------------------------------------------- per-model preset entries
+@pytest.fixture
+def tuned_amazon(monkeypatch: pytest.MonkeyPatch) -> dict:
+    entry = {"lr": 5e-3, "embedding_l2": 1e-4, "model_args": {"dropout": 0.2}}
+    amazon = {**PRESETS["amazon"], "models": {"ta": entry}}
+    monkeypatch.setitem(PRESETS, "amazon", amazon)
+    return entry
+
+
+def test_a_preset_entry_applies_to_its_model_only(tuned_amazon: dict):
+    ta = resolve(["--preset", "amazon", "--model", "ta"])
+    assert (ta.lr, ta.embedding_l2) == (5e-3, 1e-4)
+    # The entry's model_args merge over the preset's, key by key.
+    assert ta.model_args == {**PRESETS["amazon"]["model_args"], "dropout": 0.2}
+    assert ta.batch_size == 128  # the preset's shared setting stays
+    din = resolve(["--preset", "amazon", "--model", "din"])
+    assert (din.lr, din.embedding_l2) == (1e-3, 0.0) and "dropout" not in din.model_args
+
+
+def test_precedence_defaults_preset_entry_file_flags(tuned_amazon: dict, tmp_path: Path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"preset": "amazon", "model": "ta", "embedding_l2": 0.5}))
+    from_file = resolve(["--config", str(path)])
+    assert from_file.lr == 5e-3, "the file names the model: its entry applies"
+    assert from_file.embedding_l2 == 0.5, "the file wins over the entry"
+    typed = resolve(["--config", str(path), "--embedding-l2", "0.25", "--lr", "0.01"])
+    assert (typed.embedding_l2, typed.lr) == (0.25, 0.01), "typed flags win over everything"
+    other = resolve(["--config", str(path), "--model", "din"])
+    assert other.lr == 1e-3, "--model picks the entry (here: none)"
+
+
+def test_presets_and_their_entries_are_valid(tuned_amazon: dict, monkeypatch):
+    from pipeline.config import check_presets, merge
+
+    check_presets()
+    # `models` is not a setting: merge leaves it out (the study, pipeline.plan use merge).
+    assert "models" not in merge(TrainConfig().to_dict(), PRESETS["amazon"])
+    TrainConfig.from_dict(merge(TrainConfig().to_dict(), PRESETS["amazon"]))
+    monkeypatch.setitem(PRESETS["amazon"]["models"], "din", {"learning_rate": 1})
+    with pytest.raises(ConfigError, match="models.din"):
+        check_presets()
+    monkeypatch.setitem(PRESETS["amazon"]["models"], "din", {"model_args": {"alpha": 0.3}})
+    with pytest.raises(ValueError, match="alpha"):
+        check_presets()
+
+
+def test_recipe_settings_have_flags(tmp_path: Path):
+    config = resolve([
+        "--embedding-l2", "1e-4", "--weight-decay", "0.01", "--no-restore-best",
+        "--no-evaluate-test", "--embedding-optimizer", "adam_dense",
+    ])  # fmt: skip
+    assert (config.embedding_l2, config.weight_decay) == (1e-4, 0.01)
+    assert not config.restore_best and not config.evaluate_test
+    assert config.embedding_optimizer == "adam_dense"
+    assert TrainConfig().restore_best and TrainConfig().evaluate_test

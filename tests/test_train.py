@@ -264,3 +264,210 @@ def test_every_model_trains_through_the_entry_point(data: Path, tmp_path: Path):
         metrics = _metrics(tmp_path / name)
         assert metrics["model"] == name and metrics["steps"] == 3
         assert metrics["test"]["samples"] == SPLITS["test"]
+
+
+# ----------------------------------------------------------- the recipe settings (issue 11)
+@pytest.mark.parametrize("use_user", [True, False])
+def test_embedding_l2_adds_exactly_the_penalty_of_the_looked_up_rows(tmp_path: Path, use_user):
+    """loss(lambda) - loss(0) = lambda * mean over the batch of each sample's sum of squared
+    norms of the rows it looks up, computed here from the tables directly."""
+    import torch
+
+    from models.ctr import CTRTask
+    from models.zoo import build_model, make_config
+    from pipeline.data import PreparedData
+
+    root = write_prepared(tmp_path / "data", categories=True, seed=3)
+    data = PreparedData(root)
+    config = make_config("dmf", {"embedding_dim": 8, "use_user_embedding": use_user})
+    torch.manual_seed(0)
+    model = build_model("dmf", data.feature_spec(), config)
+    model.eval()  # no dropout: the same logits in both calls
+    batch = next(iter(data.reader("train", 32).iter_batches()))
+    lam = 0.037
+    with torch.no_grad():
+        plain, _ = CTRTask(model)(batch)
+        penalised, _ = CTRTask(model, embedding_l2=lam)(batch)
+    tables = model.sparse_arch.embedding_collection.embeddings
+    features = {"item": "t_item", "hist_item": "t_item", "category": "t_category",
+                "hist_category": "t_category"}  # fmt: skip
+    if use_user:
+        features["user"] = "t_user"
+    kjt = batch.sparse_features
+    total = sum(
+        float(tables[table].weight.detach()[kjt[name].values()].pow(2).sum())
+        for name, table in features.items()
+    )
+    expected = lam * total / batch.labels.shape[0]
+    assert float(penalised - plain) == pytest.approx(expected, rel=1e-5)
+    assert expected > 0
+
+
+@pytest.mark.slow
+def test_restore_best_gives_the_test_metrics_of_a_run_stopped_at_best_step(
+    data: Path, tmp_path: Path
+):
+    # 4 epochs at a high learning rate overfit the 640 rows: validation peaks mid-run.
+    args = ["--model", "dmf", "--eval-every", "5", "--model-arg", "dropout=0.3",
+            "--embedding-l2", "0.01", "--weight-decay", "0.01", "--epochs", "4", "--lr", "0.01"]  # fmt: skip
+    _train(data, tmp_path / "full", *args)
+    full = _metrics(tmp_path / "full")
+    best = full["best_step"]
+    assert best < full["steps"], "the settings must make the best step an earlier one"
+    assert full["test_step"] == best and full["test_from"] == "best_valid_step"
+    assert full["best_valid_auc"] == max(h["auc"] for h in full["valid_history"])
+    _train(data, tmp_path / "stopped", *args, "--max-steps", str(best))
+    stopped = _metrics(tmp_path / "stopped")
+    assert stopped["steps"] == best
+    for key in ("auc", "gauc", "logloss"):
+        assert full["test"][key] == pytest.approx(stopped["test"][key], abs=1e-9)
+    # Without restore_best the test metrics are the last step's.
+    _train(data, tmp_path / "last", *args, "--no-restore-best")
+    last = _metrics(tmp_path / "last")
+    assert last["test_from"] == "last_step" and last["test_step"] == last["steps"]
+    assert last["test"]["auc"] != full["test"]["auc"]
+
+
+@pytest.mark.slow
+def test_the_best_step_survives_a_crash_and_a_resume(data: Path, tmp_path: Path):
+    args = ["--model", "dmf", "--eval-every", "5", "--checkpoint-every", "7",
+            "--model-arg", "dropout=0.3", "--embedding-l2", "0.01"]  # fmt: skip
+    _train(data, tmp_path / "straight", *args)
+    crashed = _train(data, tmp_path / "crash", *args, "--fail-at-step", "26", check=False)
+    assert crashed.returncode != 0
+    best_dir = tmp_path / "crash" / "checkpoints" / "best"
+    assert any(p.is_dir() for p in best_dir.iterdir()), "a best checkpoint was kept"
+    _train(data, tmp_path / "crash", *args, "--resume")
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(tmp_path / "crash")
+    assert resumed["best_step"] == straight["best_step"] < straight["steps"]
+    for key in ("auc", "gauc", "logloss"):
+        assert resumed["test"][key] == pytest.approx(straight["test"][key], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_restore_best_on_two_ranks(data: Path, tmp_path: Path):
+    def torchrun(out: Path, *extra: str) -> dict:
+        cmd = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", "localhost:0", "-m", "pipeline.train", "--data", str(data),
+               "--output-dir", str(out), *COMMON, "--model", "ta", "--eval-every", "5",
+               "--model-arg", "dropout=0.3", "--embedding-l2", "0.01", "--epochs", "4",
+               "--lr", "0.01", *extra]  # fmt: skip
+        _run(cmd, timeout=400)
+        return _metrics(out)
+
+    full = torchrun(tmp_path / "full")
+    assert full["world_size"] == 2 and full["best_step"] < full["steps"]
+    stopped = torchrun(tmp_path / "stopped", "--max-steps", str(full["best_step"]))
+    for key in ("auc", "gauc", "logloss"):
+        assert full["test"][key] == pytest.approx(stopped["test"][key], abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["adam_dense", "adam_sparse"])
+def test_adam_dense_trains_in_one_process(data: Path, tmp_path: Path, optimizer: str):
+    """Adam for the embeddings on CPU: unsharded replicated tables, torch Adam (dense
+    gradients) or SparseAdam (sparse gradients)."""
+    _train(data, tmp_path, "--model", "dmf", "--eval-every", "10", "--embedding-optimizer",
+           optimizer, "--embedding-lr", "0.01", "--model-arg", "use_user_embedding=false")  # fmt: skip
+    metrics = _metrics(tmp_path)
+    assert metrics["embedding_optimizer"] == optimizer
+    history = [h["auc"] for h in metrics["valid_history"]]
+    assert history[-1] > history[0] + 0.05, history  # it learns the planted item effect
+    assert metrics["test"]["auc"] > 0.6, metrics["test"]
+
+
+def _adam_dense_worker(rank: int, init: str, root: str, out: str, optimizer: str) -> None:
+    """Each rank: the DMP model with `optimizer` (adam_dense or adam_sparse) over 2 gloo
+    ranks, and an unsharded reference trained with torch Adam (SparseAdam on sparse
+    tables) on the mean loss of both ranks' batches (what DDP's averaged gradient is the
+    gradient of); both take the same steps."""
+    import copy
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
+    try:
+        from models.ctr import CTRTask
+        from models.zoo import build_model, make_config
+        from pipeline.data import PreparedData
+        from pipeline.distributed import DistEnv
+        from pipeline.sharding import ShardingSettings, shard_model
+
+        data = PreparedData(root)
+        config = make_config("ta", {"embedding_dim": 8, "hidden_dim": 8, "num_heads": 2,
+                                    "mlp_dims": [16], "use_user_embedding": False})  # fmt: skip
+        torch.manual_seed(0)
+        task = CTRTask(build_model("ta", data.feature_spec(), config), embedding_l2=0.01)
+        reference = copy.deepcopy(task)
+        env = DistEnv(rank, 2, rank, 2, torch.device("cpu"))
+        dmp, combined, *_ = shard_model(
+            task, env, ShardingSettings(embedding_optimizer=optimizer, embedding_lr=0.01),
+            dense_optimizer=lambda params: torch.optim.Adam(params, lr=0.01),
+            dense_lr=0.01, batch_size=16,
+        )  # fmt: skip
+        tables = list(reference.model.sparse_arch.parameters())
+        dense = [p for p in reference.parameters() if all(p is not t for t in tables)]
+        if optimizer == "adam_sparse":
+            for module in reference.model.sparse_arch.modules():
+                if isinstance(module, torch.nn.Embedding):
+                    module.sparse = True
+            ref_opts = [torch.optim.SparseAdam(tables, lr=0.01), torch.optim.Adam(dense, lr=0.01)]
+        else:
+            ref_opts = [torch.optim.Adam(tables + dense, lr=0.01)]
+        batches = [next(iter(data.reader("train", 16, rank=r, world_size=2).iter_batches()))
+                   for r in range(2)]  # fmt: skip
+        losses = []
+        for _ in range(6):
+            combined.zero_grad()
+            loss, _ = dmp(batches[rank])
+            loss.backward()
+            combined.step()
+            for opt in ref_opts:
+                opt.zero_grad()
+            ref_loss = (reference(batches[0])[0] + reference(batches[1])[0]) / 2
+            ref_loss.backward()
+            for opt in ref_opts:
+                opt.step()
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            losses.append([float(total) / 2, float(ref_loss)])
+        sharded = {k: v.detach() for k, v in dmp.state_dict().items()}
+        diffs = {
+            k: float((sharded[k] - v.detach()).abs().max())
+            for k, v in reference.state_dict().items()
+        }
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": losses, "diffs": diffs}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("optimizer", ["adam_dense", "adam_sparse"])
+def test_adam_on_two_ranks_equals_the_unsharded_model(tmp_path: Path, optimizer: str):
+    import torch.multiprocessing as mp
+
+    root = write_prepared(tmp_path / "data", seed=4)
+    ctx = mp.start_processes(
+        _adam_dense_worker,
+        args=(f"file://{tmp_path / 'rendezvous'}", str(root), str(tmp_path), optimizer),
+        nprocs=2,
+        join=False,
+        start_method="spawn",
+    )
+    while not ctx.join(timeout=5):
+        pass
+    for rank in range(2):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        losses = np.asarray(result["losses"])
+        np.testing.assert_allclose(losses[:, 0], losses[:, 1], rtol=1e-5)  # same steps
+        assert losses[-1, 0] < losses[0, 0] - 0.01, losses  # it trains
+        worst = max(result["diffs"].values())
+        assert worst < 1e-5, {k: v for k, v in result["diffs"].items() if v >= 1e-5}
+        assert any("t_item" in k for k in result["diffs"]), "the tables are compared"
