@@ -4,11 +4,19 @@ Rules for bad item records (docs/data-prep.md): an item row without an id is rej
 (`missing_field`), a repeated id is rejected (`duplicate_item`, the first row wins). An
 item whose vector is missing, of the wrong size, non-finite or of zero norm is kept with a
 zero vector (`bad_vector`, repaired): its similarity to everything is 0.
+
+Modalities: an item table may also carry one vector column per modality (text, image, ...;
+`modality_columns`, at least two). Each is L2-normalised and kept apart
+(`ItemTable.modalities`, saved as `item_mm_<name>.npy`); an unusable vector of modality
+NAME is a zero row, repaired as `bad_vector_NAME`. Without a fused `mm_vector` column the
+fused vector is the L2-normalised concatenation of the normalised modality vectors, so its
+cosine is the mean of the modalities' cosines (items with a vector in every modality).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +35,8 @@ class ItemTable:
 
     mm: (len(vocab), d) float32, L2-normalised rows, rows 0 and 1 zero.
     category: (len(vocab),) int64 category index (0 for padding, 1 for unknown) or None.
+    modalities: modality name -> (len(vocab), d_k) float32, L2-normalised rows, rows 0 and
+        1 zero (empty: the items have one modality, `mm`); modality_sources: name -> source.
     """
 
     vocab: Vocab
@@ -34,6 +44,26 @@ class ItemTable:
     mm_source: str
     category_vocab: Vocab | None = None
     category: np.ndarray | None = None
+    modalities: dict[str, np.ndarray] = field(default_factory=dict)
+    modality_sources: dict[str, str] = field(default_factory=dict)
+
+
+MODALITY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def check_modality_columns(modality_columns: dict[str, str] | None) -> dict[str, str]:
+    """name -> column; names are lowercase identifiers (file names), two or more of them."""
+    columns = dict(modality_columns or {})
+    if not columns:
+        return columns
+    bad = [name for name in columns if not MODALITY_NAME.match(name)]
+    if bad:
+        raise InputError(f"modality name {bad[0]!r}: use lowercase letters, digits and _")
+    if len(columns) < 2:
+        raise InputError(
+            "give two or more modalities (one modality is the item vector itself, mm_vector)"
+        )
+    return columns
 
 
 def first_occurrences(ids: np.ndarray) -> np.ndarray:
@@ -107,23 +137,29 @@ def read_item_table(
     source: str | None = None,
     lines: np.ndarray | None = None,
     max_id_length: int = DEFAULT_MAX_ID_LENGTH,
+    modality_columns: dict[str, str] | None = None,
 ) -> ItemTable:
     """Item table with vectors (one row per item) -> ItemTable.
 
     `lines`: the 1-based line (CSV) or row (Parquet) of each row, row + 1 by default.
     Rows whose vector is unusable are repaired under `bad_vector_reason` (zero vector).
+    `modality_columns`: modality name -> vector column (module docstring); without
+    `vector_column` in the table the fused vector is built from them.
     """
+    modality_columns = check_modality_columns(modality_columns)
     if id_column not in table.column_names:
         raise InputError(f"{file}: no column {id_column!r} (columns: {table.column_names})")
-    if vector_column not in table.column_names:
+    fused = vector_column not in table.column_names and bool(modality_columns)
+    if vector_column not in table.column_names and not fused:
         raise InputError(
             f"{file}: no column {vector_column!r}; embed titles first (python -m data_prep embed-items)"
         )
-    kind = table.schema.field(vector_column).type
-    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
-        pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
-    ):
-        raise InputError(f"{file}: column {vector_column!r} is {kind}, expected list<float>")
+    for column in [*([] if fused else [vector_column]), *modality_columns.values()]:
+        if column not in table.column_names:
+            raise InputError(
+                f"{file}: no modality column {column!r} (columns: {table.column_names})"
+            )
+        _check_vector_type(table, column, file)
     lines = np.arange(1, table.num_rows + 1) if lines is None else lines
     rejects.add_read(table.num_rows)
     try:
@@ -149,11 +185,23 @@ def read_item_table(
     for row in np.flatnonzero(duplicate):
         rejects.reject(file, int(lines[row]), "duplicate_item", _row(table, row))
     keep &= ~duplicate
-    vectors, bad = vectors_from_column(table.column(vector_column), file)
-    normed, bad_norm = normalize_rows(vectors)
-    bad |= bad_norm
-    for row in np.flatnonzero(keep & bad):
-        rejects.repair(file, int(lines[row]), bad_vector_reason, _row(table, row))
+    per_modality = {}
+    for name, column in modality_columns.items():
+        vectors_k, bad_k = vectors_from_column(table.column(column), file)
+        normed_k, bad_norm_k = normalize_rows(vectors_k)
+        bad_k |= bad_norm_k
+        for row in np.flatnonzero(keep & bad_k):
+            rejects.repair(file, int(lines[row]), f"bad_vector_{name}", _row(table, row))
+        per_modality[name] = (np.where(bad_k[:, None], 0.0, normed_k), bad_k)
+    if fused:  # the concatenation of the normalised modality vectors
+        vectors = np.concatenate([v for v, _ in per_modality.values()], axis=1)
+        normed, bad = normalize_rows(vectors)
+    else:
+        vectors, bad = vectors_from_column(table.column(vector_column), file)
+        normed, bad_norm = normalize_rows(vectors)
+        bad |= bad_norm
+        for row in np.flatnonzero(keep & bad):
+            rejects.repair(file, int(lines[row]), bad_vector_reason, _row(table, row))
     rejects.add_used(int(keep.sum()))
 
     rows = np.flatnonzero(keep)
@@ -166,8 +214,23 @@ def read_item_table(
         usable = category.missing | category.not_utf8 | category.too_long
         raw_category = np.where(usable, "", category.values)[order]
     category_vocab, category_index = category_table(vocab, raw_category)
+    modalities = {}
+    for name, (normed_k, _) in per_modality.items():
+        modalities[name] = np.zeros((len(vocab), normed_k.shape[1]), dtype=np.float32)
+        modalities[name][FIRST_ID:] = normed_k[order]
+    sources = {name: f"{file}:{column}" for name, column in modality_columns.items()}
+    if fused:
+        source = source or "concat(" + ", ".join(sources.values()) + ")"
     source = source or f"{file}:{vector_column}"
-    return ItemTable(vocab, mm, source, category_vocab, category_index)
+    return ItemTable(vocab, mm, source, category_vocab, category_index, modalities, sources)
+
+
+def _check_vector_type(table: pa.Table, column: str, file: str) -> None:
+    kind = table.schema.field(column).type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
+        pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
+    ):
+        raise InputError(f"{file}: column {column!r} is {kind}, expected list<float>")
 
 
 def _row(table: pa.Table, row: int) -> dict[str, object]:
@@ -175,9 +238,17 @@ def _row(table: pa.Table, row: int) -> dict[str, object]:
 
 
 def save_item_arrays(out_dir: Path, items: ItemTable) -> None:
-    """Write vocab/item.parquet, item_mm.npy and the category files when present."""
+    """Write vocab/item.parquet, item_mm.npy, item_mm_<name>.npy per modality and the
+    category files when present."""
     items.vocab.save(out_dir / "vocab" / "item.parquet")
     np.save(out_dir / "item_mm.npy", items.mm.astype(np.float32))
+    for name, table in items.modalities.items():
+        np.save(out_dir / modality_file(name), table.astype(np.float32))
     if items.category_vocab is not None and items.category is not None:
         items.category_vocab.save(out_dir / "vocab" / "category.parquet")
         np.save(out_dir / "item_category.npy", items.category.astype(np.int64))
+
+
+def modality_file(name: str) -> str:
+    """The file of modality `name`'s item table, relative to the prepared folder."""
+    return f"item_mm_{name}.npy"

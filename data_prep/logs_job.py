@@ -4,6 +4,9 @@ Interactions: Parquet or CSV files (a glob), columns user_id, item_id, timestamp
 seconds or a timestamp type), optional click (0/1; absent = every event is a positive);
 names configurable. Items: Parquet or CSV with item_id, optional mm_vector
 (list<float>), title and category; without mm_vector the titles are embedded.
+Modalities (`--modality NAME=COLUMN`, two or more): vector columns kept apart as
+item_mm_NAME.npy with per-modality similarities hist_sims_NAME in the samples; without
+mm_vector the fused vector is built from them (data_prep/items.py).
 Files are streamed in batches and scattered into user partitions
 (`--partitions`), processed by `--workers` processes (or torch.distributed ranks).
 """
@@ -62,12 +65,17 @@ class LogsConfig:
     job: str = "logs"
     created_by: str = ""
     limits: Limits = field(default_factory=Limits)
+    modalities: dict[str, str] = field(default_factory=dict)  # name -> vector column
 
 
 def load_items(
-    path: Path, embedding: EmbedSettings, rejects: RejectLog, limits: Limits | None = None
+    path: Path,
+    embedding: EmbedSettings,
+    rejects: RejectLog,
+    limits: Limits | None = None,
+    modalities: dict[str, str] | None = None,
 ) -> ItemTable:
-    """The item table; titles are embedded when it has no mm_vector column."""
+    """The item table; titles are embedded when it has no mm_vector column (nor modalities)."""
     limits = limits or Limits()
 
     def bad_row(line: int, reason: str, excerpt: str) -> None:
@@ -76,8 +84,12 @@ def load_items(
 
     batch = read_batch(path, bad_row, limits.max_line_bytes)
     table, lines = batch.table, batch.lines
-    common = {"lines": lines, "max_id_length": limits.max_id_length}
-    if "mm_vector" in table.column_names or "title" not in table.column_names:
+    common = {
+        "lines": lines,
+        "max_id_length": limits.max_id_length,
+        "modality_columns": modalities,
+    }
+    if "mm_vector" in table.column_names or modalities or "title" not in table.column_names:
         return read_item_table(table, path.name, rejects, **common)
     try:
         table, source, _ = add_title_vectors(table, embedding)
@@ -91,14 +103,21 @@ def load_items(
 class LogsItems:
     """Item side of the logs job: the item table is the catalogue, kept whole."""
 
-    def __init__(self, path: Path, embedding: EmbedSettings, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        embedding: EmbedSettings,
+        limits: Limits | None = None,
+        modalities: dict[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.embedding = embedding
         self.limits = limits or Limits()
+        self.modalities = dict(modalities or {})
         self.items: ItemTable | None = None
 
     def load(self, rejects: RejectLog) -> np.ndarray:
-        self.items = load_items(self.path, self.embedding, rejects, self.limits)
+        self.items = load_items(self.path, self.embedding, rejects, self.limits, self.modalities)
         return self.items.vocab.raw_ids
 
     def finalize(self, used: np.ndarray, rejects: RejectLog) -> tuple[ItemTable, np.ndarray]:
@@ -247,7 +266,7 @@ def run_logs(
     manifest = run_pipeline(
         settings,
         coordinator,
-        LogsItems(items_path, config.embedding, config.limits),
+        LogsItems(items_path, config.embedding, config.limits, config.modalities),
         tasks,
         files,
         inputs,
@@ -303,10 +322,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_protocol_arguments(parser)
     add_scale_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
+    parser.add_argument(
+        "--modality",
+        action="append",
+        default=[],
+        metavar="NAME=COLUMN",
+        help="a modality's vector column of the item table, repeated (two or more): kept "
+        "apart as item_mm_NAME.npy with per-modality similarities hist_sims_NAME",
+    )
     add_limit_arguments(parser)
     add_embed_arguments(parser, ("minilm", "hashed"))
     for key, default in DEFAULT_COLUMNS.items():
         parser.add_argument(f"--{key}-column", default=default)
+
+
+def modalities_from_args(entries: list[str]) -> dict[str, str]:
+    """["text=text_vector", ...] -> {"text": "text_vector", ...}; InputError when malformed."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        name, sep, column = entry.partition("=")
+        if not sep or not name or not column or name in out:
+            raise InputError(f"--modality {entry!r}: expected NAME=COLUMN, each NAME once")
+        out[name] = column
+    return out
 
 
 def protocol_from_args(args: argparse.Namespace, name: str) -> Protocol:
@@ -338,6 +376,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         distributed=args.distributed or None,
         created_by=command,
         limits=limits_from_args(args),
+        modalities=modalities_from_args(args.modality),
     )
     manifest = run_logs(config)
     if manifest is not None:

@@ -56,9 +56,11 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def listed_paths(manifest: dict[str, Any]) -> list[str]:
-    """The files the trainer reads: every split's shards and the multimodal table."""
+    """The files the trainer reads: every split's shards, the multimodal table and the
+    per-modality tables (`modalities`, when the items have several)."""
     files = [p for paths in (manifest.get("splits") or {}).values() for p in paths]
     files.append((manifest.get("item_embeddings") or {}).get("path", "item_mm.npy"))
+    files += [entry["path"] for entry in manifest.get("modalities") or []]
     return files
 
 

@@ -41,7 +41,7 @@ from data_prep.integrity import (
     fresh_staging_folder,
     staging_folder,
 )
-from data_prep.items import ItemTable, save_item_arrays
+from data_prep.items import ItemTable, modality_file, save_item_arrays
 from data_prep.limits import Limits
 from data_prep.manifest import MANIFEST, write_manifest
 from data_prep.protocols import Protocol
@@ -170,11 +170,18 @@ class BuildTask:
 def _open_items(out: Path) -> ItemTable:
     """The saved item arrays; a large multimodal table stays memory-mapped (shared page cache)."""
     vocab = Vocab.load(out / "vocab" / "item.parquet")
-    mm = np.load(out / "item_mm.npy", mmap_mode="r")
-    if mm.nbytes <= IN_MEMORY_ITEM_BYTES:
-        mm = np.array(mm)  # random row gathers are much faster from memory than from a memmap
+    mm = _open_table(out / "item_mm.npy")
     category = np.load(out / "item_category.npy") if (out / "item_category.npy").exists() else None
-    return ItemTable(vocab, mm, "", None, category)
+    names = sorted(p.name[len("item_mm_") : -len(".npy")] for p in out.glob("item_mm_*.npy"))
+    modalities = {name: _open_table(out / modality_file(name)) for name in names}
+    return ItemTable(vocab, mm, "", None, category, modalities)
+
+
+def _open_table(path: Path) -> np.ndarray:
+    table = np.load(path, mmap_mode="r")
+    if table.nbytes <= IN_MEMORY_ITEM_BYTES:
+        table = np.array(table)  # random row gathers are much faster from memory than a memmap
+    return table
 
 
 def user_blocks(events: Events, block_events: int) -> Iterator[Events]:
@@ -197,10 +204,18 @@ def user_blocks(events: Events, block_events: int) -> Iterator[Events]:
 
 
 def fill_item_features(samples: Samples, items: ItemTable) -> None:
-    """Fill hist_sims, and the categories when items have them, in place."""
+    """Fill hist_sims, the per-modality similarities when items have modalities, and the
+    categories when items have them, in place."""
     samples.hist_sims = history_similarities(
         items.mm, samples.item, samples.hist_offsets, samples.hist_items
     )
+    if items.modalities:
+        samples.hist_modality_sims = {
+            name: history_similarities(
+                table, samples.item, samples.hist_offsets, samples.hist_items
+            )
+            for name, table in items.modalities.items()
+        }
     if items.category is not None:
         samples.category = items.category[samples.item]
         samples.hist_categories = items.category[samples.hist_items]
@@ -327,6 +342,7 @@ def _run_pipeline(
     shards = {s: [p for b in built for p in b["paths"][s]] for s in splits}
     item_files = [p.relative_to(out).as_posix() for p in (out / "vocab").glob("*.parquet")]
     item_files += [n for n in ("item_mm.npy", "item_category.npy") if (out / n).exists()]
+    item_files += [modality_file(name) for name in items.modalities]
     checksums = checksum_files(out, [*item_files, "rejects.jsonl"])
     for b in built:
         checksums.update(b["files"])
@@ -348,6 +364,12 @@ def _run_pipeline(
             "source": items.mm_source,
             "sha256": checksums["item_mm.npy"]["sha256"],
         },
+        **modality_entries(items, checksums),
+        "history_times": {
+            "column": "hist_ts_delta",
+            "unit": "seconds",
+            "meaning": "the target's time minus each behaviour's (>= 0), aligned with hist_items",
+        },
         "inputs": inputs,
         "protocol": protocol,
         "limits": (settings.limits or Limits()).as_dict(),
@@ -357,8 +379,30 @@ def _run_pipeline(
     }
     shutil.rmtree(work)
     manifest = write_manifest(out, manifest)
-    commit_folder(out, settings.out, OUTPUTS, MANIFEST)
+    stale = [p.name for p in Path(settings.out).glob("item_mm_*.npy")]  # an earlier run's
+    commit_folder(out, settings.out, [*OUTPUTS, *stale], MANIFEST)
     return manifest
+
+
+def modality_entries(items: ItemTable, checksums: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's `modalities` list (when the items have 2+ modalities): name, table,
+    dimension, source, sha256 and sample column of each, by name."""
+    if not items.modalities:
+        return {}
+    entries = []
+    for name, table in sorted(items.modalities.items()):
+        path = modality_file(name)
+        entries.append(
+            {
+                "name": name,
+                "path": path,
+                "dim": int(table.shape[1]),
+                "source": items.modality_sources.get(name, ""),
+                "sha256": checksums[path]["sha256"],
+                "column": f"hist_sims_{name}",
+            }
+        )
+    return {"modalities": entries}
 
 
 def _save_user_vocab(out: Path, work: Path, partitions: int) -> Vocab:

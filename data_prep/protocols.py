@@ -26,15 +26,18 @@ from data_prep.vocab import FIRST_ID
 DAY_SECONDS = 86_400
 
 
-def _samples(user, item, label, ts, offsets, hist_items) -> Samples:
+def _samples(user, item, label, ts, offsets, hist_items, hist_ts) -> Samples:
+    """hist_ts (H,): each behaviour's time; stored as the target's time minus it."""
+    ts = ts.astype(np.int64)
     return Samples(
         user=user.astype(np.int64),
         item=item.astype(np.int64),
         label=label.astype(np.float32),
-        ts=ts.astype(np.int64),
+        ts=ts,
         hist_offsets=offsets,
         hist_items=hist_items.astype(np.int64),
         hist_sims=np.zeros(len(hist_items), dtype=np.float32),
+        hist_ts_delta=np.repeat(ts, np.diff(offsets)) - hist_ts.astype(np.int64),
     )
 
 
@@ -57,8 +60,15 @@ def temporal_samples(
             continue
         rows = np.flatnonzero(split == code)
         offsets, hist = windows.gather(events.item, rows)
+        _, hist_ts = windows.gather(events.ts, rows)
         out[name] = _samples(
-            events.user[rows], events.item[rows], events.click[rows], events.ts[rows], offsets, hist
+            events.user[rows],
+            events.item[rows],
+            events.click[rows],
+            events.ts[rows],
+            offsets,
+            hist,
+            hist_ts,
         )
     return out
 
@@ -136,8 +146,9 @@ def next_item_samples(
         item[1::2] = negative
         label = np.tile(np.array([1, 0], dtype=np.float32), len(rows))
         offsets, hist = windows.gather(events.item, pair_rows)
+        _, hist_ts = windows.gather(events.ts, pair_rows)
         out[name] = _samples(
-            events.user[pair_rows], item, label, events.ts[pair_rows], offsets, hist
+            events.user[pair_rows], item, label, events.ts[pair_rows], offsets, hist, hist_ts
         )
     return out, protocol_counts
 

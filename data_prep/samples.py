@@ -14,7 +14,9 @@ class Samples:
 
     user, item, ts: (N,) int64; label: (N,) float32; hist_offsets: (N+1,) int64;
     hist_items: (H,) int64; hist_sims: (H,) float32; category: (N,) int64 or None;
-    hist_categories: (H,) int64 or None.
+    hist_categories: (H,) int64 or None; hist_ts_delta: (H,) int64 seconds, the target's
+    time minus each behaviour's (>= 0), or None; hist_modality_sims: modality name ->
+    (H,) float32 cosine of that modality's vectors, when the items have 2+ modalities.
     """
 
     user: np.ndarray
@@ -26,6 +28,8 @@ class Samples:
     hist_sims: np.ndarray
     category: np.ndarray | None = None
     hist_categories: np.ndarray | None = None
+    hist_ts_delta: np.ndarray | None = None
+    hist_modality_sims: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.user)
@@ -49,6 +53,14 @@ class Samples:
                 offsets, pa.array(self.hist_sims.astype(np.float32))
             ),
         }
+        if self.hist_ts_delta is not None:
+            columns["hist_ts_delta"] = pa.ListArray.from_arrays(
+                offsets, pa.array(self.hist_ts_delta.astype(np.int64))
+            )
+        for name, sims in (self.hist_modality_sims or {}).items():
+            columns[f"hist_sims_{name}"] = pa.ListArray.from_arrays(
+                offsets, pa.array(sims.astype(np.float32))
+            )
         if self.category is not None and self.hist_categories is not None:
             columns["category"] = pa.array(self.category.astype(np.int64))
             columns["hist_categories"] = pa.ListArray.from_arrays(
