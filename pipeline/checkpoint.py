@@ -275,11 +275,70 @@ class Checkpointer:
             if not keyed.state:
                 keyed.init_state()
         state = self._state(model, optimizer)
+        saved_world = saved_world_size(path)
+        world = dist.get_world_size()
+        rng_key = f"rng_rank{dist.get_rank()}"
+        if saved_world != world:
+            log.warning(
+                "%s was written by %d ranks and is resumed on %d: model weights and optimizer "
+                "state are resharded to this world's plan; the data order of the current "
+                "epoch is re-partitioned over %d ranks from the same step (within this epoch "
+                "some rows may be read twice and others not at all; later epochs are exact)",
+                path,
+                saved_world,
+                world,
+                world,
+            )
+        if dist.get_rank() >= saved_world:  # a rank the checkpoint did not have
+            state.pop(rng_key)
+        problems = unloadable(path, state["optimizer"])
+        if problems:
+            state.pop("optimizer")
+            log.warning(
+                "%s: the optimizer state does not fit this run's sharding plan and is NOT "
+                "restored (%s); the model weights are, and training continues with fresh "
+                "optimizer state",
+                path,
+                "; ".join(problems[:3])
+                + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""),
+            )
         dcp.load(state, checkpoint_id=str(path))
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state[f"rng_rank{dist.get_rank()}"])
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        if rng_key in state:
+            _set_rng_state(state[rng_key])
         return json.loads((path / "progress.json").read_text())
+
+
+def unloadable(path: Path, optimizer_state: dict[str, Any]) -> list[str]:
+    """Why the checkpoint's optimizer state cannot be loaded into `optimizer_state` (this
+    run's, same layout as saved): entries missing from it or saved with another global
+    shape (torchrec states it cannot reshard to a new plan); [] when it loads. The same
+    answer on every rank (from metadata every rank reads alike)."""
+    from torch.distributed.checkpoint._nested_dict import flatten_state_dict
+
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    flat, _ = flatten_state_dict({"optimizer": optimizer_state})
+    problems = []
+    for key, value in flat.items():
+        entry = saved.get(key)
+        if entry is None:
+            problems.append(f"{key}: not in the checkpoint")
+        elif hasattr(value, "size") and hasattr(entry, "size"):
+            here, there = tuple(value.size()), tuple(entry.size)
+            if here != there:
+                problems.append(f"{key}: saved {there}, here {here}")
+    return problems
+
+
+def saved_world_size(path: Path) -> int:
+    """Ranks that wrote the checkpoint at `path` (one RNG state each in its metadata)."""
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    ranks = {
+        key.split(".", 1)[0] for key in metadata.state_dict_metadata if key.startswith("rng_rank")
+    }
+    return max(1, len(ranks))
 
 
 def _verify_message(path: Path) -> str | None:
