@@ -15,7 +15,7 @@ from typing import Any
 from data_prep.logs_job import LogsConfig, run_logs
 from data_prep.manifest import input_record, read_manifest
 from data_prep.protocols import Protocol
-from data_prep.synthetic import SyntheticConfig, write_raw
+from data_prep.synthetic import SyntheticConfig, modality_columns, write_raw
 
 
 def logs_config(out: Path, generator: SyntheticConfig) -> LogsConfig:
@@ -27,6 +27,7 @@ def logs_config(out: Path, generator: SyntheticConfig) -> LogsConfig:
         protocol=Protocol(name="temporal"),
         job="synthetic",
         created_by=f"python -m data_prep default --seed {generator.seed}",
+        modalities=modality_columns(generator),  # text and image, kept apart (DMAE)
     )
 
 

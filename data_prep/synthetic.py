@@ -11,6 +11,17 @@ The generator writes what a real system logs, not prepared samples:
   sigmoid(bias + w_interest * interest[topic] + w_quality * quality).
 So recent clicked history predicts clicks through topic (visible to multimodal
 similarity), item IDs carry quality, and popularity alone is a weak baseline.
+
+Two modalities with different signal (`styles` > 0, the default): the topic vector above
+is the item's *text* vector; each item also has a visual style (one of `styles`) and an
+*image* vector normalize(style_center + noise) that knows nothing of the topic, and each
+user a Dirichlet style preference that adds w_style * (preference[style] - 1/styles) to
+the click logit. Candidates are drawn by topic only, so the style is a re-ranking signal
+that only image similarity sees, and topic one that only text similarity sees. The item
+table then has `text_vector` and `image_vector` beside `mm_vector`, their fusion
+normalize([text; image]) (cosine: the mean of the two), which is what a one-vector model
+such as DMF reads. The style draws come from their own generator, so `styles=0` gives
+exactly the one-modality data of before (mm_vector = the text vector).
 """
 
 from __future__ import annotations
@@ -51,6 +62,11 @@ class SyntheticConfig:
     click_bias: float = -3.3
     w_interest: float = 8.0
     w_quality: float = 0.6
+    styles: int = 8
+    image_dim: int = 32
+    style_noise: float = 0.15
+    style_concentration: float = 0.3
+    w_style: float = 3.0
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -65,9 +81,18 @@ def _draw(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)
 
 
+MODALITY_COLUMNS = {"text": "text_vector", "image": "image_vector"}
+
+
+def modality_columns(config: SyntheticConfig) -> dict[str, str]:
+    """The item table's modality columns (none with `styles=0`: one vector, mm_vector)."""
+    return dict(MODALITY_COLUMNS) if config.styles > 0 else {}
+
+
 def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table]:
     """(interactions, items) raw tables, deterministic given the config."""
     rng = np.random.default_rng(config.seed)
+    style_rng = np.random.default_rng([config.seed, 1])  # its own stream: styles=0 is the old data
     n_items, n_topics = config.items, config.topics
 
     centers = _normalize(rng.normal(size=(n_topics, config.dim)))
@@ -125,6 +150,18 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table]:
         + config.w_interest * interest[slots, topic[slot_item]]
         + config.w_quality * quality[slot_item]
     )
+    if config.styles > 0:
+        style = style_rng.integers(config.styles, size=n_items)
+        style_centers = _normalize(style_rng.normal(size=(config.styles, config.image_dim)))
+        image = _normalize(
+            style_centers[style]
+            + style_rng.normal(scale=config.style_noise, size=(n_items, config.image_dim))
+        )
+        liking = style_rng.dirichlet(
+            np.full(config.styles, config.style_concentration), size=config.users
+        )
+        liking = liking[req_user[slots], style[slot_item]] - 1.0 / config.styles
+        logit = logit + config.w_style * liking
     click = (rng.random(len(slots)) < 1 / (1 + np.exp(-logit))).astype(np.int8)
 
     order = np.lexsort((slot_item, slots, req_ts[slots]))  # a log is written in time order
@@ -139,15 +176,19 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table]:
         }
     )
     words = np.array(TOPIC_WORDS * (n_topics // len(TOPIC_WORDS) + 1))
-    items = pa.table(
-        {
-            "item_id": pa.array([f"i{i:05d}" for i in range(n_items)], pa.string()),
-            "title": pa.array([f"{words[t]} model {i}" for i, t in enumerate(topic)], pa.string()),
-            "category": pa.array([f"group{t // 4}" for t in topic], pa.string()),
-            "mm_vector": pa.array(list(mm), pa.list_(pa.float32())),
-        }
-    )
-    return interactions, items
+    columns = {
+        "item_id": pa.array([f"i{i:05d}" for i in range(n_items)], pa.string()),
+        "title": pa.array([f"{words[t]} model {i}" for i, t in enumerate(topic)], pa.string()),
+        "category": pa.array([f"group{t // 4}" for t in topic], pa.string()),
+    }
+    if config.styles > 0:
+        fused = _normalize(np.concatenate([mm, image], axis=1))
+        columns["mm_vector"] = pa.array(list(fused), pa.list_(pa.float32()))
+        columns[MODALITY_COLUMNS["text"]] = pa.array(list(mm), pa.list_(pa.float32()))
+        columns[MODALITY_COLUMNS["image"]] = pa.array(list(image), pa.list_(pa.float32()))
+    else:
+        columns["mm_vector"] = pa.array(list(mm), pa.list_(pa.float32()))
+    return interactions, pa.table(columns)
 
 
 def write_raw(config: SyntheticConfig, raw_dir: Path) -> tuple[Path, Path]:

@@ -25,6 +25,11 @@ class Batch(Pipelineable):
     hist_sims: (N,) float32, cosine similarity of each history item to its sample's
         target, aligned with `sparse_features["hist_item"].values()`.
     labels: (B,) float32.
+    hist_times: (N,) float32, the target's time minus each behaviour's in seconds, aligned
+        like hist_sims; None when the data has no times (docs/data-format.md).
+    hist_modality_sims: (N, K) float32, the similarities of each of the K separate
+        modalities (FeatureSpec.modalities order), aligned like hist_sims; None when the
+        items have one vector.
 
     Implements what TrainPipelineSparseDist needs: `to`, `pin_memory`, `record_stream`.
     """
@@ -32,24 +37,38 @@ class Batch(Pipelineable):
     sparse_features: KeyedJaggedTensor
     hist_sims: torch.Tensor
     labels: torch.Tensor
+    hist_times: torch.Tensor | None = None
+    hist_modality_sims: torch.Tensor | None = None
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, non_blocking=non_blocking)
+
         return Batch(
             sparse_features=self.sparse_features.to(device=device, non_blocking=non_blocking),
             hist_sims=self.hist_sims.to(device=device, non_blocking=non_blocking),
             labels=self.labels.to(device=device, non_blocking=non_blocking),
+            hist_times=move(self.hist_times),
+            hist_modality_sims=move(self.hist_modality_sims),
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
         self.sparse_features.record_stream(stream)
         self.hist_sims.record_stream(stream)
         self.labels.record_stream(stream)
+        for t in (self.hist_times, self.hist_modality_sims):
+            if t is not None:
+                t.record_stream(stream)
 
     def pin_memory(self) -> Batch:
         return Batch(
             sparse_features=self.sparse_features.pin_memory(),
             hist_sims=self.hist_sims.pin_memory(),
             labels=self.labels.pin_memory(),
+            hist_times=None if self.hist_times is None else self.hist_times.pin_memory(),
+            hist_modality_sims=(
+                None if self.hist_modality_sims is None else self.hist_modality_sims.pin_memory()
+            ),
         )
 
     @property

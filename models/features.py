@@ -21,6 +21,15 @@ class FeatureSpec:
     num_items: int
     num_categories: int  # 0 when the items have no categories
     bucket_boundaries: tuple[float, ...]  # M-1 cut points
+    # Names of the items' separate modalities (manifest "modalities", e.g. ("image",
+    # "text")), in the order of the batch's hist_modality_sims columns; () when the items
+    # have one vector (item_mm, whose similarities are hist_sims).
+    modalities: tuple[str, ...] = ()
+
+    @property
+    def num_modalities(self) -> int:
+        """Modalities a per-modality model sees: the separate ones, else the one vector."""
+        return max(len(self.modalities), 1)
 
     @property
     def num_buckets(self) -> int:

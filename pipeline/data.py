@@ -38,7 +38,9 @@ from data_prep.manifest import listed_paths, load_manifest, verify_folder
 from models.batch import Batch
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
 from pipeline.loader import (
+    NO_EXTRAS,
     Empty,
+    HistoryExtras,
     MisalignedHistory,
     assemble,
     concat_columns,
@@ -106,16 +108,21 @@ class PreparedData:
         )
 
     def _check_tables(self) -> None:
-        """The multimodal table has one row per item index (a cheap header read)."""
-        path = self.path(self.manifest["item_embeddings"]["path"])
-        try:
-            rows = np.load(path, mmap_mode="r").shape[0]
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: not a readable .npy table ({error})") from None
-        if rows != self.vocab_sizes["item"]:
-            raise DataError(
-                f"{path}: {rows} rows, the manifest's item vocabulary has {self.vocab_sizes['item']}"
-            )
+        """The multimodal tables (the fused one and each modality's) have one row per item
+        index (a cheap header read)."""
+        names = [self.manifest["item_embeddings"]["path"]]
+        names += [entry["path"] for entry in self.manifest.get("modalities") or []]
+        for name in names:
+            path = self.path(name)
+            try:
+                rows = np.load(path, mmap_mode="r").shape[0]
+            except (OSError, ValueError) as error:
+                raise DataError(f"{path}: not a readable .npy table ({error})") from None
+            if rows != self.vocab_sizes["item"]:
+                raise DataError(
+                    f"{path}: {rows} rows, the manifest's item vocabulary has "
+                    f"{self.vocab_sizes['item']}"
+                )
 
     def path(self, name: str) -> Path:
         """A file named by the manifest, resolved inside the folder (else DataError)."""
@@ -157,14 +164,35 @@ class PreparedData:
         """(num_items, d_m) frozen L2-normalised multimodal vectors, memory-mapped."""
         return np.load(self.path(self.manifest["item_embeddings"]["path"]), mmap_mode="r")
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The items' separate modalities (manifest `modalities`), () with one vector."""
+        return tuple(entry["name"] for entry in self.manifest.get("modalities") or [])
+
+    @cached_property
+    def modality_mm(self) -> dict[str, np.ndarray]:
+        """Modality name -> (num_items, d_k) frozen L2-normalised vectors, memory-mapped."""
+        return {
+            entry["name"]: np.load(self.path(entry["path"]), mmap_mode="r")
+            for entry in self.manifest.get("modalities") or []
+        }
+
+    @property
+    def history_extras(self) -> HistoryExtras:
+        """The history-aligned columns beyond hist_sims the shards carry and batches get:
+        the times (`history_times`, written by every job since it was added) and the
+        per-modality similarities."""
+        return HistoryExtras(times="history_times" in self.manifest, modalities=self.modalities)
+
     def feature_spec(self) -> FeatureSpec:
-        """What the model needs of this data: table sizes and bucket boundaries."""
+        """What the model needs of this data: table sizes, bucket boundaries, modalities."""
         sizes = self.vocab_sizes
         return FeatureSpec(
             num_users=sizes["user"],
             num_items=sizes["item"],
             num_categories=sizes.get("category", 0),
             bucket_boundaries=tuple(self.manifest["buckets"]["boundaries"]),
+            modalities=self.modalities,
         )
 
     def split_files(self, split: str) -> list[Path]:
@@ -180,6 +208,7 @@ class PreparedData:
 
     def reader(self, split: str, batch_size: int, **kwargs) -> ShardReader:
         kwargs.setdefault("vocab_sizes", self.vocab_sizes)
+        kwargs.setdefault("extras", self.history_extras)
         return ShardReader(
             self.split_files(split), batch_size, has_categories=self.has_categories, **kwargs
         )
@@ -192,8 +221,11 @@ class _RowGroup:
     rows: int
 
 
-def table_to_batch(table: pa.Table, has_categories: bool) -> Batch:
-    """Sample rows (docs/data-format.md) -> Batch. Pure; used by reader and serving jobs."""
+def table_to_batch(
+    table: pa.Table, has_categories: bool, extras: HistoryExtras = NO_EXTRAS
+) -> Batch:
+    """Sample rows (docs/data-format.md) -> Batch. Pure; used by reader and serving jobs.
+    `extras`: also the times and per-modality similarities (`PreparedData.history_extras`)."""
     n = table.num_rows
     hist = table.column("hist_items").combine_chunks()
     lengths = np.diff(hist.offsets.to_numpy())
@@ -219,10 +251,23 @@ def table_to_batch(table: pa.Table, has_categories: bool) -> Batch:
         values=torch.from_numpy(np.concatenate(values).astype(np.int64)),
         lengths=torch.from_numpy(np.concatenate(key_lengths).astype(np.int32)),
     )
+    times = modality_sims = None
+    if extras:
+        try:
+            cols = table_columns(table, has_categories, extras)
+        except MisalignedHistory as error:
+            raise DataError(str(error)) from None
+        if extras.times:
+            times = torch.from_numpy(np.ascontiguousarray(cols["hist_times"]))
+        if extras.modalities:
+            stacked = np.stack([cols[f"hist_sims_{m}"] for m in extras.modalities], axis=1)
+            modality_sims = torch.from_numpy(stacked.astype(np.float32))
     return Batch(
         sparse_features=kjt,
         hist_sims=torch.from_numpy(sims.astype(np.float32)),
         labels=torch.from_numpy(table.column("label").to_numpy().astype(np.float32)),
+        hist_times=times,
+        hist_modality_sims=modality_sims,
     )
 
 
@@ -244,6 +289,8 @@ class ShardReader:
             (pipeline/loader.py).
         pin_memory: pin every batch (for the asynchronous copy to a GPU).
         prefetch_factor: windows each worker reads ahead.
+        extras: the history-aligned columns beyond hist_sims to read into the batches
+            (`pipeline.loader.HistoryExtras`: times, per-modality similarities).
     """
 
     def __init__(
@@ -261,6 +308,7 @@ class ShardReader:
         num_workers: int = 0,
         pin_memory: bool = False,
         prefetch_factor: int = 2,
+        extras: HistoryExtras = NO_EXTRAS,
     ) -> None:
         if not files:
             raise DataError("no shard files for this split")
@@ -272,6 +320,7 @@ class ShardReader:
         self.buffer_groups = max(1, shuffle_buffer_row_groups)
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.prefetch_factor = prefetch_factor
+        self.extras = extras
         self.row_groups = []
         for f in files:
             try:
@@ -355,7 +404,7 @@ class ShardReader:
             group = self.row_groups[gi]
             table = self._read(group).slice(lo, hi - lo)
             try:
-                parts.append(table_columns(table, self.has_categories))
+                parts.append(table_columns(table, self.has_categories, self.extras))
             except MisalignedHistory as error:
                 raise DataError(f"{group.file}: row group {group.index}: {error}") from None
         cols = concat_columns(parts)
@@ -363,7 +412,9 @@ class ShardReader:
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch, self.rank, 1, index])
             order = rng.permutation(num_rows(cols))
-        return pack_window(cols, offset, bounds, start_batch, self.has_categories, order, empty)
+        return pack_window(
+            cols, offset, bounds, start_batch, self.has_categories, order, empty, self.extras
+        )
 
     def _bounds(self) -> np.ndarray:
         """(steps+1,) batch b is rows bounds[b]..bounds[b+1]-1 of this rank's rows."""
@@ -381,6 +432,7 @@ class ShardReader:
         need = ["user", "item", "label", "hist_items", "hist_sims"]
         if self.has_categories:
             need += ["category", "hist_categories"]
+        need += self.extras.source_columns()
         missing = [c for c in need if c not in table.column_names]
         if missing:
             raise DataError(f"{where}: no column {missing[0]!r}")
@@ -421,7 +473,9 @@ class ShardReader:
             self.prefetch_factor,
             self.pin_memory,
         )
-        yield from assemble(stream, bounds, start_batch, self.has_categories, self.pin_memory)
+        yield from assemble(
+            stream, bounds, start_batch, self.has_categories, self.pin_memory, self.extras
+        )
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_batches(0)

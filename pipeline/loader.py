@@ -24,12 +24,17 @@ per worker.
 
 Columns (`Columns`, a window's rows before packing): `user`, `item`, `label` (B,),
 `hist_offsets` (B+1,) from 0, `hist_items`, `hist_sims` (N,) aligned with them;
-`category` (B,) and `hist_categories` (N,) with categories.
+`category` (B,) and `hist_categories` (N,) with categories. `HistoryExtras` names the
+optional float columns aligned with the history that a model may read (every key
+`hist_*` is history-aligned): the times
+(`hist_ts_delta` -> `hist_times`, `Batch.hist_times`) and the per-modality similarities
+(`hist_sims_<name>` -> `Batch.hist_modality_sims` (N, K), interleaved per entry).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -58,9 +63,40 @@ class MisalignedHistory(ValueError):
     """A history column whose lists do not line up with hist_items."""
 
 
-def table_columns(table: pa.Table, has_categories: bool) -> Columns:
+@dataclass(frozen=True)
+class HistoryExtras:
+    """Optional history-aligned columns read into the batch (docs/data-format.md).
+
+    times: read `hist_ts_delta` (int64 seconds) into Batch.hist_times (float32).
+    modalities: read `hist_sims_<name>` of each into Batch.hist_modality_sims (N, K), in
+        this order (the manifest's `modalities`, FeatureSpec.modalities).
+    """
+
+    times: bool = False
+    modalities: tuple[str, ...] = ()
+
+    def source_columns(self) -> list[str]:
+        """The shard columns these need."""
+        times = ["hist_ts_delta"] if self.times else []
+        return times + [f"hist_sims_{name}" for name in self.modalities]
+
+    def __bool__(self) -> bool:
+        return self.times or bool(self.modalities)
+
+
+NO_EXTRAS = HistoryExtras()
+
+
+def _history_keys(cols: Columns) -> list[str]:
+    """The columns aligned with the history entries (everything `hist_*` but the offsets)."""
+    return [k for k in cols if k.startswith("hist_") and k != "hist_offsets"]
+
+
+def table_columns(
+    table: pa.Table, has_categories: bool, extras: HistoryExtras = NO_EXTRAS
+) -> Columns:
     """Sample rows (docs/data-format.md) -> Columns (offsets from 0; views of the Arrow
-    buffers where the types match)."""
+    buffers where the types match); `extras` adds `hist_times` and `hist_sims_<name>`."""
     hist = table.column("hist_items").combine_chunks()
     offsets = hist.offsets.to_numpy().astype(np.int64)
     cols: Columns = {
@@ -71,6 +107,7 @@ def table_columns(table: pa.Table, has_categories: bool) -> Columns:
         "hist_items": _numpy(hist.flatten(), np.int64),
     }
     jagged = ["hist_sims"] + (["hist_categories"] if has_categories else [])
+    jagged += extras.source_columns()
     if has_categories:
         cols["category"] = _numpy(table.column("category"), np.int64)
     lengths = np.diff(offsets)
@@ -78,7 +115,8 @@ def table_columns(table: pa.Table, has_categories: bool) -> Columns:
         column = table.column(name).combine_chunks()
         if not np.array_equal(np.diff(column.offsets.to_numpy()), lengths):
             raise MisalignedHistory(f"{name} is not aligned with hist_items")
-        cols[name] = _numpy(column.flatten(), DTYPES[name])
+        key = "hist_times" if name == "hist_ts_delta" else name
+        cols[key] = _numpy(column.flatten(), DTYPES.get(name, np.float32))
     return cols
 
 
@@ -117,12 +155,25 @@ def slice_rows(cols: Columns, lo: int, hi: int) -> Columns:
     offsets = cols["hist_offsets"]
     a, b = int(offsets[lo]), int(offsets[hi])
     out = {k: cols[k][lo:hi] for k in ROW_COLUMNS if k in cols}
-    out.update({k: cols[k][a:b] for k in HISTORY_COLUMNS if k in cols})
+    out.update({k: cols[k][a:b] for k in _history_keys(cols)})
     out["hist_offsets"] = offsets[lo : hi + 1] - a
     return out
 
 
-def columns_to_batch(cols: Columns, has_categories: bool) -> Batch:
+def _extras_of(cols: Columns, extras: HistoryExtras) -> dict[str, torch.Tensor | None]:
+    """Batch.hist_times and .hist_modality_sims of Columns (None where not asked for)."""
+    times = sims = None
+    if extras.times:
+        times = torch.from_numpy(np.ascontiguousarray(cols["hist_times"]))
+    if extras.modalities:
+        columns = [cols[f"hist_sims_{name}"] for name in extras.modalities]
+        sims = torch.from_numpy(np.stack(columns, axis=1).astype(np.float32, copy=False))
+    return {"hist_times": times, "hist_modality_sims": sims}
+
+
+def columns_to_batch(
+    cols: Columns, has_categories: bool, extras: HistoryExtras = NO_EXTRAS
+) -> Batch:
     """Columns -> Batch (the KJT's values are one new tensor; the rest are views)."""
     n = num_rows(cols)
     lengths = np.diff(cols["hist_offsets"]).astype(np.int32)
@@ -143,6 +194,7 @@ def columns_to_batch(cols: Columns, has_categories: bool) -> Batch:
         sparse_features=kjt,
         hist_sims=torch.from_numpy(np.ascontiguousarray(cols["hist_sims"])),
         labels=torch.from_numpy(np.ascontiguousarray(cols["label"])),
+        **_extras_of(cols, extras),
     )
 
 
@@ -180,6 +232,7 @@ def pack_window(
     has_categories: bool,
     order: np.ndarray | None = None,
     empty: Empty = _empty,
+    extras: HistoryExtras = NO_EXTRAS,
 ) -> dict[str, np.ndarray]:
     """A window's rows (taken in `order`, a permutation, when shuffling) laid out as the
     batches they belong to, ready to be wrapped without a copy (`unpack_window`).
@@ -188,7 +241,8 @@ def pack_window(
     `lengths`; `sims`; `labels`) indexed by `batches` (k, 7): batch, rows, history entries,
     and the offsets of the batch in the four arrays. A batch cut by the window's edge is a
     fragment (`fragments`: its batch; `frag{j}.{column}`: its rows as Columns), put
-    together with its other fragments by `assemble`.
+    together with its other fragments by `assemble`. With `extras`, `times` (aligned like
+    `sims`) and `msims` (K per history entry, at K times the `sims` offset) hold them.
     """
     n_rows = num_rows(cols)
     order = np.arange(n_rows) if order is None else order
@@ -206,6 +260,11 @@ def pack_window(
         "sims": empty(m_all, np.float32),
         "labels": empty(n_all, np.float32),
     }
+    num_modalities = len(extras.modalities)
+    if extras.times:
+        out["times"] = empty(m_all, np.float32)
+    if num_modalities:
+        out["msims"] = empty(m_all * num_modalities, np.float32)
     index = np.zeros((len(whole), 7), np.int64)
     v = ln = sm = lb = 0
     for k, ((b, rows), (n, m)) in enumerate(zip(whole, sizes)):
@@ -227,6 +286,13 @@ def pack_window(
             out["lengths"][ln : ln + n] = lengths if is_hist else 1
             ln += n
         np.take(cols["hist_sims"], hist, out=out["sims"][sm : sm + m])
+        if extras.times:
+            np.take(cols["hist_times"], hist, out=out["times"][sm : sm + m])
+        if num_modalities:
+            block = out["msims"][sm * num_modalities : (sm + m) * num_modalities]
+            block = block.reshape(m, num_modalities)
+            for k, name in enumerate(extras.modalities):
+                block[:, k] = cols[f"hist_sims_{name}"][hist]
         sm += m
         out["labels"][lb : lb + n] = per["label"]
         lb += n
@@ -236,14 +302,18 @@ def pack_window(
     for j, (_, rows) in enumerate(fragments):
         per, hist = _gather(cols, rows)
         per["hist_offsets"] = np.concatenate([[0], np.cumsum(hist_lengths[rows])]).astype(np.int64)
-        for k in HISTORY_COLUMNS:
-            if k in cols:
-                per[k] = cols[k][hist]
+        for k in _history_keys(cols):
+            per[k] = cols[k][hist]
         out.update({f"frag{j}.{k}": a for k, a in per.items()})
     return out
 
 
-def _batch_of(packed: dict[str, np.ndarray], row: np.ndarray, has_categories: bool) -> Batch:
+def _batch_of(
+    packed: dict[str, np.ndarray],
+    row: np.ndarray,
+    has_categories: bool,
+    extras: HistoryExtras = NO_EXTRAS,
+) -> Batch:
     """Whole batch `row` of `packed["batches"]` as views of the window's arrays."""
     _, n, m, v, ln, sm, lb = (int(x) for x in row)
     keys = [USER, ITEM, HIST_ITEM] + ([CATEGORY, HIST_CATEGORY] if has_categories else [])
@@ -254,10 +324,18 @@ def _batch_of(packed: dict[str, np.ndarray], row: np.ndarray, has_categories: bo
         values=torch.from_numpy(packed["values"][v : v + size]),
         lengths=torch.from_numpy(packed["lengths"][ln : ln + len(keys) * n]),
     )
+    times = sims = None
+    if extras.times:
+        times = torch.from_numpy(packed["times"][sm : sm + m])
+    if extras.modalities:
+        k = len(extras.modalities)
+        sims = torch.from_numpy(packed["msims"][sm * k : (sm + m) * k].reshape(m, k))
     return Batch(
         sparse_features=kjt,
         hist_sims=torch.from_numpy(packed["sims"][sm : sm + m]),
         labels=torch.from_numpy(packed["labels"][lb : lb + n]),
+        hist_times=times,
+        hist_modality_sims=sims,
     )
 
 
@@ -272,6 +350,7 @@ def assemble(
     start_batch: int,
     has_categories: bool,
     pin_memory: bool = False,
+    extras: HistoryExtras = NO_EXTRAS,
 ) -> Iterator[Batch]:
     """Batches start_batch.. from packed windows (`pack_window`), in order: whole batches
     wrap the window's arrays (pinned already when pin_memory), a batch cut by window edges
@@ -283,12 +362,13 @@ def assemble(
         items += [(int(b), "fragment", j) for j, b in enumerate(packed["fragments"])]
         for b, kind, item in sorted(items, key=lambda x: x[0]):
             if kind == "whole":
-                batch = _batch_of(packed, item, has_categories)
+                batch = _batch_of(packed, item, has_categories, extras)
             else:
                 pending.append(_fragment(packed, item))
                 if sum(num_rows(p) for p in pending) < bounds[b + 1] - bounds[b]:
                     continue
-                batch, pending = columns_to_batch(concat_columns(pending), has_categories), []
+                batch = columns_to_batch(concat_columns(pending), has_categories, extras)
+                pending = []
                 batch = batch.pin_memory() if pin_memory else batch
             if b != expected:
                 raise RuntimeError(f"reader out of order: batch {b}, expected {expected}")
