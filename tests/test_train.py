@@ -329,9 +329,13 @@ def test_restore_best_gives_the_test_metrics_of_a_run_stopped_at_best_step(
 
 
 @pytest.mark.slow
-def test_the_best_step_survives_a_crash_and_a_resume(data: Path, tmp_path: Path):
+@pytest.mark.parametrize("optimizer", ["auto", "adam_sparse"])
+def test_the_best_step_survives_a_crash_and_a_resume(data: Path, tmp_path: Path, optimizer):
+    """Fused Adagrad and the replicated sparse Adam (its optimizer state initialised with
+    sparse zeros before the checkpoint is loaded in place)."""
     args = ["--model", "dmf", "--eval-every", "5", "--checkpoint-every", "7",
-            "--model-arg", "dropout=0.3", "--embedding-l2", "0.01"]  # fmt: skip
+            "--model-arg", "dropout=0.3", "--embedding-l2", "0.01",
+            "--embedding-optimizer", optimizer, "--epochs", "4", "--lr", "0.01"]  # fmt: skip
     _train(data, tmp_path / "straight", *args)
     crashed = _train(data, tmp_path / "crash", *args, "--fail-at-step", "26", check=False)
     assert crashed.returncode != 0
