@@ -16,6 +16,10 @@ class ModelConfig:
     temperature: tau of the attention softmax.
     use_user_embedding: feed the user-ID embedding to the head.
     dropout: dropout rate after each hidden layer of the head MLP (training only).
+    managed_collisions: user, item and category ids from an open space through torchrec's
+        managed collision modules (models/collisions.py): an id unseen at prep time gets its
+        own row (admitted every mc_eviction_interval training steps, LRU eviction) instead of
+        the out-of-vocabulary row; tables keep the data's vocabulary sizes as capacity.
     """
 
     embedding_dim: int = 32
@@ -25,3 +29,5 @@ class ModelConfig:
     temperature: float = 1.0
     use_user_embedding: bool = True
     dropout: float = 0.0
+    managed_collisions: bool = False
+    mc_eviction_interval: int = 100

@@ -31,6 +31,7 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from models.batch import Batch, HistoryLayout
 from models.buckets import bucketize
+from models.collisions import ManagedCollisions, managed_collection
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
 from models.interest import InterestArch, InterestInputs
 from models.mlp import MLP
@@ -52,20 +53,28 @@ class SparseArch(nn.Module):
     """
 
     def __init__(
-        self, spec: FeatureSpec, embedding_dim: int, device: torch.device | None = None
+        self,
+        spec: FeatureSpec,
+        embedding_dim: int,
+        device: torch.device | None = None,
+        managed_collisions: ManagedCollisions | None = None,
     ) -> None:
+        """managed_collisions: ids from an open space through torchrec's managed collision
+        modules (models/collisions.py) instead of vocabulary indices."""
         super().__init__()
+        mc = managed_collisions
+        rows = (lambda n: n) if mc is None else mc.table_rows
         tables = [
             EmbeddingConfig(
                 name="t_user",
                 embedding_dim=embedding_dim,
-                num_embeddings=spec.num_users,
+                num_embeddings=rows(spec.num_users),
                 feature_names=[USER],
             ),
             EmbeddingConfig(
                 name="t_item",
                 embedding_dim=embedding_dim,
-                num_embeddings=spec.num_items,
+                num_embeddings=rows(spec.num_items),
                 feature_names=[ITEM, HIST_ITEM],
             ),
         ]
@@ -74,14 +83,20 @@ class SparseArch(nn.Module):
                 EmbeddingConfig(
                     name="t_category",
                     embedding_dim=embedding_dim,
-                    num_embeddings=spec.num_categories,
+                    num_embeddings=rows(spec.num_categories),
                     feature_names=[CATEGORY, HIST_CATEGORY],
                 )
             )
-        self.embedding_collection = EmbeddingCollection(tables=tables, device=device)
+        self.managed = mc is not None
+        self.embedding_collection = (
+            EmbeddingCollection(tables=tables, device=device)
+            if mc is None
+            else managed_collection(tables, mc, device)
+        )
 
     def forward(self, features: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
-        return self.embedding_collection(features)
+        out = self.embedding_collection(features)
+        return out[0] if self.managed else out  # a managed collection also returns the ids
 
 
 class OverArch(nn.Module):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from models import bfs_mf, din, dmf, dnn, make, sasrec, simtier, ta, ta_early, ta_late
+from models.collisions import ManagedCollisions
 from models.config import ModelConfig
 from models.ctr import CTRModel, OverArch, SparseArch
 from models.features import FeatureSpec
@@ -63,13 +64,25 @@ def build_model(
     spec: FeatureSpec,
     config: ModelConfig | None = None,
     embedding_device: torch.device | None = None,
+    world_size: int = 1,
 ) -> CTRModel:
-    """The named model. `embedding_device="meta"` defers table allocation to sharding."""
+    """The named model. `embedding_device="meta"` defers table allocation to sharding.
+    world_size: the ranks it is sharded over (managed collisions split their id map in
+    that many buckets)."""
     config = config or make_config(name)
     item_dim = OverArch.item_dim(config.embedding_dim, spec)
     interest = MODELS[name][1](config, item_dim, spec)
     return CTRModel(
-        SparseArch(spec, config.embedding_dim, device=embedding_device),
+        SparseArch(
+            spec,
+            config.embedding_dim,
+            device=embedding_device,
+            managed_collisions=(
+                ManagedCollisions(config.mc_eviction_interval, buckets=world_size)
+                if config.managed_collisions
+                else None
+            ),
+        ),
         OverArch(
             spec,
             interest,

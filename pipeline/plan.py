@@ -43,6 +43,7 @@ from pipeline.planner_inputs import (
     make_planner,
     pooling_factors,
     pooling_factors_for,
+    sharders_for,
 )
 from pipeline.sharding import EMBEDDING_OPTIMIZERS, resolve_embedding_optimizer
 
@@ -270,15 +271,13 @@ def build_task(
 def plan_offline(task: nn.Module, inputs: PlannerInputs, torchrec_stats: bool = False):
     """Run the trainer's planner (`make_planner`) on `task` without a process group.
     Returns (ShardingPlan, PlanSummary)."""
-    from torchrec.distributed.embedding import EmbeddingCollectionSharder
-
     start = time.perf_counter()
     with warnings.catch_warnings():
         # torchrec 1.8 warns that its default storage reservation over-estimates dense
         # tensors that are not materialised; only the tables are on the meta device here.
         warnings.filterwarnings("ignore", message="HeuristicalStorageReservation is known")
         planner = make_planner(task, inputs, stats=None if torchrec_stats else [])
-        plan = planner.plan(task, [EmbeddingCollectionSharder()])
+        plan = planner.plan(task, sharders_for(task))
     return plan, summarize(planner, inputs, time.perf_counter() - start)
 
 

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.mc_embedding import ManagedCollisionEmbeddingCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.types import (
     KernelConfig,
@@ -35,6 +38,7 @@ from torchrec.distributed.planner.types import (
 )
 from torchrec.distributed.types import ShardingType
 from torchrec.modules.embedding_configs import BaseEmbeddingConfig
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
 
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER
 
@@ -140,34 +144,56 @@ def pooling_factors(data, split: str = "train") -> dict[str, float]:
 
 
 def table_configs(model: torch.nn.Module) -> list[BaseEmbeddingConfig]:
-    """Every embedding table config of the modules of `model`."""
-    return [
-        config
+    """Every embedding table config of the modules of `model` (once per table name)."""
+    found: dict[str, BaseEmbeddingConfig] = {}
+    for module in model.modules():
+        if hasattr(module, "embedding_configs"):
+            for config in module.embedding_configs():
+                found.setdefault(config.name, config)
+    return list(found.values())
+
+
+def managed_tables(model: torch.nn.Module) -> set[str]:
+    """Tables behind torchrec managed collision modules (models/collisions.py)."""
+    return {
+        config.name
         for module in model.modules()
-        if hasattr(module, "embedding_configs")
-        for config in module.embedding_configs()
-    ]
+        if isinstance(module, ManagedCollisionEmbeddingCollection)
+        for config in module._managed_collision_collection.embedding_configs()
+    }
+
+
+def sharders_for(model: torch.nn.Module) -> list:
+    """The module sharders of `model`'s embedding collections: torchrec's managed-collision
+    sharder for a model with managed collisions, its EmbeddingCollection sharder else."""
+    if managed_tables(model):
+        return [ManagedCollisionEmbeddingCollectionSharder()]
+    return [EmbeddingCollectionSharder()]
 
 
 def constraints(
-    tables: Iterable[BaseEmbeddingConfig], inputs: PlannerInputs
+    tables: Iterable[BaseEmbeddingConfig], inputs: PlannerInputs, managed: set[str] = frozenset()
 ) -> dict[str, ParameterConstraints]:
     """Per-table constraints: one pooling factor per feature (in the table's feature
-    order) and, when one is forced, the sharding type."""
+    order) and, when one is forced, the sharding type. Tables in `managed` (behind managed
+    collision modules) are row-wise with the fused kernel: torchrec shards them row-wise
+    only, and its perf model has no estimate for their UVM kernels on CPU."""
     sharding = (
         None
         if inputs.sharding_type == "auto"
         else [ShardingType[inputs.sharding_type.upper()].value]
     )
-    return {
-        table.name: ParameterConstraints(
-            sharding_types=sharding,
+    out = {}
+    for table in tables:
+        managed_table = table.name in managed
+        out[table.name] = ParameterConstraints(
+            sharding_types=[ShardingType.ROW_WISE.value] if managed_table else sharding,
+            compute_kernels=[EmbeddingComputeKernel.FUSED.value] if managed_table else None,
             pooling_factors=[
                 float(inputs.pooling_factors.get(f, 1.0)) for f in table.feature_names
             ],
         )
-        for table in tables
-    }
+    return out
 
 
 def topology(inputs: PlannerInputs) -> Topology:
@@ -192,6 +218,6 @@ def make_planner(
     return EmbeddingShardingPlanner(
         topology=topology(inputs),
         batch_size=inputs.batch_size,
-        constraints=constraints(table_configs(model), inputs),
+        constraints=constraints(table_configs(model), inputs, managed_tables(model)),
         stats=stats,
     )

@@ -36,7 +36,6 @@ import torch.distributed as dist
 from torch import nn
 from torchrec import optim as trec_optim
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -45,7 +44,13 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from models.ctr import penalised_features
 from pipeline.distributed import DistEnv
 from pipeline.planner_inputs import SHARDING_TYPES as SHARDING_TYPES  # re-exported
-from pipeline.planner_inputs import PlannerInputs, device_memory, make_planner
+from pipeline.planner_inputs import (
+    PlannerInputs,
+    device_memory,
+    make_planner,
+    managed_tables,
+    sharders_for,
+)
 
 # fbgemm's CPU kernels implement only these fused optimizers (Adam is GPU-only there).
 EMBEDDING_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -122,7 +127,7 @@ def plan_sharding(
         sharding_type=sharding_type,
     )
     planner = make_planner(model, inputs)
-    return planner.collective_plan(model, [EmbeddingCollectionSharder()], dist.GroupMember.WORLD)
+    return planner.collective_plan(model, sharders_for(model), dist.GroupMember.WORLD)
 
 
 def shard_model(
@@ -148,12 +153,19 @@ def shard_model(
     embedding_lr = settings.embedding_lr or (dense_lr if adam_like else 0.05)
     sparse = task.model.sparse_arch
     if is_dense_embedding_optimizer(opt_name):
+        if managed_tables(task):
+            raise ValueError(
+                f"embedding optimizer {opt_name!r} replicates the tables unsharded; managed "
+                "collisions need sharded tables: use a fused embedding optimizer"
+            )
         return _replicate_model(task, env, opt_name, embedding_lr, dense_optimizer)
     apply_optimizer_in_backward(
         EMBEDDING_OPTIMIZERS[opt_name], sparse.parameters(), {"lr": embedding_lr}
     )
     plan = plan_sharding(task, env, settings.sharding_type, batch_size, pooling_factors)
-    model = DistributedModelParallel(module=task, device=env.device, plan=plan)
+    model = DistributedModelParallel(
+        module=task, device=env.device, plan=plan, sharders=sharders_for(task)
+    )
     dense = KeyedOptimizerWrapper(
         dict(in_backward_optimizer_filter(model.named_parameters())), dense_optimizer
     )

@@ -673,15 +673,18 @@ def finish(run: Run) -> dict[str, Any]:
     with them (unless evaluate_test is off); write metrics.json (with the full resolved
     config, best_step, and test_step: the step whose weights the test metrics are of)."""
     state = run.state
-    weights_step = restore_best_weights(run)
     result: dict[str, Any] = {"model": run.config.model}
-    if "test" in run.eval_readers:
+    if "test" in run.eval_readers:  # no test (tuning): nothing to restore the weights for
+        weights_step = restore_best_weights(run)
         test = evaluate(run.pipeline, run.dmp, run.eval_readers["test"], run.config, run.env)
-        result.update(test=test, test_step=weights_step)
-    restored = run.best_checkpointer is not None and state.best_step is not None
+        restored = run.best_checkpointer is not None and state.best_step is not None
+        result.update(
+            test=test,
+            test_step=weights_step,
+            test_from="best_valid_step" if restored else "last_step",
+        )
     result.update(
         {
-            "test_from": "best_valid_step" if restored else "last_step",
             "best_step": state.best_step,
             "best_valid_auc": state.best if state.best_step is not None else None,
             "valid_history": state.history,

@@ -1,0 +1,88 @@
+"""Ids beyond the vocabulary: torchrec managed collision modules (MCH / ZCH) per table.
+
+Without them an id unseen at prep time collapses into the out-of-vocabulary row. With
+`ManagedCollisions`, `SparseArch` wraps its EmbeddingCollection in torchrec's
+`ManagedCollisionEmbeddingCollection`, one `MCHManagedCollisionModule` per table: input
+ids are raw ids from an open space (any int64 below 2^62: vocabulary indices, or ids
+beyond them, or 62-bit hashes of raw id strings), each table has a fixed number of rows,
+and the module keeps a sorted map raw id -> row. Every `eviction_interval` training steps
+it admits the ids seen since the last time, evicting the least recently used ones when
+the table is full (LRU; an evicted row is reinitialised); until an id is admitted it is
+looked up in the table's last row (a shared miss row). The map is a buffer of the model,
+saved with its checkpoints, so serving looks ids up the same way (`remap_ids`).
+
+Sharding: torchrec shards these collections row-wise only, the map split in `buckets`
+ranges, one or more per rank; `buckets` must be a multiple of the world size, so table
+rows are rounded up to a multiple of it (`table_rows`). Checked on CPU with gloo (1 and 2
+ranks, fused kernels) in tests/test_collisions.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingCollection
+from torchrec.modules.mc_embedding_modules import ManagedCollisionEmbeddingCollection
+from torchrec.modules.mc_modules import (
+    LRU_EvictionPolicy,
+    ManagedCollisionCollection,
+    MCHManagedCollisionModule,
+)
+
+INPUT_ID_SPACE = 2**62  # raw ids must be below this (torchrec reserves int64 max)
+
+
+@dataclass(frozen=True)
+class ManagedCollisions:
+    """eviction_interval: training steps between admissions of new ids. buckets: ranges
+    the id map is split into (a multiple of the world size)."""
+
+    eviction_interval: int = 100
+    buckets: int = 1
+
+    def table_rows(self, rows: int) -> int:
+        """`rows` rounded up to a multiple of `buckets` (rows per bucket must be equal)."""
+        return -(-rows // self.buckets) * self.buckets
+
+
+def managed_collection(
+    tables: Sequence[EmbeddingConfig],
+    settings: ManagedCollisions,
+    device: torch.device | None = None,
+) -> ManagedCollisionEmbeddingCollection:
+    """An EmbeddingCollection over `tables` behind one MCH module per table."""
+    modules = {
+        table.name: MCHManagedCollisionModule(
+            zch_size=table.num_embeddings,
+            device=device or torch.device("cpu"),
+            eviction_policy=LRU_EvictionPolicy(),
+            eviction_interval=settings.eviction_interval,
+            input_hash_size=INPUT_ID_SPACE,
+            buckets=settings.buckets,
+            name=table.name,
+        )
+        for table in tables
+    }
+    return ManagedCollisionEmbeddingCollection(
+        EmbeddingCollection(tables=list(tables), device=device),
+        ManagedCollisionCollection(modules, list(tables)),
+        return_remapped_features=False,
+    )
+
+
+def remap_ids(
+    ids: torch.Tensor, sorted_raw_ids: torch.Tensor, rows: torch.Tensor, miss_row: int
+) -> torch.Tensor:
+    """Raw ids -> table rows with a trained MCH module's map (its `_mch_sorted_raw_ids`
+    and `_mch_remapped_ids_mapping` buffers, in the state dict): the serving-side lookup.
+    Ids the module never admitted go to `miss_row` (the table's last row), as in training.
+
+    >>> remap_ids(torch.tensor([7, 3, 9]), torch.tensor([3, 7, 2**63 - 1]), torch.tensor([5, 0, 1]), 9)
+    tensor([0, 5, 9])
+    """
+    position = torch.searchsorted(sorted_raw_ids, ids).clamp(max=sorted_raw_ids.numel() - 1)
+    hit = sorted_raw_ids[position] == ids
+    return torch.where(hit, rows[position], torch.full_like(ids, miss_row))
