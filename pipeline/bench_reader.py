@@ -17,12 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from pipeline.data import PreparedData
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(this process's, its reaped children's) user + system CPU seconds."""
+    me, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
 
 
 def measure(data: PreparedData, batch_size: int, workers: int, args) -> dict:
@@ -49,14 +59,20 @@ def measure(data: PreparedData, batch_size: int, workers: int, args) -> dict:
 
         reader._read_window = timed
     samples = batches = 0
+    main_before, workers_before = _cpu_seconds()
     start = time.perf_counter()
-    for batch in reader.iter_batches(0):
+    stream = reader.iter_batches(0)
+    for batch in stream:
         samples += batch.batch_size
         batches += 1
         if args.max_batches and batches >= args.max_batches:
             break
     elapsed = time.perf_counter() - start
+    stream.close()  # the workers exit and are reaped: their CPU time is counted
+    main_after, workers_after = _cpu_seconds()
     record = {"samples": samples, "batches": batches, "seconds": elapsed}
+    record["main_cpu_s"] = main_after - main_before
+    record["worker_cpu_s"] = workers_after - workers_before
     del reader
     record["samples_per_s"] = samples / elapsed
     if workers == 0:
@@ -100,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         f"data {args.data}, batch {args.batch_size}, {os.cpu_count()} CPUs, "
         f"load average {load_before:.1f} before, {load_after:.1f} after"
     )
-    print(f"{'workers':>7}  {'samples/s':>10}  {'x sync':>6}  {'batches':>7}  {'seconds':>7}")
+    print(
+        f"{'workers':>7}  {'samples/s':>10}  {'x sync':>6}  {'batches':>7}  {'seconds':>7}"
+        f"  {'main CPU us/sample':>18}  {'worker CPU us/sample':>20}"
+    )
     for w in counts:
         r = results[w]
         print(
             f"{w:>7}  {r['samples_per_s']:>10,.0f}  {r['samples_per_s'] / base:>6.2f}  "
-            f"{r['batches']:>7}  {r['seconds']:>7.1f}"
+            f"{r['batches']:>7}  {r['seconds']:>7.1f}  {1e6 * r['main_cpu_s'] / r['samples']:>18.2f}"
+            f"  {1e6 * r['worker_cpu_s'] / r['samples']:>20.2f}"
         )
     if 0 in results:
         share = results[0]["read_share"]
@@ -113,6 +133,17 @@ def main(argv: list[str] | None = None) -> int:
             f"synchronous: {100 * share:.1f}% of the time reading windows (the workers' part), "
             f"{100 * (1 - share):.1f}% cutting batches: at most {1 / max(1 - share, 1e-9):.1f}x "
             "with enough free cores"
+        )
+    parallel = [w for w in counts if w > 0]
+    if parallel:
+        r = results[max(parallel)]
+        main_us = 1e6 * r["main_cpu_s"] / r["samples"]
+        worker_us = 1e6 * r["worker_cpu_s"] / r["samples"]
+        print(
+            f"with {max(parallel)} workers a sample costs {worker_us:.2f} us of worker CPU and "
+            f"{main_us:.2f} us in the consuming process: about {1e6 / worker_us:,.0f} samples/s "
+            f"per free core given to workers, up to {1e6 / max(main_us, 1e-9):,.0f} samples/s "
+            "where the consuming process's part saturates its core"
         )
     if args.json:
         record = {
