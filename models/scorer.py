@@ -8,6 +8,16 @@ The training form is models/ctr.py (TorchRec embeddings + OverArch); both build 
 input with `item_representation` and `head_input` below, and both run the same interest
 arch, whose training and serving forms sit side by side in its own file. This module
 imports no torchrec, so a serving or benchmark host (a bare CUDA box, say) needs torch only.
+
+The tables (ID embeddings, multimodal table, item -> category) are one dict of tensors
+(`CTRScorer.tables()`), and every step of serving has a form that takes them as an
+argument (`encode_user_with`, `score_chunk_with`): `UserProgram` and `CandidateProgram`
+are those two steps as modules without the tables, which is what pipeline/export.py hands
+to torch.export, so the two exported programs share one copy of the tables.
+
+ID tables can be stored in reduced precision (`table_dtype`): fp16, or int8 row-wise with
+an fp16 scale and bias per row (`quantize_table`, the layout of torchrec's / fbgemm's
+8-bit row-wise quantized embeddings); rows are dequantized to fp32 at lookup.
 """
 
 from __future__ import annotations
@@ -20,7 +30,22 @@ import torch
 from torch import Tensor, nn
 
 from models.buckets import Bucketizer
-from models.interest import InterestArch, State, request_inputs
+from models.interest import InterestArch, InterestInputs, State
+
+TABLE_DTYPES = ("fp32", "fp16", "int8")
+# The keys of CTRScorer.tables(): the ID tables with their int8 row parameters (empty
+# unless int8), the item -> category table and the multimodal table.
+TABLE_NAMES = (
+    "item_table",
+    "item_table_qparams",
+    "user_table",
+    "user_table_qparams",
+    "category_table",
+    "category_table_qparams",
+    "item_category",
+    "item_mm",
+)
+FP16_MAX = 65504.0
 
 
 def item_representation(item: Tensor, category: Tensor | None) -> Tensor:
@@ -37,6 +62,96 @@ def head_input(interest: Tensor, target: Tensor, user: Tensor | None) -> Tensor:
     return torch.cat([interest, target, user], dim=-1)
 
 
+def quantize_table(weight: Tensor, dtype: str) -> tuple[Tensor, Tensor]:
+    """An ID table (N, E) as stored for serving: (rows, qparams).
+
+    fp32: the rows, qparams empty; fp16: rows in fp16; int8: row-wise asymmetric 8-bit
+    codes (uint8, 0..255) and qparams (N, 2) fp16 = (scale, bias) per row, so that
+    row ~= codes * scale + bias (fbgemm's fused 8-bit row-wise layout, as torchrec serves
+    int8 tables, with the scale and bias apart). Error per value: at most scale / 2 plus
+    the fp16 rounding of the bias (a constant row is exact up to that rounding).
+
+    >>> rows, qparams = quantize_table(torch.tensor([[0.0, 0.5, 1.0], [2.0, 2.0, 2.0]]), "int8")
+    >>> rows.tolist(), lookup(rows, qparams, torch.tensor([0, 1]), torch.float32).tolist()
+    ([[0, 128, 255], [0, 0, 0]], [[0.0, 0.501960813999176, 1.0], [2.0, 2.0, 2.0]])
+    """
+    if dtype not in TABLE_DTYPES:
+        raise ValueError(f"table dtype must be one of {TABLE_DTYPES}, got {dtype!r}")
+    w = weight.detach().float().contiguous()
+    empty = torch.zeros(0, dtype=torch.float16)
+    if dtype == "fp32":
+        return w.clone(), empty.float()
+    if w.numel() and float(w.abs().max()) > FP16_MAX:
+        raise ValueError(f"a table value exceeds the fp16 range ({FP16_MAX}); keep fp32")
+    if dtype == "fp16":
+        return w.half(), empty
+    if w.shape[0] == 0 or w.shape[1] == 0:
+        return torch.zeros(w.shape, dtype=torch.uint8), torch.zeros(w.shape[0], 2).half()
+    low, high = w.min(1).values, w.max(1).values
+    bias = low.half()
+    scale = ((high - bias.float()) / 255.0).half()
+    step = torch.where(scale.float() > 0, scale.float(), torch.ones_like(high))
+    codes = ((w - bias.float()[:, None]) / step[:, None]).round().clamp(0, 255)
+    return codes.to(torch.uint8), torch.stack([scale, bias], dim=1)
+
+
+def lookup(table: Tensor, qparams: Tensor, ids: Tensor, dtype: torch.dtype) -> Tensor:
+    """Rows `ids` of a table stored by `quantize_table`, as `dtype` (N, E)."""
+    rows = table.index_select(0, ids)
+    if table.dtype == torch.uint8:
+        scale_bias = qparams.index_select(0, ids).to(dtype)
+        return torch.addcmul(scale_bias[:, 1:], rows.to(dtype), scale_bias[:, :1])
+    return rows.to(dtype)
+
+
+def padded_request_inputs(
+    history: Tensor,
+    query: Tensor,
+    sims: Tensor,
+    buckets: Tensor,
+    with_sims: bool,
+    with_buckets: bool,
+) -> InterestInputs:
+    """One user's request as B training rows with one masked padding slot after the
+    history (L + 1 slots), the same for any L, L = 0 included: a training batch is padded
+    too, and every arch's forward ignores padding (tested), so this is the training forward
+    of each row. Unlike `models.interest.request_inputs` nothing branches on L, which is
+    what torch.export needs for a dynamic L that includes 0.
+
+    history (L, D), query (B, D); sims and buckets (B, L), read only when `with_sims` /
+    `with_buckets` (otherwise zeros).
+    """
+    batch, length, width = query.shape[0], history.shape[0], history.shape[1]
+    slots = length + 1
+    history = torch.cat([history, history.new_zeros(1, width)], dim=0)
+    if with_sims:
+        sims = torch.cat([sims, sims.new_zeros(batch, 1)], dim=1)
+    else:
+        sims = query.new_zeros(batch, slots)
+    if with_buckets:
+        buckets = torch.cat([buckets, buckets.new_zeros(batch, 1)], dim=1)
+    else:
+        buckets = torch.zeros(batch, slots, dtype=torch.long, device=query.device)
+    mask = torch.arange(slots, device=query.device) < length
+    return InterestInputs(
+        target=query,
+        history=history.unsqueeze(0).expand(batch, slots, width),
+        mask=mask.unsqueeze(0).expand(batch, slots),
+        sims=sims,
+        buckets=buckets,
+        lengths=torch.full((batch,), length, dtype=torch.long, device=query.device),
+    )
+
+
+def servable(interest: InterestArch) -> bool:
+    """Whether CTRScorer serves this arch: it computes the similarities and buckets of a
+    request, not the behaviours' times nor per-modality similarities, so an arch that reads
+    those (`needs_times`, `needs_modality_sims`) is not served yet."""
+    return not (
+        getattr(interest, "needs_times", False) or getattr(interest, "needs_modality_sims", False)
+    )
+
+
 class CTRScorer(nn.Module):
     """The serving form of a CTRModel: `encode_user` once per request, then `score`.
 
@@ -45,18 +160,20 @@ class CTRScorer(nn.Module):
         ctr = scorer.score(state, candidates)               # (B,) long -> (B,) probabilities
 
     It holds the model's own interest arch and head classes (nothing is re-implemented for
-    serving) and the tables as buffers: item_table (I, E), user_table (U, E), category_table (C, E) and
-    item_category (I,) when the data has categories, item_mm (I, d_m) L2-normalised.
-    `encode_user` computes what depends only on the user: the history's representations
-    (L, D), its multimodal vectors, the user embedding and the arch's cache
-    (`InterestArch.encode`). `score` computes, per candidate, the cosine similarities
-    against the frozen multimodal table (cosine = dot), their buckets (`Bucketizer`, exact
-    `bucketize`), the arch's `attend` and the head, in chunks of `chunk` candidates.
+    serving) and the tables as buffers (`tables()`, TABLE_NAMES): item_table (I, E),
+    user_table (U, E), category_table (C, E) and item_category (I,) when the data has
+    categories, in `table_dtype` with their int8 row parameters; item_mm (I, d_m)
+    L2-normalised, fp32. `encode_user` computes what depends only on the user: the
+    history's representations (L, D), its multimodal vectors, the user embedding and the
+    arch's cache (`InterestArch.encode`). `score` computes, per candidate, the cosine
+    similarities against the frozen multimodal table (cosine = dot), their buckets
+    (`Bucketizer`, exact `bucketize`), the arch's `attend` and the head, in chunks of
+    `chunk` candidates.
 
     per_candidate: serve the arch by its training forward over the history repeated per
     candidate (the reference, and the only form of arches that cache nothing, such as DIN).
-    The scorer is TorchScript-compatible; pipeline/export.py scripts it, and the artifact
-    needs torch only.
+    The scorer is TorchScript-compatible and its two steps export with torch.export
+    (`UserProgram`, `CandidateProgram`); the artifacts need torch only.
     """
 
     def __init__(
@@ -70,20 +187,32 @@ class CTRScorer(nn.Module):
         use_user_embedding: bool = True,
         per_candidate: bool = False,
         chunk: int = 2048,
+        table_dtype: str = "fp32",
     ) -> None:
         super().__init__()
+        if not servable(interest):
+            raise ValueError(
+                f"{type(interest).__name__} reads the behaviours' times or per-modality "
+                "similarities, which serving does not compute"
+            )
         self.interest = interest
         self.head = head
-        self.register_buffer("item_table", tables["t_item"].detach().clone())
-        self.register_buffer("user_table", tables["t_user"].detach().clone())
+        self.table_dtype = table_dtype
         self.has_categories = item_category is not None
         category = tables.get("t_category")
-        empty = torch.zeros(0)
+        if category is None:
+            category = torch.zeros(0, 0)
+        for name, weight in (
+            ("item_table", tables["t_item"]),
+            ("user_table", tables["t_user"]),
+            ("category_table", category),
+        ):
+            rows, qparams = quantize_table(weight, table_dtype)
+            self.register_buffer(name, rows)
+            self.register_buffer(f"{name}_qparams", qparams)
+        empty = torch.zeros(0, dtype=torch.long)
         self.register_buffer(
-            "category_table", empty if category is None else category.detach().clone()
-        )
-        self.register_buffer(
-            "item_category", empty.long() if item_category is None else item_category.long()
+            "item_category", empty if item_category is None else item_category.long()
         )
         self.register_buffer("item_mm", item_mm.detach().float().contiguous())
         self.bucketizer = Bucketizer(boundaries)
@@ -94,39 +223,98 @@ class CTRScorer(nn.Module):
         self.needs_buckets: bool = interest.needs_buckets
         self.chunk = chunk
 
-    def items(self, ids: Tensor) -> Tensor:
+    # ------------------------------------------------------------------ the tables
+    @torch.jit.export
+    def tables(self) -> dict[str, Tensor]:
+        """The tables by name (TABLE_NAMES), the argument of the `*_with` methods."""
+        return {
+            "item_table": self.item_table,
+            "item_table_qparams": self.item_table_qparams,
+            "user_table": self.user_table,
+            "user_table_qparams": self.user_table_qparams,
+            "category_table": self.category_table,
+            "category_table_qparams": self.category_table_qparams,
+            "item_category": self.item_category,
+            "item_mm": self.item_mm,
+        }
+
+    def without_tables(self) -> CTRScorer:
+        """The same scorer (its arch, head and bucketizer shared) without the table
+        buffers: what the exported programs hold, the tables being their argument."""
+        clone = copy.copy(self)
+        clone._buffers = {k: v for k, v in self._buffers.items() if k not in TABLE_NAMES}
+        clone._modules = dict(self._modules)
+        clone._parameters = dict(self._parameters)
+        return clone
+
+    def items_with(self, tables: dict[str, Tensor], ids: Tensor) -> Tensor:
         """Item representations (N,) -> (N, D), as OverArch builds them."""
-        emb = self.item_table.index_select(0, ids)
+        dtype = tables["item_mm"].dtype  # the scorer's floating dtype
+        emb = lookup(tables["item_table"], tables["item_table_qparams"], ids, dtype)
         if not self.has_categories:
             return emb
-        categories = self.category_table.index_select(0, self.item_category.index_select(0, ids))
+        categories = lookup(
+            tables["category_table"],
+            tables["category_table_qparams"],
+            tables["item_category"].index_select(0, ids),
+            dtype,
+        )
         return item_representation(emb, categories)
+
+    def items(self, ids: Tensor) -> Tensor:
+        return self.items_with(self.tables(), ids)
+
+    # ------------------------------------------------------------------ the user side
+    def encode_user_with(
+        self, tables: dict[str, Tensor], hist_items: Tensor, user: Tensor
+    ) -> State:
+        """`encode_user` with the tables as an argument (the exported user program)."""
+        history = self.items_with(tables, hist_items)
+        state: State = {} if self.per_candidate else self.interest.encode(history)
+        state["history"] = history
+        hist_mm = tables["item_mm"].index_select(0, hist_items)
+        state["hist_mm_t"] = hist_mm.t().contiguous()  # (d_m, L)
+        user_row = lookup(
+            tables["user_table"],
+            tables["user_table_qparams"],
+            user.reshape(1),
+            tables["item_mm"].dtype,
+        )
+        state["user"] = user_row.reshape(-1)  # (E,)
+        return state
 
     @torch.jit.export
     def encode_user(self, hist_items: Tensor, user: Tensor) -> State:
         """hist_items (L,) long, oldest first; user () long -> the user's state."""
-        history = self.items(hist_items)
-        state: State = {} if self.per_candidate else self.interest.encode(history)
-        state["history"] = history
-        state["hist_mm_t"] = self.item_mm.index_select(0, hist_items).t().contiguous()  # (d_m, L)
-        state["user"] = self.user_table[user.reshape(())]  # (E,)
-        return state
+        return self.encode_user_with(self.tables(), hist_items, user)
+
+    # ------------------------------------------------------------- the candidate side
+    def similarities_with(
+        self, tables: dict[str, Tensor], state: State, candidates: Tensor
+    ) -> Tensor:
+        return torch.mm(tables["item_mm"].index_select(0, candidates), state["hist_mm_t"])
 
     @torch.jit.export
     def similarities(self, state: State, candidates: Tensor) -> Tensor:
         """Cosine similarities (B, L) of candidates (B,) and the user's history."""
-        return torch.mm(self.item_mm.index_select(0, candidates), state["hist_mm_t"])
+        return self.similarities_with(self.tables(), state, candidates)
 
-    def _score_chunk(self, state: State, candidates: Tensor) -> Tensor:
-        target = self.items(candidates)
+    def score_chunk_with(
+        self, tables: dict[str, Tensor], state: State, candidates: Tensor
+    ) -> Tensor:
+        """CTRs (B,) of candidates (B,), all at once (the exported candidate program)."""
+        target = self.items_with(tables, candidates)
         sims, buckets = torch.zeros(0), torch.zeros(0, dtype=torch.long)
         if self.needs_sims:
-            sims = self.similarities(state, candidates)
+            sims = self.similarities_with(tables, state, candidates)
         if self.needs_buckets:
             buckets = self.bucketizer(sims)
         history = state["history"]
         if self.per_candidate:
-            interest = self.interest(request_inputs(history, target, sims, buckets))
+            inputs = padded_request_inputs(
+                history, target, sims, buckets, self.needs_sims, self.needs_buckets
+            )
+            interest = self.interest(inputs)
         else:
             interest = self.interest.attend(state, history, target, sims, buckets)
         user: Tensor | None = None
@@ -134,16 +322,60 @@ class CTRScorer(nn.Module):
             user = state["user"].expand(candidates.shape[0], state["user"].shape[0])
         return torch.sigmoid(self.head(head_input(interest, target, user)).squeeze(-1))
 
+    def score_with(self, tables: dict[str, Tensor], state: State, candidates: Tensor) -> Tensor:
+        if candidates.shape[0] <= self.chunk:
+            return self.score_chunk_with(tables, state, candidates)
+        chunks = [self.score_chunk_with(tables, state, c) for c in candidates.split(self.chunk)]
+        return torch.cat(chunks)
+
     @torch.jit.export
     def score(self, state: State, candidates: Tensor) -> Tensor:
         """candidates (B,) long -> CTR (B,) float, in chunks of `chunk` candidates."""
-        if candidates.shape[0] <= self.chunk:
-            return self._score_chunk(state, candidates)
-        return torch.cat([self._score_chunk(state, c) for c in candidates.split(self.chunk)])
+        return self.score_with(self.tables(), state, candidates)
 
     def forward(self, hist_items: Tensor, user: Tensor, candidates: Tensor) -> Tensor:
         """One request: (L,), (), (B,) -> CTR (B,)."""
         return self.score(self.encode_user(hist_items, user), candidates)
+
+
+class UserProgram(nn.Module):
+    """`encode_user` as a module of its own: (tables, hist_items (L,), user ()) -> state.
+
+    Holds the scorer without its tables (they are the first argument), so an exported
+    program of it carries only the arch's user-side weights."""
+
+    def __init__(self, scorer: CTRScorer) -> None:
+        super().__init__()
+        self.scorer = scorer.without_tables()
+
+    def forward(self, tables: dict[str, Tensor], hist_items: Tensor, user: Tensor) -> State:
+        return self.scorer.encode_user_with(tables, hist_items, user)
+
+
+class CandidateProgram(nn.Module):
+    """`score` of one chunk as a module of its own: (tables, state, candidates (B,)) ->
+    CTR (B,); the tables are the first argument, as for `UserProgram`."""
+
+    def __init__(self, scorer: CTRScorer) -> None:
+        super().__init__()
+        self.scorer = scorer.without_tables()
+
+    def forward(self, tables: dict[str, Tensor], state: State, candidates: Tensor) -> Tensor:
+        return self.scorer.score_chunk_with(tables, state, candidates)
+
+
+class TableStore(nn.Module):
+    """The tables as the buffers of a module whose forward returns them: exported as a
+    third program, it is where an artifact keeps its one copy of the tables."""
+
+    def __init__(self, tables: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.names = list(tables)
+        for name, tensor in tables.items():
+            self.register_buffer(name, tensor)
+
+    def forward(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self.names}
 
 
 def scorer_from_model(
@@ -152,11 +384,13 @@ def scorer_from_model(
     item_category: Tensor | np.ndarray | None = None,
     per_candidate: bool = False,
     chunk: int = 2048,
+    table_dtype: str = "fp32",
 ) -> CTRScorer:
     """The serving scorer of a trained, unsharded CTRModel (eval mode, no gradients).
 
     item_mm (I, d_m): PreparedData.item_mm; item_category (I,): item_category.npy, needed
     when the model has categories. The scorer shares the model's interest arch and head.
+    table_dtype: how the ID tables are stored ("fp32", "fp16", "int8"; `quantize_table`).
     """
     over = model.over_arch
     if over.has_categories and item_category is None:
@@ -178,5 +412,6 @@ def scorer_from_model(
         use_user_embedding=over.use_user_embedding,
         per_candidate=per_candidate,
         chunk=chunk,
+        table_dtype=table_dtype,
     )
     return scorer.eval().requires_grad_(False)

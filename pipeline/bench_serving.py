@@ -39,6 +39,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -56,7 +57,9 @@ from models.features import FeatureSpec
 from models.interest import InterestArch
 from models.mlp import MLP
 from models.scorer import CTRScorer
+from pipeline import artifact
 
+FORMATS = ("eager", "pt2", "aoti", "torchscript")
 KEYS = ("ta", "early_fusion", "early_fusion_rank1", "late_fusion", "dta_naive", "dta", "dmf")
 SLOW = ("early_fusion", "late_fusion", "dta_naive")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -84,6 +87,7 @@ class BenchConfig:
     time_limit_s: float = 0.0  # 0: no limit
     peak_size: int = 0  # 0: 2048 on CPU, 4096 on a GPU
     check_reference: bool = False
+    formats: str = ""  # comma-separated FORMATS; "": torchscript if `script`, else eager
 
 
 Request = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hist_items (L,), user (), cands (B,)
@@ -263,10 +267,54 @@ def device_name(device: str | torch.device) -> str:
     return "cpu"
 
 
+def formats_of(config: BenchConfig) -> list[str]:
+    """The formats to time: `config.formats` (comma-separated), else TorchScript when
+    `script` (the old default) or eager."""
+    names = [f.strip() for f in config.formats.split(",") if f.strip()]
+    names = names or (["torchscript"] if config.script else ["eager"])
+    unknown = set(names) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a format is named twice in {config.formats!r}")
+    cpu_fp32 = torch.device(config.device).type == "cpu" and config.dtype == "fp32"
+    if not cpu_fp32 and set(names) != {"eager"}:
+        raise ValueError("artifact formats are CPU fp32 programs: use --format eager here")
+    return names
+
+
+def build_format(
+    kind: str, eager: dict[str, nn.Module], request: Request, folder: Path
+) -> tuple[dict[str, object], dict[str, float], dict[str, float]]:
+    """({key: scorer}, {key: cold start s}, {key: export s}) of one format: `eager` as
+    built; the others exported by pipeline.export into `folder`, then loaded with
+    load_artifact and run once (cold start = load + first request, in this process)."""
+    if kind == "eager":
+        return dict(eager), {}, {}
+    from pipeline import export  # torchrec and pyarrow: not needed for eager runs
+
+    scorers, cold, build = {}, {}, {}
+    for key, scorer in eager.items():
+        path = folder / f"{key}{export.SUFFIX[kind]}"
+        started = time.perf_counter()
+        with torch.inference_mode(False):
+            export.export_scorer(scorer, path, {"benchmark": key}, kind)
+        build[key] = time.perf_counter() - started
+        started = time.perf_counter()
+        loaded, _ = artifact.load_artifact(path)
+        with torch.inference_mode():
+            run_request(loaded, request)
+        cold[key] = time.perf_counter() - started
+        scorers[key] = loaded
+    return scorers, cold, build
+
+
 def benchmark(config: BenchConfig) -> dict:
-    """Run everything; returns the JSON-able result."""
+    """Run everything; returns the JSON-able result: per format ("formats"), and the first
+    format's figures at the top level as well (the layout before formats existed)."""
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
+    kinds = formats_of(config)
     torch.set_num_threads(config.threads)
     load_before = os.getloadavg()[0]
     clock = timer(config.device)
@@ -278,18 +326,26 @@ def benchmark(config: BenchConfig) -> dict:
 
     errors: dict[str, float] = {}
     rounds = 0
+    eager = build_scorers(BenchConfig(**{**asdict(config), "script": False}))
+    requests = make_requests(config, 8)
+    built: dict[str, dict[str, object]] = {}
+    cold: dict[str, dict[str, float]] = {}
+    build_s: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as folder:
+        for kind in kinds:
+            built[kind], cold[kind], build_s[kind] = build_format(
+                kind, eager, requests[0], Path(folder)
+            )
     with torch.inference_mode():
         peak = peak_gflops()  # measured again after the scorers; the best is kept
-        eager = build_scorers(BenchConfig(**{**asdict(config), "script": False}))
-        scorers = build_scorers(config) if config.script else eager
-        requests = make_requests(config, 8)
         flops = {key: count_flops(eager[key], requests[0]) for key in KEYS}
         if config.check_reference:
             errors = reference_errors(eager, requests[0])
-        for key in KEYS:
+        timed_pairs = [(kind, key) for key in KEYS for kind in kinds]
+        for kind, key in timed_pairs:
             for i in range(config.warmup):
-                run_request(scorers[key], requests[i % len(requests)])
-        times: dict[str, list[float]] = {key: [] for key in KEYS}
+                run_request(built[kind][key], requests[i % len(requests)])
+        times: dict[tuple[str, str], list[float]] = {pair: [] for pair in timed_pairs}
         started = time.perf_counter()
         for round_ in range(config.requests):
             if (
@@ -299,22 +355,37 @@ def benchmark(config: BenchConfig) -> dict:
             ):
                 break
             request = requests[round_ % len(requests)]
-            for key in KEYS:
+            for kind, key in timed_pairs:
                 if key in SLOW and round_ % config.slow_every:
                     continue
-                times[key].append(clock(run_request, scorers[key], request))
+                times[kind, key].append(clock(run_request, built[kind][key], request))
             rounds += 1
         peak = max(peak, peak_gflops())
-    latency = {
-        key: {
-            "median": 1e3 * statistics.median(t),
-            "min": 1e3 * min(t),
-            "max": 1e3 * max(t),
-            "requests": len(t),
+    per_format = {}
+    for kind in kinds:
+        latency = {
+            key: {
+                "median": 1e3 * statistics.median(times[kind, key]),
+                "min": 1e3 * min(times[kind, key]),
+                "max": 1e3 * max(times[kind, key]),
+                "requests": len(times[kind, key]),
+            }
+            for key in KEYS
         }
-        for key, t in times.items()
-    }
-    qps = {key: 1e3 / latency[key]["median"] for key in KEYS}
+        qps = {key: 1e3 / latency[key]["median"] for key in KEYS}
+        per_format[kind] = {
+            "qps": qps,
+            "latency_ms": latency,
+            "peak_fraction": {key: flops[key] * qps[key] / (peak * 1e9) for key in KEYS},
+            "ratios": qps_ratios(qps),
+            # The same ratios from the fastest request of each scorer: on a shared machine
+            # the best case is the closest to an idle one.
+            "ratios_min": qps_ratios({key: 1e3 / latency[key]["min"] for key in KEYS}),
+            # Load + first request of the artifact (not for eager), and its export time.
+            "cold_start_ms": {key: 1e3 * t for key, t in cold[kind].items()},
+            "export_s": build_s[kind],
+        }
+    first = per_format[kinds[0]]
     result = {
         "config": asdict(config),
         "torch": torch.__version__,
@@ -329,14 +400,9 @@ def benchmark(config: BenchConfig) -> dict:
             "loadavg_after": os.getloadavg()[0],
         },
         "peak_gflops": peak,
-        "qps": qps,
-        "latency_ms": latency,
         "flops": flops,
-        "peak_fraction": {key: flops[key] * qps[key] / (peak * 1e9) for key in KEYS},
-        "ratios": qps_ratios(qps),
-        # The same ratios from the fastest request of each scorer: on a shared machine the
-        # best case is the closest to an idle one.
-        "ratios_min": qps_ratios({key: 1e3 / latency[key]["min"] for key in KEYS}),
+        "formats": per_format,
+        **{k: first[k] for k in ("qps", "latency_ms", "peak_fraction", "ratios", "ratios_min")},
     }
     if config.check_reference:
         result["reference_max_abs_error"] = errors
@@ -344,38 +410,46 @@ def benchmark(config: BenchConfig) -> dict:
 
 
 def qps_ratios(qps: dict[str, float]) -> dict[str, float]:
-    """The headline QPS ratios of a {scorer: QPS} dict."""
+    """The headline QPS ratios of a {scorer: QPS} dict: DTA and DMF over TA and over early
+    fusion (as defined), DTA over its materialised form."""
     return {
         "dta_over_early_fusion": qps["dta"] / qps["early_fusion"],
         "dta_over_ta": qps["dta"] / qps["ta"],
         "dta_over_dta_naive": qps["dta"] / qps["dta_naive"],
         "dmf_over_early_fusion": qps["dmf"] / qps["early_fusion"],
+        "dmf_over_ta": qps["dmf"] / qps["ta"],
     }
 
 
 def format_result(result: dict) -> str:
-    """The result as a plain-text table."""
+    """The result as a plain-text table, one block per format."""
     c = result["config"]
     lines = [
         f"B={c['candidates']} L={c['history']} d={c['hidden']} H={c['heads']} "
-        f"M={c['buckets']} threads={c['threads']} scripted={c['script']} "
+        f"M={c['buckets']} threads={c['threads']} "
         f"device={result.get('device', 'cpu')} dtype={c.get('dtype', 'fp32')} "
         f"torch={result['torch']} peak={result['peak_gflops']:.1f} GFLOP/s "
         f"loadavg={result['machine']['loadavg_before']:.1f}->"
-        f"{result['machine']['loadavg_after']:.1f}",
-        f"{'scorer':<20}{'QPS':>9}{'median ms':>11}{'min ms':>9}{'max ms':>9}{'n':>5}"
-        f"{'GFLOP/req':>11}{'% peak':>8}",
+        f"{result['machine']['loadavg_after']:.1f} rounds={result['rounds']}",
     ]
-    for key in KEYS:
-        lat = result["latency_ms"][key]
+    for kind, figures in result["formats"].items():
+        cold = figures.get("cold_start_ms") or {}
         lines.append(
-            f"{key:<20}{result['qps'][key]:>9.1f}{lat['median']:>11.2f}{lat['min']:>9.2f}"
-            f"{lat['max']:>9.2f}{lat['requests']:>5}{result['flops'][key] / 1e9:>11.3f}"
-            f"{100 * result['peak_fraction'][key]:>8.1f}"
+            f"[{kind}] {'scorer':<19}{'QPS':>8}{'median ms':>11}{'min ms':>9}{'max ms':>9}"
+            f"{'n':>5}{'GFLOP/req':>11}{'% peak':>8}{'cold ms':>9}"
         )
-    for name in ("ratios", "ratios_min"):
-        values = ", ".join(f"{k}={v:.2f}" for k, v in result[name].items())
-        lines.append(f"{name}: {values}")
+        for key in KEYS:
+            lat = figures["latency_ms"][key]
+            cold_ms = f"{cold[key]:>9.0f}" if key in cold else f"{'-':>9}"
+            lines.append(
+                f"{'':<{len(kind) + 3}}{key:<19}{figures['qps'][key]:>8.1f}{lat['median']:>11.2f}"
+                f"{lat['min']:>9.2f}{lat['max']:>9.2f}{lat['requests']:>5}"
+                f"{result['flops'][key] / 1e9:>11.3f}{100 * figures['peak_fraction'][key]:>8.1f}"
+                f"{cold_ms}"
+            )
+        for name in ("ratios", "ratios_min"):
+            values = ", ".join(f"{k}={v:.2f}" for k, v in figures[name].items())
+            lines.append(f"{'':<{len(kind) + 3}}{name}: {values}")
     return "\n".join(lines)
 
 
@@ -384,12 +458,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path | None]
     defaults = BenchConfig()
     choices = {"device": None, "dtype": sorted(DTYPES)}
     for name, value in asdict(defaults).items():
-        if isinstance(value, bool):
+        if isinstance(value, bool) or name == "formats":
             continue
         flag = f"--{name.replace('_', '-')}"
         parser.add_argument(flag, type=type(value), default=value, choices=choices.get(name))
     parser.add_argument(
-        "--eager", action="store_true", help="do not torch.jit.script scorers (always on a GPU)"
+        "--format",
+        dest="formats",
+        default="",
+        help=f"formats to time in one run, comma-separated, of {','.join(FORMATS)} "
+        "(default: torchscript on a CPU, eager on a GPU)",
+    )
+    parser.add_argument(
+        "--eager", action="store_true", help="same as --format eager (always on a GPU)"
     )
     parser.add_argument(
         "--check-reference",
@@ -400,6 +481,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path | None]
     args = vars(parser.parse_args(argv))
     out, eager = args.pop("json"), args.pop("eager")
     script = not eager and torch.device(args["device"]).type == "cpu"
+    if eager and not args["formats"]:
+        args["formats"] = "eager"
     return BenchConfig(**args, script=script), out
 
 

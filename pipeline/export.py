@@ -1,19 +1,32 @@
-"""Export a trained model's serving scorer as a self-contained TorchScript artifact.
+"""Export a trained model's serving scorer as a self-contained, checksummed artifact.
 
-    python -m pipeline.export --run RUN_DIR --out scorer.pt    # a pipeline.train run
-    export_model(model, PreparedData(DIR), "scorer.pt")       # from a trained CTRModel
-    scorer, info = load_artifact("scorer.pt")                 # verified; torch only
+    python -m pipeline.export --run RUN_DIR [--format pt2|aoti|torchscript]
+        [--table-dtype fp32|fp16|int8] [--out PATH]              # a pipeline.train run
+    export_model(model, PreparedData(DIR), "scorer.pt2")       # from a trained CTRModel
+    scorer, info = load_artifact("scorer.pt2")                # verified; torch only
     state = scorer.encode_user(hist_items, user)               # (L,) long, () long
     ctr = scorer.score(state, candidates)                      # (B,) long -> (B,) float
 
-The artifact is `torch.jit.script` of models.scorer.CTRScorer: code and every table
-(ID embeddings, multimodal table, bucket boundaries and lookup tables, weights) are in the
-file, so loading it imports neither models/ nor pipeline/. `serving.json` inside the
-archive (`torch.jit.load(path, _extra_files={"serving.json": ""})`) describes it and
-records the sha256 of every other member of the archive (`payload_sha256`);
-`load_artifact(path)` (what `pipeline.score_requests` uses) checks them before loading and
-refuses a damaged or modified artifact. The artifact is written under a temporary name and
-renamed when complete. A TorchScript archive is code: load artifacts from trusted places.
+Formats (pipeline/artifact.py describes their layout):
+
+- `pt2` (the default): torch.export programs of the user side (`encode_user`) and of the
+  candidate side (`score`), dynamic history length (0 included) and candidate count, the
+  tables as a third program (`tables`, stored once) and `serving.json`, in one .pt2;
+- `aoti`: those programs compiled by AOTInductor into the same kind of package (about
+  a minute and a half per program on 2 CPU cores);
+- `torchscript`: `torch.jit.script` of models.scorer.CTRScorer (torch 2.13 deprecates
+  it; kept for GPU hosts, docs/serving.md).
+
+Before an artifact is written, its programs are run against the eager scorer on probe
+requests (empty history, one item, a few; one candidate, a few): torch.export traces one
+branch of an `if` on the history length without saying so, and the probes are what finds
+it (such an arch gets a second pair of programs for the empty history). The AOTInductor
+package is loaded back and probed the same way. `serving.json` records the sha256 of
+every other member; the artifact is verified before it is renamed into place.
+
+`--table-dtype` stores the ID embedding tables in fp16 or int8 (row-wise, an fp16 scale
+and bias per row, as torchrec's quantized tables); the multimodal table stays fp32 (its
+dot products are bucketized, and a bucket changes with any rounding near a boundary).
 """
 
 from __future__ import annotations
@@ -22,32 +35,51 @@ import argparse
 import io
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.export import Dim, ExportedProgram
 
 from data_prep.integrity import atomic_file
 from models.ctr import CTRModel, CTRTask
-from models.scorer import CTRScorer, scorer_from_model
+from models.scorer import (
+    TABLE_DTYPES,
+    CandidateProgram,
+    CTRScorer,
+    TableStore,
+    UserProgram,
+    scorer_from_model,
+)
 from models.zoo import build_model, make_config
-from pipeline.checkpoint import Checkpointer, CheckpointError
-from pipeline.data import DataError, PreparedData
-from pipeline.score_requests import (
+from pipeline.artifact import (
+    CANDIDATE_PROGRAM,
+    EMPTY,
+    FORMATS,
     METADATA,
+    TABLES_PROGRAM,
+    USER_PROGRAM,
     ArtifactError,
+    ProgramScorer,
     load_artifact,
+    load_programs,
     payload_checksums,
     read_metadata,
+    torch_private_api,
     verify_artifact,
 )
+from pipeline.checkpoint import Checkpointer, CheckpointError
+from pipeline.data import DataError, PreparedData
 
 __all__ = [
     "ArtifactError",
     "ExportError",
     "export_model",
+    "export_programs",
     "export_scorer",
     "load_artifact",
     "load_trained_model",
@@ -55,17 +87,152 @@ __all__ = [
     "verify_artifact",
 ]
 
+SUFFIX = {"pt2": ".pt2", "aoti": ".pt2", "torchscript": ".pt"}
+# Probe requests (history length, candidates) run through every exported program.
+PROBES = ((0, 3), (1, 1), (2, 5), (5, 2), (9, 4))
+PROBE_ATOL = 1e-5
+
 
 class ExportError(ValueError):
     """A training run that cannot be exported; the message names the file."""
 
 
-def export_scorer(scorer: CTRScorer, path: str | Path, metadata: dict[str, Any]) -> Path:
-    """Script `scorer` and save it with `metadata` and its checksums as serving.json;
-    returns the path, once the written file has been verified."""
-    path = Path(path)
-    scripted = torch.jit.script(scorer.eval())
+# ------------------------------------------------------------------ torch.export programs
+def _ids(count: int, size: int, offset: int = 0) -> torch.Tensor:
+    """`count` valid ids of a table of `size` rows (example and probe inputs)."""
+    return (torch.arange(count) * 7 + offset + 2) % max(size, 1)
+
+
+def _export_pair(
+    scorer: CTRScorer, tables: dict[str, torch.Tensor], min_history: int | None
+) -> tuple[ExportedProgram, ExportedProgram]:
+    """(encode_user, score) exported with dynamic B and L >= min_history, or at L = 0 when
+    min_history is None. The state's dims that follow L are found by encoding two
+    lengths (so a weight dim equal to L by chance is not taken for it)."""
+    items, users = int(tables["item_table"].shape[0]), int(tables["user_table"].shape[0])
+    user = torch.tensor(min(2, users - 1))
+    static_tables = {name: None for name in tables}
+    candidates = Dim("candidates", min=1)
+    user_side, candidate_side = UserProgram(scorer).eval(), CandidateProgram(scorer).eval()
+    if min_history is None:
+        hist, hist_shape = _ids(0, items), None
+    else:
+        history = Dim("history", min=min_history)
+        hist, hist_shape = _ids(7, items), {0: history}
+    with torch.no_grad():
+        user_program = torch.export.export(
+            user_side, (tables, hist, user), dynamic_shapes=(static_tables, hist_shape, None)
+        )
+        state = user_side(tables, hist, user)
+        other = user_side(tables, _ids(5, items), user) if min_history is not None else state
+        state_shapes = {
+            key: {i: history for i in range(value.dim()) if value.shape[i] != other[key].shape[i]}
+            or None
+            for key, value in state.items()
+        }
+        candidate_program = torch.export.export(
+            candidate_side,
+            (tables, state, _ids(9, items, 3)),
+            dynamic_shapes=(static_tables, state_shapes, {0: candidates}),
+        )
+    return user_program, candidate_program
+
+
+def probe_errors(scorer: CTRScorer, programmed: ProgramScorer) -> float:
+    """Largest |CTR difference| between the programs and the eager scorer on PROBES;
+    ValueError naming the first probe whose result differs by more than PROBE_ATOL."""
+    items, users = programmed.num_items, programmed.num_users
+    worst = 0.0
+    for i, (length, count) in enumerate(PROBES):
+        hist, cands = _ids(length, items, i), _ids(count, items, 5 * i + 1)
+        user = torch.tensor((3 * i + 2) % max(users, 1))
+        with torch.no_grad():
+            expected = scorer.score(scorer.encode_user(hist, user), cands)
+            try:
+                got = programmed.score(programmed.encode_user(hist, user), cands)
+            except Exception as error:  # torch raises many kinds here; all mean the same
+                raise ValueError(f"L={length} B={count}: {type(error).__name__}: {error}") from None
+        err = float((got - expected).abs().max()) if count else 0.0
+        if not err <= PROBE_ATOL:  # NaN included
+            raise ValueError(f"L={length} B={count}: CTRs differ from eager by {err:.3g}")
+        worst = max(worst, err)
+    return worst
+
+
+def export_programs(scorer: CTRScorer) -> tuple[dict[str, ExportedProgram], dict[str, Any]]:
+    """The scorer's torch.export programs, probed against it: {tables, encode_user,
+    score[, encode_user_empty, score_empty]} and what serving.json records of them.
+
+    One pair covers every L >= 0 unless the arch's code branches on an empty history
+    (torch.export then traces the non-empty branch: the probe at L = 0 fails); such an arch
+    gets a pair for L >= 1 and a pair exported at L = 0."""
+    scorer = scorer.eval()
+    tables = scorer.tables()
+    with torch.no_grad():
+        store = torch.export.export(TableStore(tables), ())
+    programs: dict[str, ExportedProgram] = {TABLES_PROGRAM: store}
+    history = {USER_PROGRAM: [0, None], CANDIDATE_PROGRAM: [0, None]}
+
+    def runners(eps: dict[str, ExportedProgram]) -> ProgramScorer:
+        modules = {name: ep.module() for name, ep in eps.items()}
+        return ProgramScorer(modules, tables, scorer.chunk)
+
+    split = None
+    try:
+        user_program, candidate_program = _export_pair(scorer, tables, 0)
+        pair = {USER_PROGRAM: user_program, CANDIDATE_PROGRAM: candidate_program}
+        error = probe_errors(scorer, runners(pair))
+    except Exception as failure:  # a probe that differs, or torch refusing L = 0 outright
+        split = f"{type(failure).__name__}: {failure}"
+        user_program, candidate_program = _export_pair(scorer, tables, 1)
+        user_empty, candidate_empty = _export_pair(scorer, tables, None)
+        pair = {
+            USER_PROGRAM: user_program,
+            CANDIDATE_PROGRAM: candidate_program,
+            USER_PROGRAM + EMPTY: user_empty,
+            CANDIDATE_PROGRAM + EMPTY: candidate_empty,
+        }
+        history = {
+            USER_PROGRAM: [1, None],
+            CANDIDATE_PROGRAM: [1, None],
+            USER_PROGRAM + EMPTY: [0, 0],
+            CANDIDATE_PROGRAM + EMPTY: [0, 0],
+        }
+        try:
+            error = probe_errors(scorer, runners(pair))
+        except ValueError as failure:
+            raise ExportError(f"the exported programs differ from the scorer: {failure}") from None
+    programs.update(pair)
     info = {
+        "programs": {name: {"history": history[name]} for name in pair},
+        "empty_history_programs": split is not None,
+        "probe_max_abs_error": {"pt2": error},
+    }
+    if split is not None:
+        info["empty_history_reason"] = f"one pair for every L failed its probe ({split})"
+    return programs, info
+
+
+def aoti_files(programs: dict[str, ExportedProgram]) -> dict[str, list[Any]]:
+    """AOTInductor's files of every serving program (not `tables`), compiled for this CPU
+    (`aot_compile` with `aot_inductor.package=True`, what aoti_compile_and_package does)."""
+    compile_ = torch_private_api().aot_compile
+    files = {}
+    for name, program in programs.items():
+        if name == TABLES_PROGRAM:
+            continue
+        args, kwargs = program.example_inputs
+        files[name] = compile_(
+            program.module(), args, kwargs, options={"aot_inductor.package": True}
+        )
+    return files
+
+
+# ------------------------------------------------------------------------- the archive
+def _metadata(scorer: CTRScorer, kind: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    tables = scorer.tables()
+    return {
+        "format": kind,
         "interface": {
             "encode_user": "(hist_items: int64 (L,), user: int64 ()) -> Dict[str, Tensor]",
             "score": "(state, candidates: int64 (B,)) -> float32 (B,) CTR",
@@ -74,21 +241,113 @@ def export_scorer(scorer: CTRScorer, path: str | Path, metadata: dict[str, Any])
         "interest": type(scorer.interest).__name__,
         "serving_form": "per_candidate" if scorer.per_candidate else "cached_user",
         "num_buckets": int(scorer.bucketizer.boundaries.numel()) + 1,
+        "num_items": int(tables["item_table"].shape[0]),
+        "num_users": int(tables["user_table"].shape[0]),
+        "chunk": int(scorer.chunk),
+        "table_dtype": scorer.table_dtype,
+        "tables": {
+            name: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+            for name, t in tables.items()
+        },
+        "table_bytes": sum(t.numel() * t.element_size() for t in tables.values()),
         **metadata,
     }
-    # Members other than serving.json are the same in every save of one module, so their
-    # checksums, taken from a first save, describe the archive saved next.
+
+
+def _package(
+    kind: str,
+    info: dict[str, Any],
+    save: Callable[[io.BytesIO, str], None],
+) -> bytes:
+    """The archive written by `save(buffer, serving_json)` with its checksums: members
+    other than serving.json are the same in every save of one content, so their
+    checksums, taken from a first save, describe the archive saved next."""
     first = io.BytesIO()
-    torch.jit.save(scripted, first, _extra_files={METADATA: "{}"})
-    info["payload_sha256"] = payload_checksums(first.getvalue())
+    save(first, "{}")
+    info = {**info, "payload_sha256": payload_checksums(first.getvalue())}
     archive = io.BytesIO()
-    torch.jit.save(scripted, archive, _extra_files={METADATA: json.dumps(info, indent=2)})
+    save(archive, json.dumps(info, indent=2))
+    return archive.getvalue()
+
+
+def _torchscript_bytes(scorer: CTRScorer, info: dict[str, Any]) -> bytes:
+    scripted = torch.jit.script(scorer)  # deprecated by torch 2.13: the warning is shown
+
+    def save(buffer: io.BytesIO, serving: str) -> None:
+        torch.jit.save(scripted, buffer, _extra_files={METADATA: serving})
+
+    return _package("torchscript", info, save)
+
+
+def _pt2_bytes(scorer: CTRScorer, kind: str, info: dict[str, Any]) -> bytes:
+    api = torch_private_api()
+    programs, program_info = export_programs(scorer)
+    info = {**info, **program_info}
+    if kind == "pt2":
+        contents: dict[str, Any] = {"exported_programs": programs}
+    else:
+        started = time.perf_counter()
+        contents = {
+            "exported_programs": {TABLES_PROGRAM: programs[TABLES_PROGRAM]},
+            "aoti_files": aoti_files(programs),
+        }
+        info["aoti_compile_s"] = round(time.perf_counter() - started, 1)
+
+    def save(buffer: io.BytesIO, serving: str) -> None:
+        api.package_pt2(buffer, **contents, extra_files={METADATA: serving})
+
+    data = _package(kind, info, save)
+    if kind == "aoti":  # the compiled package, loaded back and probed like the programs
+        try:
+            compiled = load_programs(data, json.loads(_read_serving(data)))
+            error = probe_errors(scorer, compiled)
+        except (ValueError, RuntimeError) as failure:
+            raise ExportError(
+                f"the AOTInductor package differs from the scorer: {failure}"
+            ) from None
+        info["probe_max_abs_error"]["aoti"] = error
+        data = _package(kind, info, save)
+    return data
+
+
+def _read_serving(data: bytes) -> str:
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA}"))
+        return archive.read(name).decode()
+
+
+def format_of(path: str | Path, kind: str | None = None) -> str:
+    """The format to write: `kind`, or by suffix (.pt2: pt2, otherwise torchscript)."""
+    if kind is None:
+        return "pt2" if Path(path).suffix == ".pt2" else "torchscript"
+    if kind not in FORMATS:
+        raise ExportError(f"format must be one of {FORMATS}, got {kind!r}")
+    if SUFFIX[kind] == ".pt2" and Path(path).suffix != ".pt2":
+        raise ExportError(f"{path}: a {kind} artifact is a .pt2 package; name it *.pt2")
+    return kind
+
+
+def export_scorer(
+    scorer: CTRScorer, path: str | Path, metadata: dict[str, Any], kind: str | None = None
+) -> Path:
+    """Write `scorer` in format `kind` (default: by the suffix of `path`) with `metadata`
+    and its checksums as serving.json; returns the path, once the written archive has been
+    verified."""
+    path = Path(path)
+    kind = format_of(path, kind)
+    info = _metadata(scorer.eval(), kind, metadata)
+    if kind == "torchscript":
+        data = _torchscript_bytes(scorer, info)
+    else:
+        data = _pt2_bytes(scorer, kind, info)
     try:
-        verify_artifact(path, archive.getvalue())
+        verify_artifact(path, data)
     except ArtifactError as error:
         raise ArtifactError(f"{path}: the export does not verify: {error}") from None
     with atomic_file(path) as tmp:  # renamed into place when complete
-        tmp.write_bytes(archive.getvalue())
+        tmp.write_bytes(data)
     return path
 
 
@@ -108,17 +367,22 @@ def export_model(
     path: str | Path,
     per_candidate: bool = False,
     metadata: dict[str, Any] | None = None,
+    kind: str | None = None,
+    table_dtype: str = "fp32",
 ) -> Path:
     """Export a trained, unsharded CTRModel with the prepared data's tables.
 
     per_candidate: serve the interest arch by its training forward per candidate instead
     of its per-user cache (arches without a cache, such as DIN, are always served so).
+    kind: "pt2", "aoti" or "torchscript" (default: by the suffix of `path`).
+    table_dtype: "fp32", "fp16" or "int8" ID tables (models.scorer.quantize_table).
     """
     scorer = scorer_from_model(
-        model, data.item_mm, item_categories(data), per_candidate=per_candidate
-    )
+        model, data.item_mm, item_categories(data), per_candidate=per_candidate,
+        table_dtype=table_dtype,
+    )  # fmt: skip
     info = {"data_checksum": data.checksum, "max_history": data.max_history, **(metadata or {})}
-    return export_scorer(scorer, path, info)
+    return export_scorer(scorer, path, info, kind)
 
 
 def load_trained_model(
@@ -164,10 +428,35 @@ def load_trained_model(
     return model.eval(), data, result
 
 
+def default_path(run_dir: Path, kind: str, table_dtype: str) -> Path:
+    """RUN_DIR/scorer[.aoti][.fp16|.int8].pt2 (or .pt for TorchScript)."""
+    parts = ["scorer"] + (["aoti"] if kind == "aoti" else [])
+    parts += [] if table_dtype == "fp32" else [table_dtype]
+    return run_dir / (".".join(parts) + SUFFIX[kind])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Export a training run's serving scorer.")
     parser.add_argument("--run", type=Path, required=True, help="pipeline.train output dir")
-    parser.add_argument("--out", type=Path, required=True, help="artifact path (.pt)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="pt2: torch.export programs (default, or by the --out suffix); aoti: compiled by "
+        "AOTInductor; torchscript: torch.jit.script (deprecated by torch)",
+    )
+    parser.add_argument(
+        "--table-dtype",
+        choices=TABLE_DTYPES,
+        default="fp32",
+        help="ID embedding tables: fp32, fp16, or int8 row-wise (fp16 scale and bias per row)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="artifact path (default RUN/scorer[.aoti][.DTYPE].pt2, .pt for torchscript)",
+    )
     parser.add_argument("--data", type=Path, default=None, help="prepared data (default: run's)")
     parser.add_argument(
         "--per-candidate",
@@ -181,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
         help="check the sha256 of every file of the data folder (default: sizes)",
     )
     args = parser.parse_args(argv)
+    kind = args.format or ("pt2" if args.out is None else format_of(args.out))
+    out = args.out or default_path(args.run, kind, args.table_dtype)
     try:
         verify = "full" if args.verify else "sizes"
         model, data, result = load_trained_model(args.run, args.data, verify)
@@ -189,11 +480,17 @@ def main(argv: list[str] | None = None) -> int:
             "model_config": result["model_config"],
             "run": str(args.run),
         }
-        path = export_model(model, data, args.out, per_candidate=args.per_candidate, metadata=meta)
+        path = export_model(
+            model, data, out, per_candidate=args.per_candidate, metadata=meta, kind=kind,
+            table_dtype=args.table_dtype,
+        )  # fmt: skip
     except (ExportError, ArtifactError, CheckpointError, DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"exported {result['model']} -> {path}")
+    size = path.stat().st_size / 2**20
+    print(
+        f"exported {result['model']} ({kind}, {args.table_dtype} tables, {size:.1f} MiB) -> {path}"
+    )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Batch scoring job: requests Parquet -> scores Parquet, with an exported scorer.
 
-    python -m pipeline.score_requests --artifact scorer.pt --requests R.parquet --out S.parquet
+    python -m pipeline.score_requests --artifact scorer.pt2 --requests R.parquet --out S.parquet
 
 Requests (one row per request): request_id (any type, not null), user (integer),
 hist_items (list<integer>, oldest first), candidates (list<integer>). Output: one row per
@@ -20,20 +20,19 @@ coerced (a float id is rejected, not truncated). Reasons:
 | `history_too_long` | more history items than the model was trained with (`max_history`) |
 
 The user side (`encode_user`) is computed once per request; the candidates are scored in
-the scorer's batches. The artifact's checksums are verified before it is loaded
-(`load_artifact`). Needs torch, pyarrow and `data_prep.integrity` (standard library) only,
-no models/ code, so it runs wherever the artifact is deployed.
+the scorer's batches. The artifact may be of any format of pipeline/artifact.py (`pt2`,
+`aoti`, `torchscript`; serving.json says which); its checksums are verified before it is
+loaded (`load_artifact`). Needs torch, pyarrow, `pipeline.artifact` and
+`data_prep.integrity` (both torch and the standard library only), no models/ code, so it
+runs wherever the artifact is deployed.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import sys
 import time
-import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -45,100 +44,35 @@ import pyarrow.parquet as pq
 import torch
 
 from data_prep.integrity import atomic_file
+from pipeline.artifact import (
+    METADATA,
+    ArtifactError,
+    load_artifact,
+    payload_checksums,
+    read_metadata,
+    table_sizes,
+    verify_artifact,
+)
 
 REQUEST_COLUMNS = ("request_id", "user", "hist_items", "candidates")
-METADATA = "serving.json"
-# Members of a TorchScript archive that differ between two saves of the same module.
-UNHASHED = ("extra/serving.json", ".data/serialization_id")
 PAD = 0
 
-
-class ArtifactError(ValueError):
-    """An artifact that is not intact: damaged, truncated, modified or without checksums."""
+__all__ = [
+    "METADATA",
+    "ArtifactError",
+    "RequestError",
+    "load_artifact",
+    "payload_checksums",
+    "read_metadata",
+    "run",
+    "score_table",
+    "validate",
+    "verify_artifact",
+]
 
 
 class RequestError(ValueError):
     """A request that cannot be scored (strict mode), or a requests file that cannot be read."""
-
-
-# ------------------------------------------------------------------------- artifacts
-def _members(archive: zipfile.ZipFile) -> dict[str, str]:
-    """sha256 of every member of a TorchScript archive, keyed without its top folder."""
-    out = {}
-    for info in archive.infolist():
-        _, _, name = info.filename.partition("/")
-        if name and not info.is_dir() and name not in UNHASHED:
-            out[name] = hashlib.sha256(archive.read(info)).hexdigest()
-    return out
-
-
-def payload_checksums(data: bytes) -> dict[str, str]:
-    """The checksums `serving.json` records: sha256 of each archive member (code, weights,
-    tables), the members that change between identical saves excepted."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        return _members(archive)
-
-
-def verify_artifact(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
-    """serving.json of an artifact whose members all match the checksums it records;
-    ArtifactError naming the artifact and the first member that does not."""
-    path = Path(path)
-    try:
-        data = path.read_bytes() if data is None else data
-    except OSError as error:
-        raise ArtifactError(f"{path}: cannot be read ({error})") from None
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            names = [i.filename for i in archive.infolist()]
-            serving = [n for n in names if n.partition("/")[2] == f"extra/{METADATA}"]
-            if len(serving) != 1 or len({n.partition("/")[0] for n in names}) != 1:
-                raise ArtifactError(f"{path}: not an artifact of pipeline.export (no {METADATA})")
-            metadata = json.loads(archive.read(serving[0]))
-            actual = _members(archive)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as error:
-        raise ArtifactError(f"{path}: damaged or truncated archive ({error})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ArtifactError(f"{path}: {METADATA} is not JSON ({error})") from None
-    expected = metadata.get("payload_sha256") if isinstance(metadata, dict) else None
-    if not isinstance(expected, dict) or not expected:
-        raise ArtifactError(
-            f"{path}: {METADATA} records no checksums (exported before they were added); "
-            "export it again"
-        )
-    for name in sorted(set(expected) | set(actual)):
-        if name not in actual:
-            raise ArtifactError(f"{path}: member {name} is missing")
-        if name not in expected:
-            raise ArtifactError(f"{path}: member {name} is not in the checksums")
-        if actual[name] != expected[name]:
-            raise ArtifactError(f"{path}: member {name} differs from its checksum (damaged)")
-    return metadata
-
-
-def load_artifact(
-    path: str | Path, map_location: str | torch.device | None = None
-) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """(scorer, serving.json) of an exported artifact, verified first.
-
-    The bytes are read once, checked against the checksums in serving.json and loaded
-    from memory, so what is loaded is what was checked. TorchScript archives are code:
-    load artifacts from trusted places (docs/reliability.md)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ArtifactError(f"{path}: cannot be read ({error})") from None
-    metadata = verify_artifact(path, data)
-    try:
-        scorer = torch.jit.load(io.BytesIO(data), map_location=map_location)
-    except RuntimeError as error:
-        raise ArtifactError(f"{path}: verified but not loadable by torch.jit ({error})") from None
-    return scorer, metadata
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """serving.json of an exported artifact (verified)."""
-    return verify_artifact(path)
 
 
 # --------------------------------------------------------------------- requests
@@ -272,7 +206,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def score_table(
-    scorer: torch.jit.ScriptModule,
+    scorer: Any,
     requests: pa.Table,
     rejects: list[dict[str, Any]] | None = None,
     max_history: int | None = None,
@@ -282,8 +216,7 @@ def score_table(
     A request that cannot be scored is appended to `rejects` (row, request_id, reason,
     detail); without a `rejects` list the first one raises RequestError naming it.
     """
-    num_items = int(scorer.item_table.shape[0])
-    num_users = int(scorer.user_table.shape[0])
+    num_items, num_users = table_sizes(scorer)
     found, parsed = validate(requests, num_users, num_items, max_history)
     for row in np.flatnonzero(found.bad):
         request_id = requests.column("request_id")[int(row)].as_py()
