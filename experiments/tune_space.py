@@ -30,6 +30,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
         "bfs_mf",
         "simtier",
         "make",
+        "dmae",
     ),
 }
 
@@ -130,6 +131,11 @@ MODEL_SPACES: dict[str, dict[str, Param]] = {
         "histogram_edges": Choice("uniform", "range", "quantile", target="model_args"),
     },
     "make": {"pretrain_epochs": Choice(1, 3, 10, target="model_args")},
+    "dmae": {
+        "num_similarity_buckets": Choice(10, 20, 35, target="model_args"),
+        "window": Int(1, 4, target="model_args"),
+        "lambda_dec": Float(1e-3, 1.0, log=True, target="model_args"),
+    },
 }
 
 

@@ -185,6 +185,11 @@ def _replicate_model(
     does not use, as the user table with use_user_embedding=false), a regular optimizer
     for the tables and the dense optimizer for the rest."""
     sparse = task.model.sparse_arch
+    if getattr(sparse, "managed", False):
+        raise ValueError(
+            f"embedding optimizer {opt_name!r} replicates plain EmbeddingCollection tables; "
+            "managed collisions need a fused (sharded) one"
+        )
     if any(p.is_meta for p in sparse.parameters()):
         raise ValueError(
             f"embedding optimizer {opt_name!r} replicates the tables: build them on the "
