@@ -103,7 +103,9 @@ class OverArch(nn.Module):
     """Everything dense: pads the history, bucketizes similarities, runs the interest arch
     and the head MLP over [interest, target, user].
 
-    embeddings: SparseArch output; hist_sims (N,) aligned with the history -> logits (B,).
+    embeddings: SparseArch output; hist_sims (N,) aligned with the history -> logits (B,);
+    hist_times (N,) and hist_modality_sims (N, K), aligned likewise, when the data has them
+    (models/batch.py), padded into InterestInputs.times and .modality_sims.
     """
 
     def __init__(
@@ -132,7 +134,11 @@ class OverArch(nn.Module):
         return embedding_dim * (2 if spec.has_categories else 1)
 
     def interest_inputs(
-        self, embeddings: dict[str, JaggedTensor], hist_sims: torch.Tensor
+        self,
+        embeddings: dict[str, JaggedTensor],
+        hist_sims: torch.Tensor,
+        hist_times: torch.Tensor | None = None,
+        hist_modality_sims: torch.Tensor | None = None,
     ) -> InterestInputs:
         layout = HistoryLayout.of(embeddings[HIST_ITEM])
         target = embeddings[ITEM].values()
@@ -141,6 +147,8 @@ class OverArch(nn.Module):
             target = item_representation(target, embeddings[CATEGORY].values())
             history = item_representation(history, layout.pad(embeddings[HIST_CATEGORY].values()))
         sims = layout.pad(hist_sims.unsqueeze(-1)).squeeze(-1)
+        times = None if hist_times is None else layout.pad(hist_times.unsqueeze(-1)).squeeze(-1)
+        modality_sims = None if hist_modality_sims is None else layout.pad(hist_modality_sims)
         return InterestInputs(
             target=target,
             history=history,
@@ -148,10 +156,18 @@ class OverArch(nn.Module):
             sims=sims,
             buckets=bucketize(sims, self.bucket_boundaries),
             lengths=layout.lengths,
+            times=times,
+            modality_sims=modality_sims,
         )
 
-    def forward(self, embeddings: dict[str, JaggedTensor], hist_sims: torch.Tensor) -> torch.Tensor:
-        x = self.interest_inputs(embeddings, hist_sims)
+    def forward(
+        self,
+        embeddings: dict[str, JaggedTensor],
+        hist_sims: torch.Tensor,
+        hist_times: torch.Tensor | None = None,
+        hist_modality_sims: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.interest_inputs(embeddings, hist_sims, hist_times, hist_modality_sims)
         user = embeddings[USER].values() if self.use_user_embedding else None
         return self.head(head_input(self.interest(x), x.target, user)).squeeze(-1)
 
@@ -166,7 +182,9 @@ class CTRModel(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         embeddings = self.sparse_arch(batch.sparse_features)
-        return self.over_arch(embeddings, batch.hist_sims)
+        return self.over_arch(
+            embeddings, batch.hist_sims, batch.hist_times, batch.hist_modality_sims
+        )
 
 
 class EmbeddingPenalty(nn.Module):
@@ -211,7 +229,9 @@ class CTRTask(nn.Module):
 
     embedding_l2: lambda of the embedding penalty (`EmbeddingPenalty`): the loss is
     BCE + lambda * penalty; the last batch's lambda * penalty (detached) is kept in
-    `last_penalty` for logging. No parameters of its own: the state dict is the model's.
+    `last_penalty` for logging. An interest arch's auxiliary loss (models/interest.py,
+    `pop_auxiliary_loss`: DMAE's decoder term, already weighted) is added too, the last one
+    (detached) in `last_auxiliary`. No parameters of its own: the state dict is the model's.
     """
 
     def __init__(self, model: CTRModel, autocast: bool = False, embedding_l2: float = 0.0) -> None:
@@ -224,6 +244,7 @@ class CTRTask(nn.Module):
             EmbeddingPenalty(penalised_features(model.over_arch)) if self.embedding_l2 else None
         )
         self.last_penalty: torch.Tensor | None = None
+        self.last_auxiliary: torch.Tensor | None = None
 
     def forward(
         self, batch: Batch
@@ -231,8 +252,14 @@ class CTRTask(nn.Module):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             # CTRModel.forward's two calls, made here so the penalty sees the embeddings.
             embeddings = self.model.sparse_arch(batch.sparse_features)
-            logits = self.model.over_arch(embeddings, batch.hist_sims).float()
+            logits = self.model.over_arch(
+                embeddings, batch.hist_sims, batch.hist_times, batch.hist_modality_sims
+            ).float()
         loss = self.loss_fn(logits, batch.labels)
+        auxiliary = self.model.over_arch.interest.pop_auxiliary_loss()
+        if auxiliary is not None:
+            loss = loss + auxiliary.float()
+            self.last_auxiliary = auxiliary.detach()
         if self.penalty is not None:
             penalty = self.embedding_l2 * self.penalty(embeddings, batch.labels)
             loss = loss + penalty

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from models import bfs_mf, din, dmf, dnn, make, sasrec, simtier, ta, ta_early, ta_late
+from models import bfs_mf, din, dmae, dmf, dnn, make, sasrec, simtier, ta, ta_early, ta_late
 from models.collisions import ManagedCollisions
 from models.config import ModelConfig
 from models.ctr import CTRModel, OverArch, SparseArch
@@ -38,6 +38,7 @@ MODELS: dict[str, tuple[type[ModelConfig], InterestBuilder]] = {
     "simtier": (simtier.SIMTIERConfig, simtier.build_simtier),
     "make": (make.MAKEConfig, make.build_make),
     "dnn": (dnn.DNNConfig, dnn.build_dnn),
+    "dmae": (dmae.DMAEConfig, dmae.build_dmae),
 }
 
 

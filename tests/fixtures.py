@@ -53,8 +53,14 @@ def write_prepared(
     categories: bool = False,
     row_group_size: int = 16,
     seed: int = 0,
+    modalities: tuple[str, ...] = (),
+    times: bool = False,
 ) -> Path:
-    """Random samples, users contiguous, histories of 0..max_history items."""
+    """Random samples, users contiguous, histories of 0..max_history items.
+
+    modalities: names of separate modalities (two or more), each with its own random table
+    `item_mm_<name>.npy` and `hist_sims_<name>` column (manifest `modalities`); times: a
+    `hist_ts_delta` column of random seconds (manifest `history_times`)."""
     rng = np.random.default_rng(seed)
     samples_per_split = samples_per_split or {"train": 200, "valid": 40, "test": 60}
     root.mkdir(parents=True, exist_ok=True)
@@ -62,6 +68,13 @@ def write_prepared(
     mm[:2] = 0.0
     mm[2:] /= np.linalg.norm(mm[2:], axis=1, keepdims=True)
     np.save(root / "item_mm.npy", mm)
+    tables = {}
+    for k, name in enumerate(modalities):
+        table = rng.normal(size=(num_items, 4 + k)).astype(np.float32)
+        table[:2] = 0.0
+        table[2:] /= np.linalg.norm(table[2:], axis=1, keepdims=True)
+        np.save(root / f"item_mm_{name}.npy", table)
+        tables[name] = table
     item_category = rng.integers(2, 6, size=num_items)
     splits = {}
     for split, n in samples_per_split.items():
@@ -77,6 +90,16 @@ def write_prepared(
             "hist_items": pa.array([h.tolist() for h in hist], pa.list_(pa.int64())),
             "hist_sims": pa.array([s.tolist() for s in sims], pa.list_(pa.float32())),
         }
+        for name, table in tables.items():
+            columns[f"hist_sims_{name}"] = pa.array(
+                [(table[h] @ table[t]).tolist() for h, t in zip(hist, items)],
+                pa.list_(pa.float32()),
+            )
+        if times:
+            columns["hist_ts_delta"] = pa.array(
+                [np.sort(rng.integers(1, 40 * 86_400, size=len(h)))[::-1].tolist() for h in hist],
+                pa.list_(pa.int64()),
+            )
         if categories:
             columns["category"] = pa.array(item_category[items], pa.int64())
             columns["hist_categories"] = pa.array(
@@ -107,6 +130,13 @@ def write_prepared(
         "item_embeddings": {"path": "item_mm.npy", "dim": 6, "source": "random"},
         "splits": splits,
     }
+    if modalities:
+        manifest["modalities"] = [
+            {"name": n, "path": f"item_mm_{n}.npy", "dim": t.shape[1], "source": "random"}
+            for n, t in tables.items()
+        ]
+    if times:
+        manifest["history_times"] = {"column": "hist_ts_delta", "unit": "seconds"}
     manifest["checksum"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root

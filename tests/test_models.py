@@ -32,6 +32,8 @@ VARIANTS = [(name, {}) for name in sorted(MODELS)] + [
     ("simtier", {"histogram_edges": "range"}),
     ("din", {"attention_dropout": 0.1}),
     ("ta", {"dropout": 0.2}),
+    ("dmae", {"mifu": False, "time_encoding": "position", "encoding_combine": "sum"}),
+    ("dmae", {"iddu": False, "window_causal": True, "sincos_frequencies": "transformer"}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in args.items()) for name, args in VARIANTS]
 
@@ -58,7 +60,7 @@ def small_model(name: str, args: dict, spec: FeatureSpec, seed: int = 0) -> CTRM
 
 def test_registry_has_every_baseline() -> None:
     expected = {"ta", "dta", "dta_non_invasive", "ta_early", "dmf"}
-    expected |= {"sasrec", "din", "bfs_mf", "simtier", "make", "ta_late", "dnn"}
+    expected |= {"sasrec", "din", "bfs_mf", "simtier", "make", "ta_late", "dnn", "dmae"}
     assert set(MODELS) == expected
     spec = FeatureSpec(num_users=5, num_items=9, num_categories=0, bucket_boundaries=(0.0, 0.5))
     for name, (config_cls, _) in MODELS.items():
@@ -168,7 +170,10 @@ def test_forward_backward_reaches_tables_and_interest(
     logits = model(batch)
     assert logits.shape == (batch.batch_size,)
     assert torch.isfinite(logits).all()
-    torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels).backward()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    auxiliary = model.over_arch.interest.pop_auxiliary_loss()  # DMAE's decoder, as CTRTask adds
+    assert (auxiliary is not None) == (name == "dmae" and args.get("iddu", True)), name
+    (loss if auxiliary is None else loss + auxiliary).backward()
 
     tables = model.sparse_arch.embedding_collection.embeddings
     for table in tables.values():
@@ -183,6 +188,12 @@ def test_forward_backward_reaches_tables_and_interest(
 def _perturb_padding(x: InterestInputs, num_buckets: int) -> InterestInputs:
     """The same inputs with random values in every padded slot."""
     pad = ~x.mask
+    times, modality_sims = x.times, x.modality_sims
+    if times is not None:
+        times = torch.where(pad, torch.rand_like(times) * 1e8, times)
+    if modality_sims is not None:
+        noise = torch.rand_like(modality_sims) * 2 - 1
+        modality_sims = torch.where(pad.unsqueeze(-1), noise, modality_sims)
     return InterestInputs(
         target=x.target,
         history=torch.where(pad.unsqueeze(-1), torch.randn_like(x.history) * 5, x.history),
@@ -190,6 +201,8 @@ def _perturb_padding(x: InterestInputs, num_buckets: int) -> InterestInputs:
         sims=torch.where(pad, torch.rand_like(x.sims) * 2 - 1, x.sims),
         buckets=torch.where(pad, torch.randint_like(x.buckets, num_buckets), x.buckets),
         lengths=x.lengths,
+        times=times,
+        modality_sims=modality_sims,
     )
 
 
