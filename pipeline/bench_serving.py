@@ -1,8 +1,9 @@
 """Serving benchmark: requests/s of every fusion strategy, same machine, same run.
 
-    python -m pipeline.bench_serving [--json FILE] [--candidates 1200 --history 400
-        --hidden 128 --heads 4 --buckets 35 --threads 2 --requests 60 --warmup 2]
-        [--device cpu|cuda --dtype fp32|bf16 --time-limit-s S --check-reference]
+    python -m pipeline.bench_serving [--format eager,pt2,aoti,torchscript] [--json FILE]
+        [--candidates 1200 --history 400 --hidden 128 --heads 4 --buckets 35 --threads 2
+        --requests 60 --warmup 2] [--device cpu|cuda --dtype fp32|bf16 --time-limit-s S
+        --check-reference]
 
 One request = `encode_user` (history of L items) + `score` (B candidates), end to end,
 under torch.inference_mode, with random weights at the given sizes (d = embedding size =
@@ -30,6 +31,15 @@ GPU check measures the kernel's accuracy separately).
 the first round, which times every scorer); `--check-reference` compares each cached
 scorer's CTRs with its per-candidate form (the training forward) on one request.
 scripts/gpu_check.py drives this module on a GPU.
+
+`--format` (comma-separated) times the scorers in several forms in the same interleaved
+rounds: `eager` (the CTRScorer modules), and the artifacts of pipeline/export.py, each
+exported to a temporary folder and loaded with `load_artifact`: `pt2` (torch.export
+programs), `aoti` (compiled by AOTInductor: a C++ compile per program, minutes for all
+seven scorers) and `torchscript`. Per format: QPS, latencies, ratios, and the cold start
+of each artifact (load + first request, in this process, torch already imported). The
+default is `pt2` on a CPU (`--eager`: eager), eager on a GPU; the first format's figures
+are also at the top level of the JSON, as before formats existed.
 """
 
 from __future__ import annotations
@@ -87,7 +97,7 @@ class BenchConfig:
     time_limit_s: float = 0.0  # 0: no limit
     peak_size: int = 0  # 0: 2048 on CPU, 4096 on a GPU
     check_reference: bool = False
-    formats: str = ""  # comma-separated FORMATS; "": torchscript if `script`, else eager
+    formats: str = ""  # comma-separated FORMATS; "": pt2 if `script`, else eager
 
 
 Request = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hist_items (L,), user (), cands (B,)
@@ -268,10 +278,10 @@ def device_name(device: str | torch.device) -> str:
 
 
 def formats_of(config: BenchConfig) -> list[str]:
-    """The formats to time: `config.formats` (comma-separated), else TorchScript when
-    `script` (the old default) or eager."""
+    """The formats to time: `config.formats` (comma-separated), else pt2 when `script`
+    (serve an artifact: the default on a CPU) or eager."""
     names = [f.strip() for f in config.formats.split(",") if f.strip()]
-    names = names or (["torchscript"] if config.script else ["eager"])
+    names = names or (["pt2"] if config.script else ["eager"])
     unknown = set(names) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
@@ -467,7 +477,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path | None]
         dest="formats",
         default="",
         help=f"formats to time in one run, comma-separated, of {','.join(FORMATS)} "
-        "(default: torchscript on a CPU, eager on a GPU)",
+        "(default: pt2 on a CPU, eager on a GPU)",
     )
     parser.add_argument(
         "--eager", action="store_true", help="same as --format eager (always on a GPU)"

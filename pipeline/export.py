@@ -428,6 +428,50 @@ def load_trained_model(
     return model.eval(), data, result
 
 
+def evaluate_artifact(path: str | Path, data: PreparedData, split: str = "test") -> dict[str, Any]:
+    """AUC, GAUC and log loss of an artifact on a split of the prepared data, scored as
+    serving scores (load_artifact; one request per user and history, its rows' items as
+    the candidates; similarities from the artifact's tables, not the shards' hist_sims),
+    with the artifact's size and load time."""
+    import pyarrow.parquet as pq
+
+    from pipeline import metrics
+
+    started = time.perf_counter()
+    scorer, info = load_artifact(path)
+    load_s = time.perf_counter() - started
+    columns = ["user", "item", "label", "hist_items"]
+    table = pq.ParquetDataset(data.split_files(split)).read(columns=columns)
+    users = table.column("user").to_numpy()
+    items = table.column("item").to_numpy()
+    labels = table.column("label").to_numpy()
+    hists = table.column("hist_items").to_pylist()
+    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    for row, (user, hist) in enumerate(zip(users.tolist(), hists)):
+        groups.setdefault((user, tuple(hist)), []).append(row)
+    scores = np.zeros(len(items), dtype=np.float32)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for (user, hist), rows in groups.items():
+            state = scorer.encode_user(torch.tensor(hist, dtype=torch.long), torch.tensor(user))
+            scores[rows] = scorer.score(state, torch.from_numpy(items[rows])).numpy()
+    return {
+        "artifact": str(path),
+        "format": info["format"],
+        "table_dtype": info.get("table_dtype", "fp32"),
+        "bytes": Path(path).stat().st_size,
+        "table_bytes": info.get("table_bytes"),
+        "split": split,
+        "rows": len(items),
+        "requests": len(groups),
+        "auc": metrics.auc(scores, labels),
+        "gauc": metrics.gauc(scores, labels, users)[0],
+        "logloss": metrics.logloss(scores, labels),
+        "load_s": load_s,
+        "scoring_s": time.perf_counter() - started,
+    }
+
+
 def default_path(run_dir: Path, kind: str, table_dtype: str) -> Path:
     """RUN_DIR/scorer[.aoti][.fp16|.int8].pt2 (or .pt for TorchScript)."""
     parts = ["scorer"] + (["aoti"] if kind == "aoti" else [])
@@ -468,6 +512,13 @@ def main(argv: list[str] | None = None) -> int:
         "--verify",
         action="store_true",
         help="check the sha256 of every file of the data folder (default: sizes)",
+    )
+    parser.add_argument(
+        "--evaluate",
+        metavar="SPLIT",
+        default=None,
+        help="then score SPLIT (e.g. test) of the run's data through the artifact: AUC, GAUC, "
+        "log loss, size (printed as JSON)",
     )
     args = parser.parse_args(argv)
     kind = args.format or ("pt2" if args.out is None else format_of(args.out))
