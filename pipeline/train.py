@@ -247,7 +247,13 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         resolve_embedding_optimizer(config.embedding_optimizer, env.device)
     )
     embedding_device = env.device if replicated else torch.device("meta")
-    model = build_model(config.model, spec, model_config, embedding_device=embedding_device)
+    model = build_model(
+        config.model,
+        spec,
+        model_config,
+        embedding_device=embedding_device,
+        world_size=env.world_size,  # managed collisions split their id map per rank
+    )
     checkpointer = Checkpointer(output_dir / "checkpoints")
     resuming = config.resume and checkpointer.latest() is not None
     if config.model == "make" and model_config.pretrain_epochs > 0 and not resuming:
@@ -276,6 +282,8 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         "num_workers": config.reader_workers,  # batches read ahead (pipeline/loader.py)
         "pin_memory": env.device.type == "cuda",
     }
+    if getattr(model_config, "managed_collisions", False):
+        ranks["vocab_sizes"] = None  # ids from an open space: no table bounds to check
     train_reader = data.reader("train", batch_size, shuffle=True, seed=config.seed, **ranks)
     validating = bool(config.eval_every) and data.has_split("valid")
     # With evaluate_test off no reader of the test split is ever built.
