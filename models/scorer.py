@@ -72,8 +72,9 @@ def quantize_table(weight: Tensor, dtype: str) -> tuple[Tensor, Tensor]:
     the fp16 rounding of the bias (a constant row is exact up to that rounding).
 
     >>> rows, qparams = quantize_table(torch.tensor([[0.0, 0.5, 1.0], [2.0, 2.0, 2.0]]), "int8")
-    >>> rows.tolist(), lookup(rows, qparams, torch.tensor([0, 1]), torch.float32).tolist()
-    ([[0, 128, 255], [0, 0, 0]], [[0.0, 0.501960813999176, 1.0], [2.0, 2.0, 2.0]])
+    >>> values = lookup(rows, qparams, torch.tensor([0, 1]), torch.float32)
+    >>> rows.tolist(), [[round(v, 3) for v in row] for row in values.tolist()]
+    ([[0, 128, 255], [0, 0, 0]], [[0.0, 0.502, 1.0], [2.0, 2.0, 2.0]])
     """
     if dtype not in TABLE_DTYPES:
         raise ValueError(f"table dtype must be one of {TABLE_DTYPES}, got {dtype!r}")
