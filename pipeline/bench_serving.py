@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -356,6 +357,13 @@ def benchmark(config: BenchConfig) -> dict:
             for i in range(config.warmup):
                 run_request(built[kind][key], requests[i % len(requests)])
         times: dict[tuple[str, str], list[float]] = {pair: [] for pair in timed_pairs}
+        # The similarity GEMM of each request alone (B x d_m @ d_m x L), timed in the same
+        # rounds: the part of DTA's extra work over TA that no fusion removes.
+        similarity = [
+            (eager["dta"].item_mm[c].contiguous(), eager["dta"].item_mm[h].t().contiguous())
+            for h, _, c in requests
+        ]
+        sims_times: list[float] = []
         started = time.perf_counter()
         for round_ in range(config.requests):
             if (
@@ -369,6 +377,7 @@ def benchmark(config: BenchConfig) -> dict:
                 if key in SLOW and round_ % config.slow_every:
                     continue
                 times[kind, key].append(clock(run_request, built[kind][key], request))
+            sims_times.append(clock(torch.mm, *similarity[round_ % len(requests)]))
             rounds += 1
         peak = max(peak, peak_gflops())
     per_format = {}
@@ -383,6 +392,8 @@ def benchmark(config: BenchConfig) -> dict:
             for key in KEYS
         }
         qps = {key: 1e3 / latency[key]["median"] for key in KEYS}
+        sims_ms = {"median": 1e3 * statistics.median(sims_times), "min": 1e3 * min(sims_times)}
+        ta_ms = latency["ta"]
         per_format[kind] = {
             "qps": qps,
             "latency_ms": latency,
@@ -391,6 +402,11 @@ def benchmark(config: BenchConfig) -> dict:
             # The same ratios from the fastest request of each scorer: on a shared machine
             # the best case is the closest to an idle one.
             "ratios_min": qps_ratios({key: 1e3 / latency[key]["min"] for key in KEYS}),
+            # What DTA / TA would be if DTA cost TA plus its similarity GEMM and nothing else
+            # (bucketize, gathers, scatter, bucket terms free), from medians and minima.
+            "dta_over_ta_bound": {
+                stat: ta_ms[stat] / (ta_ms[stat] + sims_ms[stat]) for stat in ("median", "min")
+            },
             # Load + first request of the artifact (not for eager), and its export time.
             "cold_start_ms": {key: 1e3 * t for key, t in cold[kind].items()},
             "export_s": build_s[kind],
@@ -411,6 +427,10 @@ def benchmark(config: BenchConfig) -> dict:
         },
         "peak_gflops": peak,
         "flops": flops,
+        "similarity_mm_ms": {
+            "median": 1e3 * statistics.median(sims_times) if sims_times else math.nan,
+            "min": 1e3 * min(sims_times) if sims_times else math.nan,
+        },
         "formats": per_format,
         **{k: first[k] for k in ("qps", "latency_ms", "peak_fraction", "ratios", "ratios_min")},
     }
@@ -460,6 +480,13 @@ def format_result(result: dict) -> str:
         for name in ("ratios", "ratios_min"):
             values = ", ".join(f"{k}={v:.2f}" for k, v in figures[name].items())
             lines.append(f"{'':<{len(kind) + 3}}{name}: {values}")
+        bound = figures["dta_over_ta_bound"]
+        lines.append(
+            f"{'':<{len(kind) + 3}}dta_over_ta_bound (TA + the similarity GEMM alone): "
+            f"{bound['median']:.2f} (min {bound['min']:.2f})"
+        )
+    sims = result["similarity_mm_ms"]
+    lines.append(f"similarity GEMM alone: median {sims['median']:.2f} ms, min {sims['min']:.2f} ms")
     return "\n".join(lines)
 
 

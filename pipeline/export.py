@@ -13,7 +13,8 @@ Formats (pipeline/artifact.py describes their layout):
   candidate side (`score`), dynamic history length (0 included) and candidate count, the
   tables as a third program (`tables`, stored once) and `serving.json`, in one .pt2;
 - `aoti`: those programs compiled by AOTInductor into the same kind of package (about
-  a minute and a half per program on 2 CPU cores);
+  a minute per program on 2 CPU cores), for this machine's CPU (-march=native) and with
+  fused kernels for `--threads` threads;
 - `torchscript`: `torch.jit.script` of models.scorer.CTRScorer (torch 2.13 deprecates
   it; kept for GPU hosts, docs/serving.md).
 
@@ -292,6 +293,16 @@ def _pt2_bytes(scorer: CTRScorer, kind: str, info: dict[str, Any]) -> bytes:
             "aoti_files": aoti_files(programs),
         }
         info["aoti_compile_s"] = round(time.perf_counter() - started, 1)
+        # Inductor's C++ kernels are built for this CPU (-march=native) and for the torch
+        # thread count at compile time (1: no OpenMP regions in them; the ATen calls of
+        # the program, its GEMMs, follow the serving process's thread count).
+        info["aoti_kernel_threads"] = torch.get_num_threads()
+
+    # A package stores each program's example inputs (data/sample_inputs/*.pt, pickled):
+    # here they would hold the tables, once per serving program. AOTInductor has compiled
+    # from them above; the package does without them.
+    for program in contents["exported_programs"].values():
+        program.example_inputs = None
 
     def save(buffer: io.BytesIO, serving: str) -> None:
         api.package_pt2(buffer, **contents, extra_files={METADATA: serving})
@@ -514,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
         help="check the sha256 of every file of the data folder (default: sizes)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads while exporting; an aoti package's fused kernels are compiled "
+        "for this many (default: torch's)",
+    )
+    parser.add_argument(
         "--evaluate",
         metavar="SPLIT",
         default=None,
@@ -521,9 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         "log loss, size (printed as JSON)",
     )
     args = parser.parse_args(argv)
-    kind = args.format or ("pt2" if args.out is None else format_of(args.out))
-    out = args.out or default_path(args.run, kind, args.table_dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
+        kind = args.format or ("pt2" if args.out is None else format_of(args.out))
+        out = args.out or default_path(args.run, kind, args.table_dtype)
+        format_of(out, kind)
         verify = "full" if args.verify else "sizes"
         model, data, result = load_trained_model(args.run, args.data, verify)
         meta = {
@@ -542,6 +563,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"exported {result['model']} ({kind}, {args.table_dtype} tables, {size:.1f} MiB) -> {path}"
     )
+    if args.evaluate:
+        try:
+            print(json.dumps(evaluate_artifact(path, data, args.evaluate), indent=2))
+        except (ArtifactError, DataError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     return 0
 
 
