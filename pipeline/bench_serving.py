@@ -39,7 +39,9 @@ programs), `aoti` (compiled by AOTInductor: a C++ compile per program, minutes f
 seven scorers) and `torchscript`. Per format: QPS, latencies, ratios, and the cold start
 of each artifact (load + first request, in this process, torch already imported). The
 default is `pt2` on a CPU (`--eager`: eager), eager on a GPU; the first format's figures
-are also at the top level of the JSON, as before formats existed.
+are also at the top level of the JSON, as before formats existed. `--malloc retain` (the
+default) keeps freed memory in the process (pipeline.artifact.retain_freed_memory), as a
+serving process should run; `--malloc default` leaves glibc's behaviour.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class BenchConfig:
     peak_size: int = 0  # 0: 2048 on CPU, 4096 on a GPU
     check_reference: bool = False
     formats: str = ""  # comma-separated FORMATS; "": pt2 if `script`, else eager
+    malloc: str = "retain"  # "retain": pipeline.artifact.retain_freed_memory(); "default"
 
 
 Request = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hist_items (L,), user (), cands (B,)
@@ -326,6 +329,9 @@ def benchmark(config: BenchConfig) -> dict:
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}")
     kinds = formats_of(config)
+    if config.malloc not in ("retain", "default"):
+        raise ValueError(f"malloc must be 'retain' or 'default', got {config.malloc!r}")
+    retained = artifact.retain_freed_memory() if config.malloc == "retain" else False
     torch.set_num_threads(config.threads)
     load_before = os.getloadavg()[0]
     clock = timer(config.device)
@@ -424,6 +430,7 @@ def benchmark(config: BenchConfig) -> dict:
             "cpus": os.cpu_count(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg()[0],
+            "freed_memory_retained": retained,
         },
         "peak_gflops": peak,
         "flops": flops,
@@ -460,7 +467,9 @@ def format_result(result: dict) -> str:
         f"device={result.get('device', 'cpu')} dtype={c.get('dtype', 'fp32')} "
         f"torch={result['torch']} peak={result['peak_gflops']:.1f} GFLOP/s "
         f"loadavg={result['machine']['loadavg_before']:.1f}->"
-        f"{result['machine']['loadavg_after']:.1f} rounds={result['rounds']}",
+        f"{result['machine']['loadavg_after']:.1f} rounds={result['rounds']} "
+        f"malloc={c.get('malloc', 'default')}"
+        f"{'' if result['machine'].get('freed_memory_retained') else ' (not retained)'}",
     ]
     for kind, figures in result["formats"].items():
         cold = figures.get("cold_start_ms") or {}
@@ -493,7 +502,7 @@ def format_result(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = BenchConfig()
-    choices = {"device": None, "dtype": sorted(DTYPES)}
+    choices = {"device": None, "dtype": sorted(DTYPES), "malloc": ["retain", "default"]}
     for name, value in asdict(defaults).items():
         if isinstance(value, bool) or name == "formats":
             continue

@@ -50,6 +50,7 @@ from pipeline.artifact import (
     load_artifact,
     payload_checksums,
     read_metadata,
+    retain_freed_memory,
     table_sizes,
     verify_artifact,
 )
@@ -271,9 +272,14 @@ def run(
     threads: int | None = None,
     rejects_path: Path | None = None,
     strict: bool = False,
+    retain_memory: bool = False,
 ) -> dict:
     """Score a requests file into `out` (and its rejects into `rejects_path`, by default
-    OUT.rejects.jsonl); returns counts and throughput. Outputs are written atomically."""
+    OUT.rejects.jsonl); returns counts and throughput. Outputs are written atomically.
+    retain_memory: keep freed memory in the process between requests
+    (pipeline.artifact.retain_freed_memory; glibc)."""
+    if retain_memory:
+        retain_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     scorer, metadata = load_artifact(artifact)
@@ -323,9 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rejects", type=Path, default=None, help="(OUT.rejects.jsonl)")
     parser.add_argument("--threads", type=_positive, default=None, help="torch threads")
     parser.add_argument("--strict", action="store_true", help="fail at the first bad request")
+    parser.add_argument(
+        "--malloc",
+        choices=("retain", "default"),
+        default="default",
+        help="retain (recommended for a serving process): keep freed memory in the process "
+        "between requests (glibc mallopt), so large temporaries are not faulted in again per "
+        "request; default: glibc's behaviour",
+    )
     args = parser.parse_args(argv)
     try:
-        stats = run(args.artifact, args.requests, args.out, args.threads, args.rejects, args.strict)
+        stats = run(
+            args.artifact, args.requests, args.out, args.threads, args.rejects, args.strict,
+            retain_memory=args.malloc == "retain",
+        )  # fmt: skip
     except (ArtifactError, RequestError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

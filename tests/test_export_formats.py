@@ -379,7 +379,7 @@ def test_bench_serving_formats_in_one_run(tmp_path: Path) -> None:
         "--candidates", "6", "--history", "5", "--hidden", "16", "--heads", "2",
         "--buckets", "5", "--items", "60", "--users", "10", "--threads", "1",
         "--requests", "2", "--warmup", "1", "--slow-every", "1",
-        "--format", "eager,pt2", "--json", str(out),
+        "--format", "eager,pt2", "--malloc", "default", "--json", str(out),
     ]  # fmt: skip
     assert bench_serving.main(argv) == 0
     result = json.loads(out.read_text())

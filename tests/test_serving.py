@@ -222,6 +222,8 @@ def test_bench_serving_tiny_run_writes_json(tmp_path: Path) -> None:
         "1",
         "--format",
         "eager",
+        "--malloc",
+        "default",
         "--json",
         str(out),
     ]
