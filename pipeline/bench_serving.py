@@ -251,9 +251,18 @@ def matmul_peak_gflops(
     return 2 * size**3 / best / 1e9
 
 
+def _bmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of baddbmm_(a (b, n, k), b (b, k, m)): 2 b n k m, as torch counts baddbmm."""
+    return 2 * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+
+
 def count_flops(scorer: nn.Module, request: Request) -> int:
-    """Matmul FLOPs of one request (eager scorer: the dispatcher sees every op)."""
-    with FlopCounterMode(display=False) as counter:
+    """Matmul FLOPs of one request (eager scorer: the dispatcher sees every op). The counter
+    knows baddbmm but not its in-place form, which DTA's attend uses: mapped to the same
+    formula."""
+    with FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.baddbmm_: _bmm_flops}
+    ) as counter:
         run_request(scorer, request)
     return int(counter.get_total_flops())
 
