@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from models import cpu_ops
+
 
 def bucketize(similarities: Tensor, boundaries: Tensor) -> Tensor:
     """Similarity -> bucket index in [0, M-1] given M-1 increasing cut points.
@@ -57,6 +59,8 @@ class Bucketizer(nn.Module):
         self.half = cells / 2.0
         self.register_buffer("base", base)
         self.register_buffer("thresholds", thresholds.contiguous())
+        self.cpu_kernels = False  # models/cpu_ops.py bucketize_cells (one pass), serving
+
 
     @staticmethod
     def _tables(boundaries: Tensor, cells: int) -> tuple[Tensor, Tensor]:
@@ -69,8 +73,17 @@ class Bucketizer(nn.Module):
         values = torch.where(near, boundaries.unsqueeze(0), torch.tensor(math.inf))
         return base, values.sort(dim=1).values[:, :width].t()
 
+    _fused = torch.jit.unused(cpu_ops.bucketizer_fused_method)
+
     def forward(self, sims: Tensor) -> Tensor:
         """sims (...) float -> bucket index (...) long in [0, M-1]."""
+        if (
+            not torch.jit.is_scripting()
+            and self.cpu_kernels
+            and sims.device.type == "cpu"
+            and sims.dtype == torch.float32
+        ):
+            return self._fused(sims)
         flat = _cell(sims.reshape(-1), self.half, self.cells)
         out = self.base.index_select(0, flat)
         values = sims.reshape(-1)

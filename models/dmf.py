@@ -98,7 +98,7 @@ class DMFInterest(InterestArch):
     ) -> Tensor:
         batch, length = sims.shape
         r_me = self.dta.attend(state, query, buckets)
-        r_mc = self.histogram(sims, torch.ones_like(sims, dtype=torch.bool))
+        r_mc = self.histogram.serve(sims)
         lengths = torch.full((batch,), length, dtype=torch.long, device=sims.device)
         return self.fusion(r_me, r_mc, lengths)
 

@@ -33,6 +33,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from models import cpu_ops
+
 State = dict[str, Tensor]
 
 
@@ -111,6 +113,9 @@ class DecoupledTargetAttention(nn.Module):
         self.bucket_key = nn.Embedding(num_buckets, hidden_dim) if bucket_keys else None
         self.bucket_value = nn.Embedding(num_buckets, hidden_dim) if bucket_values else None
         self.has_buckets = bucket_keys or bucket_values
+        # Serving on a CPU: the fused gather + softmax + scatter of `attend`
+        # (models/cpu_ops.py), switched on by models.scorer.use_cpu_kernels.
+        self.cpu_kernels = False
         for table in (self.bucket_key, self.bucket_value):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.02)
@@ -150,6 +155,8 @@ class DecoupledTargetAttention(nn.Module):
         return out.flatten(-2)
 
     # ------------------------------------------------------------------- serving form
+    _fused = torch.jit.unused(cpu_ops.dta_fused_method)
+
     @torch.jit.export
     def encode(self, history: Tensor) -> State:
         """One user's history (L, d), no padding -> k_t (H, dk, L), v (H, L, dk)."""
@@ -176,21 +183,38 @@ class DecoupledTargetAttention(nn.Module):
         # The (H, B, L) tensors are updated in place where they are this method's own: each
         # new one is a fresh allocation of B L H floats (7.7 MB at B=1200, L=400, H=4) whose
         # pages the OS faults in on first touch, the largest cost on a CPU after the GEMMs.
+        fused = (
+            not torch.jit.is_scripting()
+            and self.cpu_kernels
+            and self.has_buckets
+            and score_bias is None
+            and query.device.type == "cpu"
+            and query.dtype == torch.float32
+        )
+        bucket_scores: Tensor | None = None
         if self.bucket_key is not None:
-            # (H, B, M) -> (H, B, L) by bucket, then += q K_id^T by the GEMM, in place.
             e_k = self._heads(self.bucket_key.weight).permute(1, 2, 0)  # (H, dk, M)
-            scores = torch.gather(torch.bmm(q, e_k), 2, index)
-            scores.baddbmm_(q, state["k_t"])
+            bucket_scores = torch.bmm(q, e_k)  # (H, B, M)
+        if fused:
+            # One C++ pass per (h, b) row: + bucket-key scores, softmax, bucket mass.
+            weights, mass = self._fused(torch.bmm(q, state["k_t"]), bucket_scores, buckets)
         else:
-            scores = torch.bmm(q, state["k_t"])  # (H, B, L)
-        if score_bias is not None:
-            scores.add_(score_bias)
-        weights = torch.softmax(scores, dim=-1)
+            if bucket_scores is not None:
+                # (H, B, M) -> (H, B, L) by bucket, then += q K_id^T by the GEMM, in place.
+                scores = torch.gather(bucket_scores, 2, index)
+                scores.baddbmm_(q, state["k_t"])
+            else:
+                scores = torch.bmm(q, state["k_t"])  # (H, B, L)
+            if score_bias is not None:
+                scores.add_(score_bias)
+            weights = torch.softmax(scores, dim=-1)
+            width = self.num_buckets if self.bucket_value is not None else 0
+            mass = weights.new_zeros(self.num_heads, batch, width)
+            if self.bucket_value is not None:
+                # Attention mass per bucket, then one small (M x dk) product per head.
+                mass.scatter_add_(2, index, weights)
         out = torch.bmm(weights, v)  # (H, B, dk)
         if self.bucket_value is not None:
-            # Attention mass per bucket, then one small (M x dk) product per head.
-            mass = weights.new_zeros(self.num_heads, batch, self.num_buckets)
-            mass.scatter_add_(2, index, weights)
             e_v = self._heads(self.bucket_value.weight).transpose(0, 1)  # (H, M, dk)
             out.baddbmm_(mass, e_v)
         return out.transpose(0, 1).reshape(batch, self.hidden_dim)

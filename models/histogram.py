@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models import cpu_ops
 from models.buckets import bucketize
 from models.mlp import MLP
 
@@ -97,6 +98,21 @@ class SimilarityHistogram(nn.Module):
         self.bins = SimilarityBins(edges, num_bins, boundaries)
         self.num_bins = self.bins.num_bins
         self.mlp = MLP(self.num_bins, [*hidden_dims, out_dim], final_activation=True)
+        self.cpu_kernels = False  # models/cpu_ops.py uniform_histogram in `serve`
 
     def forward(self, sims: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.mlp(torch.log1p(self.bins(sims, mask)))
+
+    _fused = torch.jit.unused(cpu_ops.histogram_fused_method)
+
+    def serve(self, sims: torch.Tensor) -> torch.Tensor:
+        """`forward` with every position real (serving: one user, no padding), sims (B, L)."""
+        if (
+            not torch.jit.is_scripting()
+            and self.cpu_kernels
+            and self.bins.uniform
+            and sims.device.type == "cpu"
+            and sims.dtype == torch.float32
+        ):
+            return self.mlp(torch.log1p(self._fused(sims)))
+        return self(sims, torch.ones_like(sims, dtype=torch.bool))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models import cpu_ops
 from models.buckets import Bucketizer
 from models.interest import InterestArch, InterestInputs, State
 
@@ -386,12 +387,14 @@ def scorer_from_model(
     per_candidate: bool = False,
     chunk: int = 2048,
     table_dtype: str = "fp32",
+    cpu_kernels: bool = True,
 ) -> CTRScorer:
     """The serving scorer of a trained, unsharded CTRModel (eval mode, no gradients).
 
     item_mm (I, d_m): PreparedData.item_mm; item_category (I,): item_category.npy, needed
     when the model has categories. The scorer shares the model's interest arch and head.
     table_dtype: how the ID tables are stored ("fp32", "fp16", "int8"; `quantize_table`).
+    cpu_kernels: use the fused CPU kernels where they are available (`use_cpu_kernels`).
     """
     over = model.over_arch
     if over.has_categories and item_category is None:
@@ -415,4 +418,23 @@ def scorer_from_model(
         chunk=chunk,
         table_dtype=table_dtype,
     )
+    use_cpu_kernels(scorer, cpu_kernels)
     return scorer.eval().requires_grad_(False)
+
+
+def use_cpu_kernels(module: nn.Module, on: bool = True) -> bool:
+    """Switch the fused CPU kernels of models/cpu_ops.py on (or off) in every submodule
+    that has them (DTA's attend, the bucketizer, DMF's histogram); builds or loads the
+    library first. Returns whether they are on: False where the library is unavailable
+    (`models.cpu_ops.unavailable_reason()`), and the plain ATen forms run. TorchScript
+    always runs the plain forms (the kernels are `torch.jit.unused` there)."""
+    on = bool(on) and cpu_ops.enabled()
+    for sub in module.modules():
+        if hasattr(sub, "cpu_kernels"):
+            sub.cpu_kernels = on
+    return on
+
+
+def uses_cpu_kernels(module: nn.Module) -> bool:
+    """Whether any submodule runs a fused CPU kernel (an export then ships the library)."""
+    return any(getattr(sub, "cpu_kernels", False) for sub in module.modules())

@@ -33,6 +33,7 @@ process where neither `models` nor `pipeline` can be imported).
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import ctypes.util
 import hashlib
@@ -50,6 +51,10 @@ from torch import Tensor
 
 FORMATS = ("pt2", "aoti", "torchscript")
 METADATA = "serving.json"
+# The fused CPU kernels' shared library (models/cpu_ops.py), base64, in a pt2 / aoti
+# package whose programs call `torch.ops.dmf_cpu.*` (serving.json: cpu_ops_library).
+CPU_OPS_MEMBER = "dmf_cpu_ops.so.b64"
+CPU_OPS_NAMESPACE = "dmf_cpu"
 # Members of an archive that differ between two saves of the same content.
 UNHASHED = ("extra/serving.json", ".data/serialization_id")
 TABLES_PROGRAM = "tables"
@@ -188,8 +193,31 @@ class ProgramScorer:
         return torch.cat([program(self.tables, state, c) for c in candidates.split(self.chunk)])
 
 
+def register_cpu_ops(data: bytes, metadata: dict[str, Any]) -> None:
+    """Register the fused CPU kernels a package's programs call, from its own copy of the
+    library (written to a private temporary file: the loader needs a path). Kept when the
+    operators are registered already in this process (by models.cpu_ops or an earlier
+    artifact: one library per process registers the namespace)."""
+    member = metadata.get("cpu_ops_library")
+    if not member or hasattr(getattr(torch.ops, CPU_OPS_NAMESPACE), "bucket_softmax"):
+        return
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = [n for n in archive.namelist() if n.partition("/")[2] == f"extra/{member}"]
+        if len(names) != 1:
+            raise ArtifactError(f"serving.json names {member} but the package has no such member")
+        library = base64.b64decode(archive.read(names[0]))
+    folder = Path(tempfile.mkdtemp(prefix="artifact-ops-"))
+    path = folder / member.removesuffix(".b64")
+    path.write_bytes(library)
+    try:
+        torch.ops.load_library(str(path))
+    except OSError as error:
+        raise ArtifactError(f"the package's CPU kernels do not load here ({error})") from None
+
+
 def load_programs(data: bytes, metadata: dict[str, Any]) -> ProgramScorer:
     """The ProgramScorer of a `pt2` / `aoti` artifact's bytes (not verified here)."""
+    register_cpu_ops(data, metadata)
     load_pt2 = torch_private_api().load_pt2
     if metadata.get("format") == "aoti":
         # AOTInductor's loader reads a file: these bytes (the verified ones), written to a

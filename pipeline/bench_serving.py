@@ -69,7 +69,7 @@ from models.config import ModelConfig
 from models.features import FeatureSpec
 from models.interest import InterestArch
 from models.mlp import MLP
-from models.scorer import CTRScorer
+from models.scorer import CTRScorer, use_cpu_kernels, uses_cpu_kernels
 from pipeline import artifact
 
 FORMATS = ("eager", "pt2", "aoti", "torchscript")
@@ -102,6 +102,7 @@ class BenchConfig:
     check_reference: bool = False
     formats: str = ""  # comma-separated FORMATS; "": pt2 if `script`, else eager
     malloc: str = "retain"  # "retain": pipeline.artifact.retain_freed_memory(); "default"
+    cpu_kernels: str = "on"  # "on": models/cpu_ops.py's fused kernels where available; "off"
 
 
 Request = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # hist_items (L,), user (), cands (B,)
@@ -188,6 +189,8 @@ def build_scorers(config: BenchConfig) -> dict[str, nn.Module]:
         scorer = scorer.to(device=config.device, dtype=DTYPES[config.dtype])
         if config.dtype != "fp32":
             scorer.bucketizer = Float32Bucketizer(Bucketizer(boundaries).to(config.device))
+        cpu_fp32 = torch.device(config.device).type == "cpu" and config.dtype == "fp32"
+        use_cpu_kernels(scorer, config.cpu_kernels == "on" and cpu_fp32)
         scorers[key] = scorer.eval().requires_grad_(False)
     if not config.script:
         return scorers
@@ -430,6 +433,7 @@ def benchmark(config: BenchConfig) -> dict:
     result = {
         "config": asdict(config),
         "torch": torch.__version__,
+        "cpu_kernels": "on" if any(uses_cpu_kernels(s) for s in eager.values()) else "off",
         "device": device_name(config.device),
         "rounds": rounds,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
@@ -478,7 +482,8 @@ def format_result(result: dict) -> str:
         f"loadavg={result['machine']['loadavg_before']:.1f}->"
         f"{result['machine']['loadavg_after']:.1f} rounds={result['rounds']} "
         f"malloc={c.get('malloc', 'default')}"
-        f"{'' if result['machine'].get('freed_memory_retained') else ' (not retained)'}",
+        f"{'' if result['machine'].get('freed_memory_retained') else ' (not retained)'} "
+        f"cpu_kernels={result.get('cpu_kernels', 'off')}",
     ]
     for kind, figures in result["formats"].items():
         cold = figures.get("cold_start_ms") or {}
@@ -511,7 +516,12 @@ def format_result(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     defaults = BenchConfig()
-    choices = {"device": None, "dtype": sorted(DTYPES), "malloc": ["retain", "default"]}
+    choices = {
+        "device": None,
+        "dtype": sorted(DTYPES),
+        "malloc": ["retain", "default"],
+        "cpu_kernels": ["on", "off"],
+    }
     for name, value in asdict(defaults).items():
         if isinstance(value, bool) or name == "formats":
             continue

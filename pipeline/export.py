@@ -33,6 +33,7 @@ dot products are bucketized, and a bucket changes with any rounding near a bound
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import sys
@@ -47,6 +48,7 @@ import torch.distributed.checkpoint as dcp
 from torch.export import Dim, ExportedProgram
 
 from data_prep.integrity import atomic_file
+from models import cpu_ops
 from models.ctr import CTRModel, CTRTask
 from models.scorer import (
     TABLE_DTYPES,
@@ -55,10 +57,12 @@ from models.scorer import (
     TableStore,
     UserProgram,
     scorer_from_model,
+    uses_cpu_kernels,
 )
 from models.zoo import build_model, make_config
 from pipeline.artifact import (
     CANDIDATE_PROGRAM,
+    CPU_OPS_MEMBER,
     EMPTY,
     FORMATS,
     METADATA,
@@ -280,10 +284,25 @@ def _torchscript_bytes(scorer: CTRScorer, info: dict[str, Any]) -> bytes:
     return _package("torchscript", info, save)
 
 
+def _cpu_ops_files(scorer: CTRScorer) -> dict[str, str]:
+    """The fused CPU kernels' library, for a package whose programs call them (models/
+    cpu_ops.py): {member name: the .so, base64} (a pt2 extra file is text)."""
+    if not uses_cpu_kernels(scorer):
+        return {}
+    library = cpu_ops.library_path()
+    if library is None:
+        raise ExportError(
+            "the scorer runs the fused CPU kernels but their library file is unknown "
+            "(registered by another module): export with cpu_kernels off"
+        )
+    return {CPU_OPS_MEMBER: base64.b64encode(Path(library).read_bytes()).decode("ascii")}
+
+
 def _pt2_bytes(scorer: CTRScorer, kind: str, info: dict[str, Any]) -> bytes:
     api = torch_private_api()
     programs, program_info = export_programs(scorer)
-    info = {**info, **program_info}
+    library = _cpu_ops_files(scorer)
+    info = {**info, **program_info, "cpu_ops_library": CPU_OPS_MEMBER if library else None}
     if kind == "pt2":
         contents: dict[str, Any] = {"exported_programs": programs}
     else:
@@ -305,7 +324,7 @@ def _pt2_bytes(scorer: CTRScorer, kind: str, info: dict[str, Any]) -> bytes:
         program.example_inputs = None
 
     def save(buffer: io.BytesIO, serving: str) -> None:
-        api.package_pt2(buffer, **contents, extra_files={METADATA: serving})
+        api.package_pt2(buffer, **contents, extra_files={METADATA: serving, **library})
 
     data = _package(kind, info, save)
     if kind == "aoti":  # the compiled package, loaded back and probed like the programs
