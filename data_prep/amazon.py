@@ -35,6 +35,7 @@ from data_prep.columns import ColumnTypeError, as_ids
 from data_prep.coordination import Coordinator, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, embed_settings, embed_titles, fuse
 from data_prep.events import RawEvents, drop_unknown_items
+from data_prep.history import TIE_ORDERS
 from data_prep.items import (
     ItemTable,
     align_rows,
@@ -430,6 +431,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="fraction of users with a valid pair (0..1)",
     )
+    parser.add_argument(
+        "--tie-order",
+        choices=TIE_ORDERS,
+        default="file",
+        help="a user's reviews at the same time: in file order (the default, as before) or "
+        "by asin; it decides which of a user's last-day reviews is the test positive",
+    )
     add_embed_arguments(parser, ("minilm", "hashed", "precomputed"))
     parser.add_argument(
         "--item-vectors", type=Path, help="Parquet item_id, mm_vector (fused with titles)"
@@ -458,6 +466,7 @@ def main(args: argparse.Namespace, command: str) -> None:
             max_history=args.max_history,
             seed=args.seed,
             valid_frac=args.valid_frac,
+            tie_order=args.tie_order,
         ),
         item_vectors=args.item_vectors,
         num_buckets=args.num_buckets,

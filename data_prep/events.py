@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep.history import sort_order
+from data_prep.history import TIE_ORDERS, sort_order
 from data_prep.rejects import RejectLog
 from data_prep.vocab import FIRST_ID, OOV
 
@@ -91,12 +91,18 @@ def drop_unknown_items(raw: RawEvents, rejects: RejectLog, raw_items: np.ndarray
 
 
 def clean_events(
-    raw: RawEvents, rejects: RejectLog, item_ids: np.ndarray, min_events: int = 2
+    raw: RawEvents,
+    rejects: RejectLog,
+    item_ids: np.ndarray,
+    min_events: int = 2,
+    tie_order: str = "file",
 ) -> tuple[Events, np.ndarray]:
     """Drop duplicates and users with too few events, count used records, sort.
 
-    `raw` must be in file order. Returns (events with user codes 0..U-1, the U raw user
-    ids sorted, which the codes index).
+    `raw` must be in file order. Events of one user at the same timestamp are ordered by
+    file order (`tie_order` "file") or by item id ("item": the item codes index the sorted
+    ids, so for Amazon this is the asin as a string). Returns (events with user codes
+    0..U-1, the U raw user ids sorted, which the codes index).
     """
     user_ids, user_code = np.unique(raw.user, return_inverse=True)
     user_code = user_code.astype(np.int64)
@@ -123,7 +129,9 @@ def clean_events(
     remap[kept_users] = np.arange(len(kept_users))
     rows = np.flatnonzero(keep)
     user = remap[user_code[rows]]
-    perm = sort_order(user, raw.ts[rows])
+    if tie_order not in TIE_ORDERS:
+        raise ValueError(f"tie_order must be one of {TIE_ORDERS}, got {tie_order!r}")
+    perm = sort_order(user, raw.ts[rows], raw.item[rows] if tie_order == "item" else None)
     order = rows[perm]
     events = Events(
         user=user[perm],

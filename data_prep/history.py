@@ -31,9 +31,21 @@ class Windows:
         ]
 
 
-def sort_order(user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Permutation sorting events by (user, ts); ties keep input (file) order."""
-    return np.lexsort((np.arange(len(user)), ts, user))
+TIE_ORDERS = ("file", "item")
+
+
+def sort_order(user: np.ndarray, ts: np.ndarray, tie: np.ndarray | None = None) -> np.ndarray:
+    """Permutation sorting events by (user, ts); ties by `tie` (the item code: `tie_order`
+    "item") when given, then input (file) order.
+
+    >>> sort_order(np.array([0, 0, 0]), np.array([5, 5, 1]), tie=np.array([9, 3, 7])).tolist()
+    [2, 1, 0]
+    >>> sort_order(np.array([0, 0, 0]), np.array([5, 5, 1])).tolist()
+    [2, 0, 1]
+    """
+    if tie is None:
+        return np.lexsort((np.arange(len(user)), ts, user))
+    return np.lexsort((np.arange(len(user)), tie, ts, user))
 
 
 def _first_of_run(*keys: np.ndarray) -> np.ndarray:

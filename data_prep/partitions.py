@@ -93,13 +93,14 @@ class CleanTask:
     partition: int
     files: list[str]
     strict: bool
+    tie_order: str = "file"
 
     def run(self) -> dict[str, Any]:
         item_ids = np.load(self.work / "candidates.npy")
         path = self.work / "rejects" / f"c-clean-{self.partition:05d}.jsonl"
         with RejectLog(path, self.strict) as rejects:
             raw = read_partition(self.work, self.partition, self.files)
-            events, users = clean_events(raw, rejects, item_ids)
+            events, users = clean_events(raw, rejects, item_ids, tie_order=self.tie_order)
         folder = self.work / "clean"
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(
@@ -281,7 +282,10 @@ def _run_pipeline(
     coordinator.barrier()
 
     scatter_records = coordinator.map(run_task, scatter_tasks)
-    clean_tasks = [CleanTask(work, p, files, settings.strict) for p in range(settings.partitions)]
+    clean_tasks = [
+        CleanTask(work, p, files, settings.strict, settings.protocol.tie_order)
+        for p in range(settings.partitions)
+    ]
     cleaned = coordinator.map(run_task, clean_tasks)
 
     last_ts = 0

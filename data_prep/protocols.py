@@ -18,10 +18,13 @@ import numpy as np
 
 from data_prep.events import Events
 from data_prep.hashing import hash_keys
-from data_prep.history import clicked_windows, sequence_windows
+from data_prep.history import TIE_ORDERS, clicked_windows, sequence_windows
 from data_prep.rejects import InputError
 from data_prep.samples import Samples
 from data_prep.vocab import FIRST_ID
+
+# How the manifest names each tie rule (next-item manifests said "file order" before).
+TIE_NAMES = {"file": "file order", "item": "item id"}
 
 DAY_SECONDS = 86_400
 
@@ -165,10 +168,13 @@ class Protocol:
     seed: int = 0
     valid_frac: float = 0.0
     min_events: int = 2
+    tie_order: str = "file"  # same-timestamp events of a user: "file" order or "item" id
 
     def __post_init__(self) -> None:
         if self.name not in ("temporal", "next-item"):
             raise ValueError(f"unknown protocol {self.name!r} (temporal or next-item)")
+        if self.tie_order not in TIE_ORDERS:
+            raise ValueError(f"tie_order must be one of {TIE_ORDERS}, got {self.tie_order!r}")
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -177,6 +183,8 @@ class Protocol:
 
     def settings(self) -> dict[str, Any]:
         common = {"name": self.name, "max_history": self.max_history, "min_events": self.min_events}
+        if self.tie_order != "file":  # recorded always for next-item (below)
+            common["tie_order"] = TIE_NAMES[self.tie_order]
         if self.name == "temporal":
             return common | {
                 "valid_days": self.valid_days,
@@ -187,7 +195,7 @@ class Protocol:
             "seed": self.seed,
             "valid_frac": self.valid_frac,
             "negatives_per_positive": 1,
-            "tie_order": "file order",
+            "tie_order": TIE_NAMES[self.tie_order],
         }
 
     def samples(

@@ -224,3 +224,31 @@ def test_real_amazon_counts(category, tmp_path):
         "rejected": {},
         "repaired": {},
     }
+
+
+def test_tie_order_decides_the_last_day_positive(tmp_path):
+    """E reviews i5 then i2 at the same time (file order) after i1: by file order i2 is
+    E's test positive, by asin i5; the manifest records the rule."""
+    reviews = [
+        b'{"reviewerID": "E", "asin": "i1", "unixReviewTime": 50}',
+        b'{"reviewerID": "E", "asin": "i5", "unixReviewTime": 100}',
+        b'{"reviewerID": "E", "asin": "i2", "unixReviewTime": 100}',
+        b'{"reviewerID": "F", "asin": "i3", "unixReviewTime": 10}',
+        b'{"reviewerID": "F", "asin": "i4", "unixReviewTime": 20}',
+    ]
+    files = write_gz(tmp_path / "r.json.gz", reviews), write_gz(tmp_path / "m.json.gz", META[:6])
+    positives = {}
+    for rule in ("file", "item"):
+        out = tmp_path / rule
+        manifest = run(*files, out, "--tie-order", rule)
+        assert manifest["protocol"]["tie_order"] == {"file": "file order", "item": "item id"}[rule]
+        items = pq.read_table(out / "vocab" / "item.parquet").column("raw_id").to_pylist()
+        users = pq.read_table(out / "vocab" / "user.parquet").column("raw_id").to_pylist()
+        positives[rule] = {
+            users[r["user"] - 2]: (items[r["item"] - 2], [items[h - 2] for h in r["hist_items"]])
+            for r in rows(out, manifest, "test")
+            if r["label"] == 1
+        }
+    assert positives["file"]["E"] == ("i2", ["i1", "i5"])
+    assert positives["item"]["E"] == ("i5", ["i1", "i2"])
+    assert positives["file"]["F"] == positives["item"]["F"] == ("i4", ["i3"])
