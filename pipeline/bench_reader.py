@@ -9,7 +9,9 @@ worker start-up and the first window's latency are included; the median of `--re
 interleaved runs) and the ratio to the synchronous reader. The synchronous run also splits its time into reading windows
 (Parquet decode, checks, shuffle: what the workers take over) and cutting them into
 batches (what stays in the consuming process), which bounds the speed-up:
-1 / (cut share) with enough free cores.
+1 / (cut share) with enough free cores. It also measures the machine's own ceiling: how
+much more work N CPU-bound processes do than one (`machine_scaling`; on a 2-vCPU VM this
+is below 2, and no reader with N workers can beat it).
 """
 
 from __future__ import annotations
@@ -33,6 +35,33 @@ def _cpu_seconds() -> tuple[float, float]:
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _spin(seconds: float) -> int:
+    """A CPU-bound numpy loop (sort + arithmetic on a cache-sized array) for `seconds`;
+    returns how many rounds it did."""
+    import numpy as np
+
+    values = np.random.default_rng(0).random(200_000)
+    rounds, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        np.sort(values)
+        np.multiply(values, 2.0).sum()
+        rounds += 1
+    return rounds
+
+
+def machine_scaling(processes: int, seconds: float = 2.0) -> float:
+    """How many times one process's work `processes` CPU-bound processes do in the same
+    time on this machine: the ceiling of `processes` reader workers (shared cores, SMT,
+    memory bandwidth and frequency included), measured in the same run."""
+    from multiprocessing import get_context
+
+    with get_context("spawn").Pool(processes) as pool:
+        pool.map(_spin, [0.05] * processes)  # start-up and imports, not timed
+        alone = pool.apply(_spin, (seconds,))
+        together = sum(pool.map(_spin, [seconds] * processes))
+    return together / max(alone, 1)
 
 
 def measure(data: PreparedData, batch_size: int, workers: int, args) -> dict:
@@ -96,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         help="row groups per window (trainer: 4)",
     )
     p.add_argument("--repeat", type=int, default=3, help="runs per count (median reported)")
+    p.add_argument(
+        "--ceiling-seconds", type=float, default=2.0, help="per measurement of machine_scaling"
+    )
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)
     # torch warns when the workers outnumber the cores; measuring that is the point here.
@@ -110,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         w: sorted(runs[w], key=lambda r: r["samples_per_s"])[len(runs[w]) // 2] for w in counts
     }
+    ceilings = {w: machine_scaling(w, args.ceiling_seconds) for w in counts if w > 1}
     load_after = os.getloadavg()[0]
     base = results[counts[0]]["samples_per_s"] if 0 not in results else results[0]["samples_per_s"]
     print(
@@ -134,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{100 * (1 - share):.1f}% cutting batches: at most {1 / max(1 - share, 1e-9):.1f}x "
             "with enough free cores"
         )
+    for w, ceiling in ceilings.items():
+        print(
+            f"this machine: {w} CPU-bound processes do {ceiling:.2f}x the work of one "
+            f"(the ceiling of {w} workers); {w} workers reach "
+            f"{results[w]['samples_per_s'] / base:.2f}x"
+        )
     parallel = [w for w in counts if w > 0]
     if parallel:
         r = results[max(parallel)]
@@ -153,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "data": args.data,
             "cpus": os.cpu_count(),
+            "machine_scaling": {str(w): c for w, c in ceilings.items()},
             "load_average": [load_before, load_after],
         }
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

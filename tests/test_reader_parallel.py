@@ -150,3 +150,18 @@ def test_reader_keeps_rows_of_files_with_several_row_groups(tmp_path: Path) -> N
     data = PreparedData(write_prepared(tmp_path / "d", row_group_size=7))
     rows = [k for b in data.reader("train", 13).iter_batches() for k in _keys([b])]
     assert sorted(rows) == sorted(_all_rows(data, "train"))
+
+
+def test_bench_reader_reports_rates_and_the_machine_ceiling(
+    data: PreparedData, tmp_path: Path
+) -> None:
+    from pipeline import bench_reader
+
+    out = tmp_path / "reader.json"
+    argv = ["--data", str(data.root), "--batch-size", "16", "--workers", "0,2", "--repeat", "1",
+            "--max-batches", "3", "--ceiling-seconds", "0.2", "--json", str(out)]  # fmt: skip
+    assert bench_reader.main(argv) == 0
+    record = __import__("json").loads(out.read_text())
+    assert set(record["samples_per_s"]) == {"0", "2"} and min(record["samples_per_s"].values()) > 0
+    assert record["median_run"]["2"]["batches"] == 3
+    assert 0.3 < record["machine_scaling"]["2"] < 2.5
