@@ -241,7 +241,7 @@ def schema_from_dict(data: dict[str, Any], where: str = "schema") -> FeatureSche
     if version != SCHEMA_VERSION:
         raise SchemaError(f"{where}: schema version {version}, this code reads {SCHEMA_VERSION}")
     features = [
-        _feature(e, f"{where}: feature {i} ({e.get('name', '?') if isinstance(e, dict) else e})")
+        _feature(e, f"{where}: feature {i} {(' ' + repr(e.get('name'))) if isinstance(e, dict) else ''}")
         for i, e in enumerate(data["features"])
     ]
     names = {f.name for f in features}

@@ -192,6 +192,14 @@ class PreparedData:
         except SchemaError as error:
             raise DataError(str(error)) from None
 
+    def drop_features(self, *names: str) -> None:
+        """Leave the named schema features out of `schema`, the feature spec and the
+        readers (an ablation: the shards keep their columns). KeyError for an unknown name."""
+        try:
+            self.__dict__["schema"] = self.schema.without(*(n.strip() for n in names if n.strip()))
+        except KeyError as error:
+            raise DataError(f"{self.root}: {error.args[0]}") from None
+
     @property
     def history_extras(self) -> HistoryExtras:
         """The columns beyond the built-in ones the shards carry and batches get: the times

@@ -238,6 +238,8 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
     split's built once), the learning-rate schedule, and the state of a resumed run."""
     batch_size = config.per_rank_batch_size(env.world_size)  # config.batch_size is global
     eval_batch_size = config.per_rank_eval_batch_size(env.world_size)
+    if config.drop_features:
+        data.drop_features(*config.drop_features.split(","))
     spec = data.feature_spec()
     model_config = make_config(config.model, config.model_args)
     # Tables are allocated on the meta device and materialised shard by shard by DMP, so
