@@ -143,6 +143,8 @@ class OverArch(nn.Module):
         self.use_user_embedding = use_user_embedding
         self.interest = interest
         self.sequence_features = [f.name for f in spec.schema.extra_sequence]
+        self.schema = spec.schema  # what serving rebuilds the side input from
+        self.embedding_dim = embedding_dim
         self.register_buffer(
             "bucket_boundaries", torch.tensor(spec.bucket_boundaries, dtype=torch.float32)
         )

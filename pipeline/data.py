@@ -192,6 +192,15 @@ class PreparedData:
         except SchemaError as error:
             raise DataError(str(error)) from None
 
+    def feature_tables(self) -> dict[str, np.ndarray]:
+        """The schema features' per-user and per-item tables (features/*.npy: `user_NAME`,
+        `user_NAME.offsets`, `item_NAME`), what serving looks the features up in."""
+        out = {}
+        for name in self.manifest.get("files", {}):
+            if name.startswith("features/") and name.endswith(".npy"):
+                out[name[len("features/") : -len(".npy")]] = np.load(self.path(name))
+        return out
+
     def drop_features(self, *names: str) -> None:
         """Leave the named schema features out of `schema`, the feature spec and the
         readers (an ablation: the shards keep their columns). KeyError for an unknown name."""

@@ -233,3 +233,35 @@ def test_the_planted_features_raise_auc(tmp_path: Path):
           f"{without_price:.4f}")  # fmt: skip
     assert full > without_price + 0.02
     assert full > without_segment + 0.005
+
+
+# ------------------------------------------------------------------------- serving
+@pytest.mark.parametrize("name", ["dta", "din"])
+def test_the_scorer_serves_the_schema_features_as_the_model_trains_them(small: Path, name):
+    """User features encoded once per request, the context set in the state, item features
+    per candidate: the same CTRs as the training forward."""
+    from models.scorer import scorer_from_model
+    from models.zoo import build_model, make_config
+    from pipeline.export import item_categories
+
+    torch.manual_seed(0)
+    data = PreparedData(small)
+    model = build_model(name, data.feature_spec(), make_config(name, {"embedding_dim": 8})).eval()
+    scorer = scorer_from_model(model, data.item_mm, item_categories(data),
+                               feature_tables=data.feature_tables())  # fmt: skip
+    batch = next(iter(data.reader("test", 32)))
+    with torch.no_grad():
+        expected = torch.sigmoid(model(batch))
+        offsets = batch.sparse_features["hist_item"].offsets()
+        history = batch.sparse_features["hist_item"].values()
+        got = []
+        for row in range(batch.batch_size):
+            state = scorer.encode_user(history[offsets[row] : offsets[row + 1]], batch.users()[row])
+            state["context"] = batch.pooled_features["device"].values()[row : row + 1]
+            candidate = batch.sparse_features["item"].values()[row : row + 1]
+            got.append(scorer.score(state, candidate))
+    assert torch.allclose(torch.cat(got), expected, atol=1e-5)
+    scripted = torch.jit.script(scorer)  # the torchscript artifact's form
+    state = scripted.encode_user(history[: offsets[1]], batch.users()[0])
+    state["context"] = batch.pooled_features["device"].values()[:1]
+    assert torch.allclose(scripted.score(state, candidate[:0] + batch.sparse_features["item"].values()[:1]), expected[:1], atol=1e-5)
