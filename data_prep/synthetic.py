@@ -25,7 +25,7 @@ exactly the one-modality data of before (mm_vector = the text vector).
 
 Schema features (`features=True`, off by default: the default data is unchanged), drawn
 from their own generator: a user table with a profile `segment` (one of `segments`) and an
-`age` (dense, no effect), an item `price` (dense) and `brand`, and a context `device` on
+`age` (dense, no effect), an item `price` (dense) and `brand`, and a context `device` and `hour` on
 each request (no effect). Planted signal: + w_segment * ([topic % segments == segment] -
 1/segments) (a profile that interacts with the topic) and - w_price * z(log price) (cheap
 items are clicked more). `FEATURE_SCHEMA` is the schema that reads them
@@ -104,6 +104,7 @@ FEATURE_SCHEMA = {
          "transform": "log1p"},
         {"name": "device", "kind": "sparse", "source": "event", "column": "device",
          "vocab": ["android", "ios", "web"], "dim": 4},
+        {"name": "hour", "kind": "dense", "source": "event", "column": "hour", "fill": 0.0},
     ]
 }  # fmt: skip
 
@@ -233,6 +234,8 @@ def generate_all(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, pa.Table 
     if config.features:
         devices = np.array(["android", "ios", "web"])
         interactions = interactions.append_column("device", pa.array(devices[device[slots]]))
+        hour = (req_ts[slots] % DAY) // 3600
+        interactions = interactions.append_column("hour", pa.array(hour.astype(np.int64)))
         users = pa.table(
             {
                 "user_id": pa.array([f"u{u:05d}" for u in range(config.users)], pa.string()),

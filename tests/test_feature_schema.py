@@ -109,7 +109,7 @@ def test_the_logs_job_writes_the_schema_columns_and_manifest(small: Path):
     data = PreparedData(small, verify="full")
     manifest = data.manifest
     assert [f["name"] for f in manifest["features"]["features"]][3:] == [
-        "segment", "age", "brand", "price", "device",
+        "segment", "age", "brand", "price", "device", "hour",
     ]  # fmt: skip
     sizes = manifest["vocab_sizes"]
     assert sizes["segment"] == SMALL.segments + 2 and sizes["brand"] == 66 and sizes["device"] == 5
@@ -169,7 +169,7 @@ def test_the_reader_builds_a_pooled_kjt_and_a_dense_tensor(small: Path):
     # batches of 64 over row groups of 100 rows: some batches are cut by row-group edges
     batches = list(data.reader("train", 64))
     assert batches[0].pooled_features.keys() == ["segment", "brand", "device"]
-    assert batches[0].dense_features.shape == (64, 2)
+    assert batches[0].dense_features.shape == (64, 3)
     assert torch.equal(torch.cat([b.users() for b in batches]), whole.users())
     for key in ["segment", "brand", "device"]:  # each key's ids, batch after batch
         ids = torch.cat([b.pooled_features[key].values() for b in batches])
@@ -258,10 +258,33 @@ def test_the_scorer_serves_the_schema_features_as_the_model_trains_them(small: P
         for row in range(batch.batch_size):
             state = scorer.encode_user(history[offsets[row] : offsets[row + 1]], batch.users()[row])
             state["context"] = batch.pooled_features["device"].values()[row : row + 1]
+            state["context_dense"] = batch.dense_features[row, 2:]  # hour
             candidate = batch.sparse_features["item"].values()[row : row + 1]
             got.append(scorer.score(state, candidate))
     assert torch.allclose(torch.cat(got), expected, atol=1e-5)
     scripted = torch.jit.script(scorer)  # the torchscript artifact's form
     state = scripted.encode_user(history[: offsets[1]], batch.users()[0])
     state["context"] = batch.pooled_features["device"].values()[:1]
+    state["context_dense"] = batch.dense_features[0, 2:]
     assert torch.allclose(scripted.score(state, candidate[:0] + batch.sparse_features["item"].values()[:1]), expected[:1], atol=1e-5)
+
+
+def test_dlrm_with_dta_example_trains_on_the_reader(small: Path):
+    """examples/dlrm_with_dta.py: torchrec's DLRM (EBC over the pooled KJT, dense arch,
+    interaction) + DTA over the item history, on the project's batches."""
+    from examples.dlrm_with_dta import make_model
+
+    torch.manual_seed(0)
+    data = PreparedData(small)
+    model = make_model(data)
+    batch = next(iter(data.reader("train", 32)))
+    logits = model(batch)
+    assert logits.shape == (32,)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels).backward()
+    for name in ("dta.w_k.weight", "dta.bucket_key.weight", "dta.bucket_value.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    assert model.items.embeddings["t_item"].weight.grad.abs().sum() > 0
+    bags = model.dlrm.sparse_arch.embedding_bag_collection.embedding_bags
+    assert set(bags) == {"t_segment", "t_brand", "t_device"}
+    for param in model.dlrm.parameters():
+        assert param.grad is not None
