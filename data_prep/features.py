@@ -358,7 +358,9 @@ class SchemaPrep:
                 written.append(self._save_vocab(feature, used, out))
                 values = np.where(raw != "", used.encode(raw), OOV)
             if enc.offsets is None:
-                table_ = np.full(len(user_vocab), OOV if feature.is_categorical else 0, values.dtype)
+                table_ = np.full(
+                    len(user_vocab), OOV if feature.is_categorical else 0, values.dtype
+                )
                 if not feature.is_categorical:
                     table_[:] = feature.fill or 0.0
                 table_[index] = values
@@ -369,14 +371,18 @@ class SchemaPrep:
                 offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
                 table_ = np.zeros(int(offsets[-1]), np.int64)
                 for k, u in enumerate(index):
-                    table_[offsets[u] : offsets[u + 1]] = values[enc.offsets[k] : enc.offsets[k + 1]]
+                    table_[offsets[u] : offsets[u + 1]] = values[
+                        enc.offsets[k] : enc.offsets[k + 1]
+                    ]
                 written.append(self._save(out, f"user_{feature.name}.offsets.npy", offsets))
             written.append(self._save(out, f"user_{feature.name}.npy", table_))
             self._size(feature)
         return written
 
     # --------------------------------------------------------------- samples
-    def fill_samples(self, samples: Samples, out: Path, events_extra: dict[str, np.ndarray]) -> None:
+    def fill_samples(
+        self, samples: Samples, out: Path, events_extra: dict[str, np.ndarray]
+    ) -> None:
         """samples.features: each extended feature's shard columns, in schema order (event
         features from `events_extra`, the samples' own rows of RawEvents.extra)."""
         columns: dict[str, Any] = {}
@@ -438,4 +444,6 @@ class SchemaPrep:
 
 def _ragged(offsets: np.ndarray, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return np.repeat(offsets[rows] - starts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    return np.repeat(offsets[rows] - starts, lengths) + np.arange(
+        int(lengths.sum()), dtype=np.int64
+    )

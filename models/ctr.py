@@ -162,9 +162,7 @@ class OverArch(nn.Module):
     def item_dim(embedding_dim: int, spec: FeatureSpec) -> int:
         """Size of an item's representation: its id embedding, plus its category's and each
         extra sequence feature's."""
-        return embedding_dim * (
-            1 + int(spec.has_categories) + len(spec.schema.extra_sequence)
-        )
+        return embedding_dim * (1 + int(spec.has_categories) + len(spec.schema.extra_sequence))
 
     def side_input(
         self, pooled: KeyedTensor | None, dense: torch.Tensor | None

@@ -241,7 +241,9 @@ def schema_from_dict(data: dict[str, Any], where: str = "schema") -> FeatureSche
     if version != SCHEMA_VERSION:
         raise SchemaError(f"{where}: schema version {version}, this code reads {SCHEMA_VERSION}")
     features = [
-        _feature(e, f"{where}: feature {i} {(' ' + repr(e.get('name'))) if isinstance(e, dict) else ''}")
+        _feature(
+            e, f"{where}: feature {i} {(' ' + repr(e.get('name'))) if isinstance(e, dict) else ''}"
+        )
         for i, e in enumerate(data["features"])
     ]
     names = {f.name for f in features}
@@ -304,7 +306,9 @@ def validate(schema: FeatureSchema) -> None:
             continue
         # categorical: sequence or sparse
         if (f.vocab is None) == (f.hash_buckets is None):
-            raise SchemaError(f"{where}: give exactly one of vocab (auto or a list) and hash_buckets")
+            raise SchemaError(
+                f"{where}: give exactly one of vocab (auto or a list) and hash_buckets"
+            )
         if f.vocab is not None and f.vocab != "auto" and not isinstance(f.vocab, tuple):
             raise SchemaError(f"{where}: vocab is 'auto' or a list of values, got {f.vocab!r}")
         if f.hash_buckets is not None and f.hash_buckets < 1:

@@ -17,7 +17,6 @@ base[k] + id, columns :dim[k].
 """
 
 import copy
-from typing import Dict, List
 
 import numpy as np
 import torch
@@ -37,16 +36,16 @@ class SideFeatures(nn.Module):
     nothing here runs and the tensors are empty)."""
 
     enabled: bool
-    user_dims: List[int]
-    user_bases: List[int]
-    user_mean: List[bool]
-    user_multi: List[bool]
-    event_dims: List[int]
-    event_bases: List[int]
-    item_dims: List[int]
-    item_bases: List[int]
-    item_mean: List[bool]
-    event_log1p: List[bool]
+    user_dims: list[int]
+    user_bases: list[int]
+    user_mean: list[bool]
+    user_multi: list[bool]
+    event_dims: list[int]
+    event_bases: list[int]
+    item_dims: list[int]
+    item_bases: list[int]
+    item_mean: list[bool]
+    event_log1p: list[bool]
     num_event_dense: int
     has_dense: bool
 
@@ -77,10 +76,10 @@ class SideFeatures(nn.Module):
     def _rows(self, ids: Tensor, base: int, dim: int) -> Tensor:
         return self.weight.index_select(0, ids + base)[:, :dim]
 
-    def encode(self, user: Tensor) -> Dict[str, Tensor]:
+    def encode(self, user: Tensor) -> dict[str, Tensor]:
         """user () int64 -> the user's side state: side_user (Pu,), side_user_dense (Fu,),
         and the context placeholders (`context` (Ke,) = 1, `context_dense` (Fe,) = fill)."""
-        parts: List[Tensor] = [self.weight.new_zeros(0)]
+        parts: list[Tensor] = [self.weight.new_zeros(0)]
         u = user.reshape(1)
         single = self.user_ids.index_select(0, u).reshape(-1)  # (Ks,) one id per feature
         s = 0
@@ -107,17 +106,17 @@ class SideFeatures(nn.Module):
             "context_dense": self.event_fill.detach().clone(),
         }
 
-    def candidates(self, state: Dict[str, Tensor], candidates: Tensor) -> Tensor:
+    def candidates(self, state: dict[str, Tensor], candidates: Tensor) -> Tensor:
         """(B,) candidates -> the head's side input (B, P + dense_dims[-1])."""
         batch = candidates.shape[0]
-        request: List[Tensor] = [state["side_user"]]
+        request: list[Tensor] = [state["side_user"]]
         context = state["context"]
         for k in range(len(self.event_dims)):
             request.append(
                 self._rows(context.narrow(0, k, 1), self.event_bases[k], self.event_dims[k])[0]
             )
         shared = torch.cat(request)
-        parts: List[Tensor] = [shared.unsqueeze(0).expand(batch, shared.shape[0])]
+        parts: list[Tensor] = [shared.unsqueeze(0).expand(batch, shared.shape[0])]
         item_ids = self.item_ids.index_select(0, candidates)
         for k in range(len(self.item_dims)):
             parts.append(self._rows(item_ids[:, k], self.item_bases[k], self.item_dims[k]))
@@ -125,7 +124,7 @@ class SideFeatures(nn.Module):
         if not self.has_dense:
             return pooled
         raw = state["context_dense"]
-        events: List[Tensor] = [raw.new_zeros(0)]
+        events: list[Tensor] = [raw.new_zeros(0)]
         for k in range(self.num_event_dense):
             value = raw.narrow(0, k, 1)
             events.append(torch.log1p(value) if self.event_log1p[k] else value)
@@ -140,7 +139,7 @@ class SideFeatures(nn.Module):
         return torch.cat([pooled, self.dense_arch(dense)], dim=1)
 
 
-def side_features_from_model(model, feature_tables: Dict[str, np.ndarray]) -> SideFeatures:
+def side_features_from_model(model, feature_tables: dict[str, np.ndarray]) -> SideFeatures:
     """The serving side features of a trained, unsharded CTRModel (models/ctr.py) with the
     prepared data's per-user and per-item feature tables (`PreparedData.feature_tables`:
     `user_NAME`, `user_NAME.offsets`, `item_NAME`). Disabled for the default schema."""
@@ -149,11 +148,13 @@ def side_features_from_model(model, feature_tables: Dict[str, np.ndarray]) -> Si
     if not (schema.pooled or schema.dense):
         return side
     side.enabled = True
-    tables: Dict[str, Tensor] = {}
+    tables: dict[str, Tensor] = {}
     if model.pooled_arch is not None:
-        tables = {n: b.weight.detach().float() for n, b in model.pooled_arch.ebc.embedding_bags.items()}
+        tables = {
+            n: b.weight.detach().float() for n, b in model.pooled_arch.ebc.embedding_bags.items()
+        }
     width = max([t.shape[1] for t in tables.values()] or [0])
-    base_of: Dict[str, int] = {}
+    base_of: dict[str, int] = {}
     blocks, row = [], 0
     for name, table in tables.items():
         base_of[name] = row
@@ -190,7 +191,9 @@ def side_features_from_model(model, feature_tables: Dict[str, np.ndarray]) -> Si
             side.item_mean.append(feature.pooling == "mean")
     num_users = model.sparse_arch.embedding_collection.embeddings["t_user"].weight.shape[0]
     side.user_ids = (
-        _long(np.stack(user_single, axis=1)) if user_single else torch.zeros(num_users, 0, dtype=torch.long)
+        _long(np.stack(user_single, axis=1))
+        if user_single
+        else torch.zeros(num_users, 0, dtype=torch.long)
     )
     if user_values:
         side.user_values = _long(np.concatenate(user_values))
@@ -207,8 +210,12 @@ def side_features_from_model(model, feature_tables: Dict[str, np.ndarray]) -> Si
         side.dense_arch = copy.deepcopy(model.over_arch.dense_arch)
         by_source = {s: [f for f in dense if f.source == s] for s in ("user", "event", "item")}
         num_items = side.item_ids.shape[0]
-        side.user_dense = _dense_table([feature_tables[f"user_{f.name}"] for f in by_source["user"]], num_users)
-        side.item_dense = _dense_table([feature_tables[f"item_{f.name}"] for f in by_source["item"]], num_items)
+        side.user_dense = _dense_table(
+            [feature_tables[f"user_{f.name}"] for f in by_source["user"]], num_users
+        )
+        side.item_dense = _dense_table(
+            [feature_tables[f"item_{f.name}"] for f in by_source["item"]], num_items
+        )
         side.num_event_dense = len(by_source["event"])
         side.event_log1p = [f.transform == "log1p" for f in by_source["event"]]
         side.event_fill = nn.Parameter(
@@ -220,20 +227,20 @@ def side_features_from_model(model, feature_tables: Dict[str, np.ndarray]) -> Si
     return side.eval().requires_grad_(False)
 
 
-def _dense_table(columns: List[np.ndarray], rows: int) -> Tensor:
+def _dense_table(columns: list[np.ndarray], rows: int) -> Tensor:
     if not columns:
         return torch.zeros(rows, 0)
     return torch.as_tensor(np.stack([np.asarray(c, np.float32) for c in columns], axis=1))
 
 
-def _permutation(features, columns, embedding_dim: int, what: str) -> List[int]:
+def _permutation(features, columns, embedding_dim: int, what: str) -> list[int]:
     """Column index of each schema-order pooled column in [user, event, item] order."""
     start, where = 0, {}
     for source in ("user", "event", "item"):
         for name, dim in columns[source]:
             where[name] = (start, dim)
             start += dim
-    out: List[int] = []
+    out: list[int] = []
     for feature in features:
         first, dim = where[feature.name]
         out += list(range(first, first + dim))

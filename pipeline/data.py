@@ -41,10 +41,10 @@ from models.schema import FeatureSchema, SchemaError, schema_from_dict
 from pipeline.loader import (
     NO_EXTRAS,
     Empty,
-    columns_to_batch,
     HistoryExtras,
     MisalignedHistory,
     assemble,
+    columns_to_batch,
     concat_columns,
     iter_windows,
     num_rows,
@@ -275,7 +275,9 @@ def table_to_batch(
     `extras`: also the times and per-modality similarities (`PreparedData.history_extras`)."""
     if extras.has_features:
         try:
-            return columns_to_batch(table_columns(table, has_categories, extras), has_categories, extras)
+            return columns_to_batch(
+                table_columns(table, has_categories, extras), has_categories, extras
+            )
         except MisalignedHistory as error:
             raise DataError(str(error)) from None
     n = table.num_rows

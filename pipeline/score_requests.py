@@ -229,7 +229,9 @@ def context_arrays(
     for k, (name, rows) in enumerate(context["sparse"]):
         column = requests.column(name).combine_chunks()
         if not pa.types.is_integer(column.type):
-            rejects.add(np.arange(n), "bad_context", f"{name} is {column.type}, an integer expected")
+            rejects.add(
+                np.arange(n), "bad_context", f"{name} is {column.type}, an integer expected"
+            )
             continue
         values = column.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         bad = (values < 0) | (values >= rows)
