@@ -347,3 +347,55 @@ def test_the_batch_scoring_job_takes_the_context_columns(small: Path):
     with torch.no_grad():
         expected = torch.sigmoid(model(batch))
     assert torch.allclose(torch.tensor(scores.column("score").to_pylist()), expected, atol=1e-5)
+
+
+def test_multi_valued_user_and_sequence_item_features_train_and_serve(tmp_path: Path):
+    """A multi-valued user feature (mean-pooled strings cut at '|') and an item attribute
+    joined to the history (kind sequence) through data prep, the model and the scorer."""
+    from models.scorer import scorer_from_model
+    from models.zoo import build_model, make_config
+    from pipeline.export import item_categories
+
+    raw = tmp_path / "raw"
+    write_raw(SMALL, raw)
+    users = pq.read_table(raw / "users.parquet")
+    tags = ["|".join(f"t{(i * k) % 7}" for k in range(i % 4)) for i in range(users.num_rows)]
+    pq.write_table(users.append_column("tags", pa.array(tags)), raw / "users.parquet")
+    schema = json.loads((raw / "schema.json").read_text())
+    schema["features"] += [
+        {"name": "tags", "kind": "sparse", "source": "user", "vocab": "auto",
+         "multi_valued": True, "separator": "|", "pooling": "mean", "dim": 4},
+        {"name": "maker", "kind": "sequence", "source": "item", "column": "brand",
+         "vocab": "auto"},
+    ]  # fmt: skip
+    (raw / "schema.json").write_text(json.dumps(schema))
+    config = LogsConfig(
+        interactions=str(raw / "interactions.parquet"),
+        items=str(raw / "items.parquet"),
+        out=tmp_path / "prep",
+        protocol=Protocol(name="temporal", max_history=20),
+        schema=load_schema(raw / "schema.json"),
+        users=raw / "users.parquet",
+    )
+    run_logs(config)
+    data = PreparedData(tmp_path / "prep")
+    batch = next(iter(data.reader("test", 16)))
+    assert batch.sparse_features.keys()[-2:] == ["maker", "hist_maker"]
+    lengths = batch.pooled_features["tags"].lengths()
+    assert 2 <= lengths.max() <= 3 and lengths.min() == 0  # 0..3 tags a user
+    torch.manual_seed(0)
+    model = build_model("dta", data.feature_spec(), make_config("dta", {"embedding_dim": 8}))
+    model.eval()
+    scorer = scorer_from_model(model, data.item_mm, item_categories(data),
+                               feature_tables=data.feature_tables())  # fmt: skip
+    offsets = batch.sparse_features["hist_item"].offsets()
+    history = batch.sparse_features["hist_item"].values()
+    with torch.no_grad():
+        expected = torch.sigmoid(model(batch))
+        got = []
+        for row in range(batch.batch_size):
+            state = scorer.encode_user(history[offsets[row] : offsets[row + 1]], batch.users()[row])
+            state["context"] = batch.pooled_features["device"].values()[row : row + 1]
+            state["context_dense"] = batch.dense_features[row, 2:]
+            got.append(scorer.score(state, batch.sparse_features["item"].values()[row : row + 1]))
+    assert torch.allclose(torch.cat(got), expected, atol=1e-5)
