@@ -10,7 +10,7 @@ Rules 2 and 3 only look at one user's records, so they run per user partition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,8 @@ class RawEvents:
     source: np.ndarray
     line: np.ndarray
     files: list[str]
+    # The schema's event features (data_prep/features.py): name -> (N,) encoded values.
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.user)
@@ -42,6 +44,7 @@ class RawEvents:
         return RawEvents(
             self.user[mask], self.item[mask], self.ts[mask], self.click[mask],
             self.source[mask], self.line[mask], self.files,
+            {k: v[mask] for k, v in self.extra.items()},
         )  # fmt: skip
 
     def reject(
@@ -64,6 +67,9 @@ def concat_raw(parts: list[RawEvents], files: list[str]) -> RawEvents:
         source=np.concatenate([p.source for p in parts]) if parts else np.array([], dtype=np.int32),
         line=np.concatenate([p.line for p in parts]) if parts else np.array([], dtype=np.int64),
         files=files,
+        extra={k: np.concatenate([p.extra[k] for p in parts]) for k in parts[0].extra}
+        if parts
+        else {},
     )
 
 
@@ -75,6 +81,13 @@ class Events:
     item: np.ndarray  # int64
     ts: np.ndarray  # int64
     click: np.ndarray  # int8
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # RawEvents.extra, sorted
+
+    def take(self, rows: np.ndarray | slice) -> Events:
+        return Events(
+            self.user[rows], self.item[rows], self.ts[rows], self.click[rows],
+            {k: v[rows] for k, v in self.extra.items()},
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.user)
@@ -138,5 +151,6 @@ def clean_events(
         item=raw.item[order],
         ts=raw.ts[order],
         click=raw.click[order].astype(np.int8),
+        extra={k: v[order] for k, v in raw.extra.items()},
     )
     return events, user_ids[kept_users]

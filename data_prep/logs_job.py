@@ -7,6 +7,10 @@ names configurable. Items: Parquet or CSV with item_id, optional mm_vector
 Modalities (`--modality NAME=COLUMN`, two or more): vector columns kept apart as
 item_mm_NAME.npy with per-modality similarities hist_sims_NAME in the samples; without
 mm_vector the fused vector is built from them (data_prep/items.py).
+Feature schema (`--schema FILE`, docs/feature-schema.md): the columns it names are read
+from the interaction rows (source event), the item table (source item) and a user table
+(`--users FILE`, source user), encoded, validated and written to the shards and the
+manifest (data_prep/features.py).
 Files are streamed in batches and scattered into user partitions
 (`--partitions`), processed by `--workers` processes (or torch.distributed ranks).
 """
@@ -24,6 +28,7 @@ from data_prep.columns import ColumnTypeError, as_ids, as_int64
 from data_prep.coordination import Coordinator, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, add_title_vectors, embed_settings
 from data_prep.events import RawEvents, drop_unknown_items
+from data_prep.features import SchemaPrep
 from data_prep.items import ItemTable, read_item_table
 from data_prep.limits import (
     Limits,
@@ -42,6 +47,7 @@ from data_prep.scatter import ScatterWriter
 from data_prep.tables import Batch, expand_inputs, iter_batches, read_batch
 from data_prep.vocab import Vocab
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE
+from models.schema import FeatureSchema, SchemaError, load_schema
 
 DEFAULT_COLUMNS = {"user": "user_id", "item": "item_id", "timestamp": "timestamp", "click": "click"}
 
@@ -66,6 +72,14 @@ class LogsConfig:
     created_by: str = ""
     limits: Limits = field(default_factory=Limits)
     modalities: dict[str, str] = field(default_factory=dict)  # name -> vector column
+    schema: FeatureSchema | None = None  # None: the default four keys
+    users: Path | None = None  # the user table of the schema's user features
+
+    def schema_prep(self) -> SchemaPrep | None:
+        """The schema's side of the run; None for the default schema (nothing to read)."""
+        if self.schema is None or not self.schema.extended:
+            return None
+        return SchemaPrep(self.schema, self.users, self.limits)
 
 
 def load_items(
@@ -74,8 +88,10 @@ def load_items(
     rejects: RejectLog,
     limits: Limits | None = None,
     modalities: dict[str, str] | None = None,
+    features: SchemaPrep | None = None,
 ) -> ItemTable:
-    """The item table; titles are embedded when it has no mm_vector column (nor modalities)."""
+    """The item table; titles are embedded when it has no mm_vector column (nor modalities).
+    `features`: the schema's item columns are read first (rows with a bad value rejected)."""
     limits = limits or Limits()
 
     def bad_row(line: int, reason: str, excerpt: str) -> None:
@@ -84,6 +100,8 @@ def load_items(
 
     batch = read_batch(path, bad_row, limits.max_line_bytes)
     table, lines = batch.table, batch.lines
+    if features is not None:
+        table, lines = features.filter_items(table, lines, path.name, rejects)
     common = {
         "lines": lines,
         "max_id_length": limits.max_id_length,
@@ -109,7 +127,9 @@ class LogsItems:
         embedding: EmbedSettings,
         limits: Limits | None = None,
         modalities: dict[str, str] | None = None,
+        features: SchemaPrep | None = None,
     ) -> None:
+        self.features = features
         self.path = path
         self.embedding = embedding
         self.limits = limits or Limits()
@@ -117,7 +137,9 @@ class LogsItems:
         self.items: ItemTable | None = None
 
     def load(self, rejects: RejectLog) -> np.ndarray:
-        self.items = load_items(self.path, self.embedding, rejects, self.limits, self.modalities)
+        self.items = load_items(
+            self.path, self.embedding, rejects, self.limits, self.modalities, self.features
+        )
         return self.items.vocab.raw_ids
 
     def finalize(self, used: np.ndarray, rejects: RejectLog) -> tuple[ItemTable, np.ndarray]:
@@ -133,6 +155,7 @@ def parse_batch(
     items: Vocab,
     rejects: RejectLog,
     limits: Limits | None = None,
+    features: SchemaPrep | None = None,
 ) -> tuple[RawEvents, np.ndarray]:
     """One batch of rows -> (RawEvents, raw item ids (N,)); rows with a bad field are rejected."""
     limits = limits or Limits()
@@ -173,6 +196,7 @@ def parse_batch(
     ):
         reason[keep & mask] = name
         keep &= ~mask
+    extra = features.encode_events(table, file, keep, reason) if features is not None else {}
     for row in np.flatnonzero(~keep):
         rejects.reject(
             file, int(batch.lines[row]), reason[row], table.slice(int(row), 1).to_pylist()[0]
@@ -186,6 +210,7 @@ def parse_batch(
         source=np.full(len(rows), source, dtype=np.int32),
         line=batch.lines[rows].astype(np.int64),
         files=files,
+        extra={name: values[rows] for name, values in extra.items()},
     )
     return raw, item.values[rows]
 
@@ -203,6 +228,7 @@ class LogsScatterTask:
     strict: bool
     batch_rows: int
     limits: Limits = field(default_factory=Limits)
+    features: SchemaPrep | None = None
 
     def run(self) -> dict[str, Any]:
         items = Vocab(np.load(self.work / "candidates.npy"))
@@ -220,7 +246,14 @@ class LogsScatterTask:
                     self.path, self.batch_rows, bad_row, self.limits.max_line_bytes
                 ):
                     raw, raw_items = parse_batch(
-                        batch, self.files, self.source, self.columns, items, rejects, self.limits
+                        batch,
+                        self.files,
+                        self.source,
+                        self.columns,
+                        items,
+                        rejects,
+                        self.limits,
+                        self.features,
                     )
                     writer.write(drop_unknown_items(raw, rejects, raw_items))
         finally:
@@ -241,10 +274,11 @@ def run_logs(
         raise InputError(f"{items_path}: no such item table")
     files = [p.name for p in paths]
     work = work_dir(config.out)
+    features = config.schema_prep()
     tasks = [
         LogsScatterTask(
             p, i, files, config.columns, work, config.partitions, config.strict,
-            config.batch_rows, config.limits,
+            config.batch_rows, config.limits, features,
         )
         for i, p in enumerate(paths)
     ]  # fmt: skip
@@ -259,14 +293,20 @@ def run_logs(
         block_events=config.block_events,
         strict=config.strict,
         limits=config.limits,
+        features=features,
     )
     inputs = (
-        {p.name: input_record(p) for p in [*paths, items_path]} if coordinator.is_leader else {}
+        {
+            p.name: input_record(p)
+            for p in [*paths, items_path, *([config.users] if features and config.users else [])]
+        }
+        if coordinator.is_leader
+        else {}
     )
     manifest = run_pipeline(
         settings,
         coordinator,
-        LogsItems(items_path, config.embedding, config.limits, config.modalities),
+        LogsItems(items_path, config.embedding, config.limits, config.modalities, features),
         tasks,
         files,
         inputs,
@@ -330,6 +370,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a modality's vector column of the item table, repeated (two or more): kept "
         "apart as item_mm_NAME.npy with per-modality similarities hist_sims_NAME",
     )
+    parser.add_argument(
+        "--schema",
+        type=Path,
+        help="feature schema (.yaml/.json, docs/feature-schema.md): extra user, context and "
+        "item columns; default: the four keys user, item, history, category",
+    )
+    parser.add_argument(
+        "--users", type=Path, help="user table (.parquet/.csv, user_id + the schema's user columns)"
+    )
     add_limit_arguments(parser)
     add_embed_arguments(parser, ("minilm", "hashed"))
     for key, default in DEFAULT_COLUMNS.items():
@@ -345,6 +394,16 @@ def modalities_from_args(entries: list[str]) -> dict[str, str]:
             raise InputError(f"--modality {entry!r}: expected NAME=COLUMN, each NAME once")
         out[name] = column
     return out
+
+
+def schema_from_args(args: argparse.Namespace) -> FeatureSchema | None:
+    """--schema FILE, checked (InputError naming the file), or None."""
+    if getattr(args, "schema", None) is None:
+        return None
+    try:
+        return load_schema(args.schema)
+    except SchemaError as error:
+        raise InputError(str(error)) from None
 
 
 def protocol_from_args(args: argparse.Namespace, name: str) -> Protocol:
@@ -377,6 +436,8 @@ def main(args: argparse.Namespace, command: str) -> None:
         created_by=command,
         limits=limits_from_args(args),
         modalities=modalities_from_args(args.modality),
+        schema=schema_from_args(args),
+        users=args.users,
     )
     manifest = run_logs(config)
     if manifest is not None:

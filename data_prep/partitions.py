@@ -34,6 +34,7 @@ import numpy as np
 from data_prep import SCHEMA_VERSION
 from data_prep.coordination import Coordinator
 from data_prep.events import Events, clean_events
+from data_prep.features import FEATURES_DIR, SchemaPrep
 from data_prep.integrity import (
     checksum_files,
     commit_folder,
@@ -57,7 +58,7 @@ IN_MEMORY_ITEM_BYTES = 1 << 30
 # What a job writes in its folder; a rerun removes those it no longer produces (a split).
 OUTPUTS = (
     MANIFEST, "vocab", "item_mm.npy", "item_category.npy", "rejects.jsonl",
-    "train", "valid", "test", "_work",
+    "train", "valid", "test", "_work", FEATURES_DIR,
 )  # fmt: skip
 
 
@@ -109,6 +110,7 @@ class CleanTask:
             item=events.item,
             ts=events.ts,
             click=events.click,
+            **{f"x_{k}": v for k, v in events.extra.items()},
         )
         np.save(folder / f"p{self.partition:05d}-users.npy", users)
         return {
@@ -127,6 +129,7 @@ class BuildTask:
     last_ts: int
     row_group_size: int
     block_events: int
+    features: SchemaPrep | None = None
 
     def run(self) -> dict[str, Any]:
         folder = self.work / "clean"
@@ -134,7 +137,11 @@ class BuildTask:
         user_index = np.load(folder / f"p{self.partition:05d}-user-index.npy")
         remap = np.load(self.work / "item-remap.npy")
         events = Events(
-            user_index[stored["user"]], remap[stored["item"]], stored["ts"], stored["click"]
+            user_index[stored["user"]],
+            remap[stored["item"]],
+            stored["ts"],
+            stored["click"],
+            {k[2:]: stored[k] for k in stored.files if k.startswith("x_")},
         )
         items = _open_items(self.out)
         histogram = SimilarityHistogram()
@@ -149,6 +156,8 @@ class BuildTask:
             splits, protocol_counts = self.protocol.samples(block, len(items.vocab), self.last_ts)
             for name, samples in splits.items():
                 fill_item_features(samples, items)
+                if self.features is not None:
+                    self.features.fill_samples(samples, self.out, samples.event_extra or {})
                 if name == "train":
                     histogram.add(samples.hist_sims)
                 writers[name].write(samples)
@@ -195,12 +204,7 @@ def user_blocks(events: Events, block_events: int) -> Iterator[Events]:
     while begin < n:
         k = np.searchsorted(bounds, begin + block_events)
         end = n if k >= len(bounds) else int(bounds[k])
-        yield Events(
-            events.user[begin:end],
-            events.item[begin:end],
-            events.ts[begin:end],
-            events.click[begin:end],
-        )
+        yield events.take(slice(begin, end))
         begin = end
 
 
@@ -234,6 +238,7 @@ class PipelineSettings:
     block_events: int = DEFAULT_BLOCK_EVENTS
     strict: bool = False
     limits: Limits | None = None
+    features: SchemaPrep | None = None  # the feature schema's columns (data_prep/features.py)
 
 
 def run_pipeline(
@@ -300,12 +305,25 @@ def _run_pipeline(
             items, remap = item_side.finalize(used[2:], final_rejects)
         save_item_arrays(out, items)
         np.save(work / "item-remap.npy", remap)
+        feature_files: list[str] = []
+        if settings.features is not None:
+            feature_files += settings.features.save_items(items.vocab, out)
+            with RejectLog(work / "rejects" / "a-users.jsonl", settings.strict) as user_rejects:
+                feature_files += settings.features.save_users(user_vocab, out, user_rejects)
+            user_records = user_rejects.as_manifest()
     last_ts = coordinator.broadcast(last_ts)
     coordinator.barrier()
 
     build_tasks = [
         BuildTask(
-            work, out, p, settings.protocol, last_ts, settings.row_group_size, settings.block_events
+            work,
+            out,
+            p,
+            settings.protocol,
+            last_ts,
+            settings.row_group_size,
+            settings.block_events,
+            settings.features,
         )
         for p in range(settings.partitions)
     ]
@@ -319,6 +337,7 @@ def _run_pipeline(
             *scatter_records,
             *[c["records"] for c in cleaned],
             final_rejects.as_manifest(),
+            *([user_records] if settings.features is not None else []),
         ]
     )
     check_records(records)
@@ -338,6 +357,8 @@ def _run_pipeline(
     vocab_sizes = {"user": len(user_vocab), "item": len(items.vocab)}
     if items.category_vocab is not None:
         vocab_sizes["category"] = len(items.category_vocab)
+    if settings.features is not None:
+        vocab_sizes |= settings.features.table_sizes()
     protocol = settings.protocol.settings() | (extra_protocol or {})
     if settings.protocol.name == "next-item":
         protocol["counts_before_valid"] = {
@@ -347,6 +368,7 @@ def _run_pipeline(
     item_files = [p.relative_to(out).as_posix() for p in (out / "vocab").glob("*.parquet")]
     item_files += [n for n in ("item_mm.npy", "item_category.npy") if (out / n).exists()]
     item_files += [modality_file(name) for name in items.modalities]
+    item_files += [f for f in feature_files if not f.startswith("vocab/")]
     checksums = checksum_files(out, [*item_files, "rejects.jsonl"])
     for b in built:
         checksums.update(b["files"])
@@ -374,6 +396,11 @@ def _run_pipeline(
             "unit": "seconds",
             "meaning": "the target's time minus each behaviour's (>= 0), aligned with hist_items",
         },
+        **(
+            {"features": settings.features.manifest_schema()}
+            if settings.features is not None
+            else {}
+        ),
         "inputs": inputs,
         "protocol": protocol,
         "limits": (settings.limits or Limits()).as_dict(),

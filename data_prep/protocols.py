@@ -73,6 +73,7 @@ def temporal_samples(
             hist,
             hist_ts,
         )
+        out[name].event_extra = {k: v[rows] for k, v in events.extra.items()}
     return out
 
 
@@ -153,6 +154,7 @@ def next_item_samples(
         out[name] = _samples(
             events.user[pair_rows], item, label, events.ts[pair_rows], offsets, hist, hist_ts
         )
+        out[name].event_extra = {k: v[pair_rows] for k, v in events.extra.items()}
     return out, protocol_counts
 
 

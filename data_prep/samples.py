@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,12 @@ class Samples:
     hist_categories: np.ndarray | None = None
     hist_ts_delta: np.ndarray | None = None
     hist_modality_sims: dict[str, np.ndarray] | None = None
+    # The schema's extended features (data_prep/features.py): shard column -> (N,) values,
+    # (H,) for a sequence feature's hist_NAME, or (offsets (N+1,), values) for a
+    # multi-valued one (a list column).
+    features: dict[str, Any] | None = None
+    # The target events' RawEvents.extra (N,) per name, read by fill_samples; not a column.
+    event_extra: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.user)
@@ -66,4 +73,13 @@ class Samples:
             columns["hist_categories"] = pa.ListArray.from_arrays(
                 offsets, pa.array(self.hist_categories.astype(np.int64))
             )
+        for name, values in (self.features or {}).items():
+            if isinstance(values, tuple):  # multi-valued: (offsets, values)
+                columns[name] = pa.ListArray.from_arrays(
+                    pa.array(values[0].astype(np.int32)), pa.array(values[1].astype(np.int64))
+                )
+            elif name.startswith("hist_"):
+                columns[name] = pa.ListArray.from_arrays(offsets, pa.array(values))
+            else:
+                columns[name] = pa.array(values)
         return pa.table(columns)

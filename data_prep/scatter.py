@@ -28,6 +28,9 @@ SCHEMA = pa.schema(
 )
 
 
+EXTRA_PREFIX = "x_"  # RawEvents.extra columns (the schema's event features)
+
+
 def user_partition(user_ids: np.ndarray, partitions: int) -> np.ndarray:
     """Raw user ids (N,) str -> partition (N,) int64, stable across runs and machines.
 
@@ -67,7 +70,8 @@ class ScatterWriter:
         for p in range(self.partitions):
             rows = order[bounds[p] : bounds[p + 1]]
             if len(rows):
-                self._writer(p).write_table(self._table(raw, rows))
+                table = self._table(raw, rows)
+                self._writer(p, table.schema).write_table(table)
 
     def _table(self, raw: RawEvents, rows: np.ndarray) -> pa.Table:
         columns = [
@@ -78,15 +82,18 @@ class ScatterWriter:
             raw.source[rows],
             raw.line[rows],
         ]
-        return pa.Table.from_arrays(
-            [pa.array(c, t.type) for c, t in zip(columns, SCHEMA)], schema=SCHEMA
-        )
+        arrays = [pa.array(c, t.type) for c, t in zip(columns, SCHEMA)]
+        names = list(SCHEMA.names)
+        for name, values in raw.extra.items():  # the schema's event features
+            arrays.append(pa.array(values[rows]))
+            names.append(EXTRA_PREFIX + name)
+        return pa.Table.from_arrays(arrays, names=names)
 
-    def _writer(self, p: int) -> pq.ParquetWriter:
+    def _writer(self, p: int, schema: pa.Schema) -> pq.ParquetWriter:
         if p not in self._writers:
             path = partition_dir(self.work, p) / f"{self.tag}.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._writers[p] = pq.ParquetWriter(path, SCHEMA, compression="lz4")
+            self._writers[p] = pq.ParquetWriter(path, schema, compression="lz4")
         return self._writers[p]
 
     def close(self) -> None:
@@ -109,6 +116,11 @@ def read_partition(work: Path, partition: int, files: list[str]) -> RawEvents:
                 source=table.column("source").to_numpy(),
                 line=table.column("line").to_numpy(),
                 files=files,
+                extra={
+                    name[len(EXTRA_PREFIX) :]: table.column(name).to_numpy()
+                    for name in table.column_names
+                    if name.startswith(EXTRA_PREFIX)
+                },
             )
         )
     raw = concat_raw(parts, files)

@@ -22,10 +22,19 @@ table then has `text_vector` and `image_vector` beside `mm_vector`, their fusion
 normalize([text; image]) (cosine: the mean of the two), which is what a one-vector model
 such as DMF reads. The style draws come from their own generator, so `styles=0` gives
 exactly the one-modality data of before (mm_vector = the text vector).
+
+Schema features (`features=True`, off by default: the default data is unchanged), drawn
+from their own generator: a user table with a profile `segment` (one of `segments`) and an
+`age` (dense, no effect), an item `price` (dense) and `brand`, and a context `device` and `hour` on
+each request (no effect). Planted signal: + w_segment * ([topic % segments == segment] -
+1/segments) (a profile that interacts with the topic) and - w_price * z(log price) (cheap
+items are clicked more). `FEATURE_SCHEMA` is the schema that reads them
+(docs/feature-schema.md).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,9 +76,37 @@ class SyntheticConfig:
     style_noise: float = 0.15
     style_concentration: float = 0.3
     w_style: float = 3.0
+    features: bool = False
+    segments: int = 4
+    w_segment: float = 2.5
+    w_price: float = 1.5
 
     def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        """The settings (without the feature ones when `features` is off: the default
+        data's manifest, which records these, stays what it was)."""
+        out = asdict(self)
+        if not self.features:
+            for key in ("features", "segments", "w_segment", "w_price"):
+                del out[key]
+        return out
+
+
+# The schema of the planted features (`features=True`): user profile, item and context.
+FEATURE_SCHEMA = {
+    "features": [
+        {"name": "segment", "kind": "sparse", "source": "user", "column": "segment",
+         "vocab": "auto", "dim": 8},
+        {"name": "age", "kind": "dense", "source": "user", "column": "age", "fill": 0.0,
+         "transform": "log1p"},
+        {"name": "brand", "kind": "sparse", "source": "item", "column": "brand",
+         "hash_buckets": 64, "dim": 8},
+        {"name": "price", "kind": "dense", "source": "item", "column": "price",
+         "transform": "log1p"},
+        {"name": "device", "kind": "sparse", "source": "event", "column": "device",
+         "vocab": ["android", "ios", "web"], "dim": 4},
+        {"name": "hour", "kind": "dense", "source": "event", "column": "hour", "fill": 0.0},
+    ]
+}  # fmt: skip
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -91,6 +128,13 @@ def modality_columns(config: SyntheticConfig) -> dict[str, str]:
 
 def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table]:
     """(interactions, items) raw tables, deterministic given the config."""
+    interactions, items, _ = generate_all(config)
+    return interactions, items
+
+
+def generate_all(config: SyntheticConfig) -> tuple[pa.Table, pa.Table, pa.Table | None]:
+    """(interactions, items, users) raw tables; users (and the feature columns) only with
+    `features`."""
     rng = np.random.default_rng(config.seed)
     style_rng = np.random.default_rng([config.seed, 1])  # its own stream: styles=0 is the old data
     n_items, n_topics = config.items, config.topics
@@ -162,6 +206,17 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table]:
         )
         liking = liking[req_user[slots], style[slot_item]] - 1.0 / config.styles
         logit = logit + config.w_style * liking
+    if config.features:
+        feature_rng = np.random.default_rng([config.seed, 2])
+        segment = feature_rng.integers(config.segments, size=config.users)
+        age = feature_rng.integers(18, 70, size=config.users)
+        price = np.exp(feature_rng.normal(3.0, 0.8, size=n_items))
+        brand = feature_rng.integers(40, size=n_items)
+        device = feature_rng.integers(3, size=len(req_user))
+        z_price = (np.log1p(price) - np.log1p(price).mean()) / np.log1p(price).std()
+        match = (topic[slot_item] % config.segments == segment[req_user[slots]]).astype(float)
+        logit = logit + config.w_segment * (match - 1.0 / config.segments)
+        logit = logit - config.w_price * z_price[slot_item]
     click = (rng.random(len(slots)) < 1 / (1 + np.exp(-logit))).astype(np.int8)
 
     order = np.lexsort((slot_item, slots, req_ts[slots]))  # a log is written in time order
@@ -175,6 +230,19 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table]:
             "impression_id": pa.array([f"r{r:07d}" for r in slots], pa.string()),
         }
     )
+    users = None
+    if config.features:
+        devices = np.array(["android", "ios", "web"])
+        interactions = interactions.append_column("device", pa.array(devices[device[slots]]))
+        hour = (req_ts[slots] % DAY) // 3600
+        interactions = interactions.append_column("hour", pa.array(hour.astype(np.int64)))
+        users = pa.table(
+            {
+                "user_id": pa.array([f"u{u:05d}" for u in range(config.users)], pa.string()),
+                "segment": pa.array([f"s{k}" for k in segment], pa.string()),
+                "age": pa.array(age.astype(np.int64)),
+            }
+        )
     words = np.array(TOPIC_WORDS * (n_topics // len(TOPIC_WORDS) + 1))
     columns = {
         "item_id": pa.array([f"i{i:05d}" for i in range(n_items)], pa.string()),
@@ -188,15 +256,23 @@ def generate(config: SyntheticConfig) -> tuple[pa.Table, pa.Table]:
         columns[MODALITY_COLUMNS["image"]] = pa.array(list(image), pa.list_(pa.float32()))
     else:
         columns["mm_vector"] = pa.array(list(mm), pa.list_(pa.float32()))
-    return interactions, pa.table(columns)
+    if config.features:
+        columns["price"] = pa.array(np.round(price, 2))
+        columns["brand"] = pa.array([f"b{b}" for b in brand], pa.string())
+    return interactions, pa.table(columns), users
 
 
 def write_raw(config: SyntheticConfig, raw_dir: Path) -> tuple[Path, Path]:
-    """Generate and write raw/interactions.parquet and raw/items.parquet."""
+    """Generate and write raw/interactions.parquet and raw/items.parquet (and, with
+    `features`, raw/users.parquet and raw/schema.json, the schema reading them)."""
     raw_dir.mkdir(parents=True, exist_ok=True)
-    interactions, items = generate(config)
+    interactions, items, users = generate_all(config)
     paths = raw_dir / "interactions.parquet", raw_dir / "items.parquet"
-    for table, path in ((interactions, paths[0]), (items, paths[1])):
+    tables = [(interactions, paths[0]), (items, paths[1])]
+    if users is not None:
+        tables.append((users, raw_dir / "users.parquet"))
+        (raw_dir / "schema.json").write_text(json.dumps(FEATURE_SCHEMA, indent=2) + "\n")
+    for table, path in tables:
         with atomic_file(path) as tmp:  # never a half-written raw file
             pq.write_table(table, tmp)
     return paths

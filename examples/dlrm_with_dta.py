@@ -1,144 +1,108 @@
 """Add Decoupled Target Attention to an existing TorchRec model: torchrec's DLRM.
 
-DLRM pools its sparse features (EmbeddingBagCollection) and has no sequence arch. To give
-it a target-aware user interest, wrap it: look up the target item and its history in an
-EmbeddingCollection (unpooled), run `DecoupledTargetAttention` with the similarity buckets,
-and hand the interest vector (B, d_h) to DLRM as extra dense features:
+torchrec's `DLRM` is used whole: its EmbeddingBagCollection pools the data's sparse
+features (the feature schema's pooled KJT, `Batch.pooled_features`), its DenseArch reads
+the dense features, its InteractionArch and OverArch make the logit. DTA adds a
+target-aware interest over the item history (the sequence KJT, `Batch.sparse_features`,
+on an EmbeddingCollection), handed to DLRM as extra dense features:
 
     interest = dta(target (B, D), history (B, L, D), mask (B, L), buckets (B, L))
-    logits   = dlrm(cat([dense_features, interest]), sparse_features)
+    logits   = dlrm(cat([batch.dense_features, interest]), batch.pooled_features)
 
-Both embedding modules are plain TorchRec modules, so DistributedModelParallel shards the
-wrapper as it would shard DLRM. Run it from the repository root (a few training steps on
-random data): `python -m examples.dlrm_with_dta`.
+The batches come from the project's reader (`pipeline.data.PreparedData.reader`) over data
+prepared with a feature schema (docs/feature-schema.md). Both embedding modules are plain
+TorchRec modules, so DistributedModelParallel shards the wrapper as it shards DLRM. Run it
+from the repository root: `python -m examples.dlrm_with_dta DIR` (a prepared folder with
+sparse and dense schema features, e.g. the acceptance data of docs/feature-schema.md).
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch import nn
 from torchrec.models.dlrm import DLRM
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from models.batch import Batch, HistoryLayout
 from models.buckets import bucketize
 from models.dta import DecoupledTargetAttention
-
-NUM_DENSE, NUM_ITEMS, NUM_USERS, DIM = 4, 50, 20, 8
-BOUNDARIES = (-0.2, 0.0, 0.2, 0.4)  # M - 1 similarity cut points, from the training data
 
 
 class DLRMWithDTA(nn.Module):
     """DLRM whose dense input is [dense features; DTA interest over the item history].
+    forward(batch: models.batch.Batch) -> logits (B,)."""
 
-    forward(dense (B, F), sparse KJT for DLRM, history KJT with keys `item` (one per sample)
-    and `hist_item` (jagged), hist_sims (N,) aligned with `hist_item`) -> logits (B,).
-    """
-
-    def __init__(self, dlrm: DLRM, history_embeddings: EmbeddingCollection, dta: nn.Module):
+    def __init__(self, dlrm: DLRM, items: EmbeddingCollection, dta: nn.Module, boundaries):
         super().__init__()
-        self.dlrm = dlrm
-        self.history_embeddings = history_embeddings
-        self.dta = dta
-        self.register_buffer("boundaries", torch.tensor(BOUNDARIES))
+        self.dlrm, self.items, self.dta = dlrm, items, dta
+        self.register_buffer("boundaries", torch.as_tensor(boundaries, dtype=torch.float32))
 
-    def forward(
-        self,
-        dense_features: torch.Tensor,
-        sparse_features: KeyedJaggedTensor,
-        history_features: KeyedJaggedTensor,
-        hist_sims: torch.Tensor,
-    ) -> torch.Tensor:
-        embeddings = self.history_embeddings(history_features)
-        history = embeddings["hist_item"]
-        offsets, lengths = history.offsets().long(), history.lengths().long()
-        max_len = max(int(lengths.max()), 1)
-        pad = torch.ops.fbgemm.jagged_to_padded_dense
-        padded = pad(history.values(), [offsets], [max_len], 0.0)  # (B, L, D)
-        sims = pad(hist_sims.unsqueeze(-1), [offsets], [max_len], 0.0).squeeze(-1)  # (B, L)
-        mask = torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(-1)
-        buckets = bucketize(sims, self.boundaries)
-        interest = self.dta(embeddings["item"].values(), padded, mask, buckets)
-        dense = torch.cat([dense_features, interest], dim=-1)
-        return self.dlrm(dense, sparse_features).squeeze(-1)
+    def forward(self, batch: Batch) -> torch.Tensor:
+        embeddings = self.items(batch.sparse_features)  # item and hist_item share t_item
+        layout = HistoryLayout.of(embeddings["hist_item"])
+        sims = layout.pad(batch.hist_sims.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        interest = self.dta(
+            embeddings["item"].values(),
+            layout.pad(embeddings["hist_item"].values()),
+            layout.mask,
+            bucketize(sims, self.boundaries),
+        )
+        dense = torch.cat([batch.dense_features, interest], dim=-1)
+        return self.dlrm(dense, batch.pooled_features).squeeze(-1)
 
 
-def make_example_model(hidden_dim: int = 16, num_heads: int = 2) -> DLRMWithDTA:
-    """A small DLRM (user and item bags) with a DTA over the item history."""
+def make_model(data, dim: int = 8, hidden_dim: int = 16, num_heads: int = 2) -> DLRMWithDTA:
+    """DLRM over the data's pooled and dense schema features (one dimension for every bag,
+    as DLRM's interaction needs) plus DTA over its item history."""
+    schema = data.schema
     bags = EmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(
-                name="t_user_bag",
-                embedding_dim=DIM,
-                num_embeddings=NUM_USERS,
-                feature_names=["user"],
-            ),
-            EmbeddingBagConfig(
-                name="t_item_bag",
-                embedding_dim=DIM,
-                num_embeddings=NUM_ITEMS,
-                feature_names=["item"],
-            ),
+                name=name, embedding_dim=dim, num_embeddings=features[0].rows,
+                feature_names=[f.name for f in features],
+            )
+            for name, features in schema.pooled_tables().items()
         ]
-    )
+    )  # fmt: skip
     dlrm = DLRM(
         embedding_bag_collection=bags,
-        dense_in_features=NUM_DENSE + hidden_dim,
-        dense_arch_layer_sizes=[16, DIM],
+        dense_in_features=schema.num_dense + hidden_dim,
+        dense_arch_layer_sizes=[16, dim],
         over_arch_layer_sizes=[16, 1],
     )
     items = EmbeddingCollection(
         tables=[
             EmbeddingConfig(
-                name="t_item",
-                embedding_dim=DIM,
-                num_embeddings=NUM_ITEMS,
+                name="t_item", embedding_dim=dim, num_embeddings=data.vocab_sizes["item"],
                 feature_names=["item", "hist_item"],
             )
         ]
-    )
-    dta = DecoupledTargetAttention(DIM, DIM, hidden_dim, num_heads, num_buckets=len(BOUNDARIES) + 1)
-    return DLRMWithDTA(dlrm, items, dta)
+    )  # fmt: skip
+    boundaries = data.manifest["buckets"]["boundaries"]
+    dta = DecoupledTargetAttention(dim, dim, hidden_dim, num_heads, len(boundaries) + 1)
+    return DLRMWithDTA(dlrm, items, dta, boundaries)
 
 
-def example_batch(
-    batch_size: int = 8, max_history: int = 6, seed: int = 0
-) -> tuple[tuple[torch.Tensor, KeyedJaggedTensor, KeyedJaggedTensor, torch.Tensor], torch.Tensor]:
-    """Random inputs (dense, sparse, history, hist_sims) and labels; one history is empty."""
-    g = torch.Generator().manual_seed(seed)
-    ones = torch.ones(batch_size, dtype=torch.int32)
-    users = torch.randint(NUM_USERS, (batch_size,), generator=g)
-    items = torch.randint(NUM_ITEMS, (batch_size,), generator=g)
-    lengths = torch.randint(max_history + 1, (batch_size,), generator=g, dtype=torch.int32)
-    lengths[0] = 0
-    history = torch.randint(NUM_ITEMS, (int(lengths.sum()),), generator=g)
-    sparse = KeyedJaggedTensor.from_lengths_sync(
-        keys=["user", "item"], values=torch.cat([users, items]), lengths=torch.cat([ones, ones])
-    )
-    history_features = KeyedJaggedTensor.from_lengths_sync(
-        keys=["item", "hist_item"],
-        values=torch.cat([items, history]),
-        lengths=torch.cat([ones, lengths]),
-    )
-    hist_sims = torch.rand(history.shape[0], generator=g) * 2 - 1
-    dense = torch.randn(batch_size, NUM_DENSE, generator=g)
-    labels = torch.randint(2, (batch_size,), generator=g).float()
-    return (dense, sparse, history_features, hist_sims), labels
+def main(root: str, steps: int = 20) -> None:
+    from pipeline.data import PreparedData
 
-
-def main(steps: int = 5) -> None:
     torch.manual_seed(0)
-    model = make_example_model()
+    data = PreparedData(root)
+    model = make_model(data)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    inputs, labels = example_batch()
-    for step in range(steps):
-        loss = nn.functional.binary_cross_entropy_with_logits(model(*inputs), labels)
+    for step, batch in enumerate(data.reader("train", 256, shuffle=True)):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        print(f"step {step}: loss {loss.item():.4f}")
+        if step % 5 == 0:
+            print(f"step {step}: loss {loss.item():.4f}")
+        if step + 1 == steps:
+            break
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1])

@@ -19,9 +19,11 @@ from models.features import HIST_ITEM, USER
 class Batch(Pipelineable):
     """One batch of B samples.
 
-    sparse_features: KJT with keys `user`, `item` (one id per sample), `hist_item`
-        (jagged history, oldest first) and, when the data has categories, `category` and
-        `hist_category` (aligned with `hist_item`).
+    sparse_features: the sequence KJT (EmbeddingCollection) with keys `user`, `item`
+        (one id per sample), `hist_item` (jagged history, oldest first) and, when the data
+        has categories, `category` and `hist_category` (aligned with `hist_item`), then
+        each extra sequence feature of the schema (models/schema.py) as `NAME` (one per
+        sample) and `hist_NAME` (aligned with `hist_item`).
     hist_sims: (N,) float32, cosine similarity of each history item to its sample's
         target, aligned with `sparse_features["hist_item"].values()`.
     labels: (B,) float32.
@@ -30,6 +32,9 @@ class Batch(Pipelineable):
     hist_modality_sims: (N, K) float32, the similarities of each of the K separate
         modalities (FeatureSpec.modalities order), aligned like hist_sims; None when the
         items have one vector.
+    pooled_features: the pooled KJT (EmbeddingBagCollection), a key per sparse feature of
+        the schema (schema order), one or more ids per sample; None without any.
+    dense_features: (B, F) float32, the schema's dense features in order; None without.
 
     Implements what TrainPipelineSparseDist needs: `to`, `pin_memory`, `record_stream`.
     """
@@ -39,6 +44,8 @@ class Batch(Pipelineable):
     labels: torch.Tensor
     hist_times: torch.Tensor | None = None
     hist_modality_sims: torch.Tensor | None = None
+    pooled_features: KeyedJaggedTensor | None = None
+    dense_features: torch.Tensor | None = None
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -50,15 +57,23 @@ class Batch(Pipelineable):
             labels=self.labels.to(device=device, non_blocking=non_blocking),
             hist_times=move(self.hist_times),
             hist_modality_sims=move(self.hist_modality_sims),
+            pooled_features=(
+                None
+                if self.pooled_features is None
+                else self.pooled_features.to(device=device, non_blocking=non_blocking)
+            ),
+            dense_features=move(self.dense_features),
         )
 
     def record_stream(self, stream: torch.Stream) -> None:
         self.sparse_features.record_stream(stream)
         self.hist_sims.record_stream(stream)
         self.labels.record_stream(stream)
-        for t in (self.hist_times, self.hist_modality_sims):
+        for t in (self.hist_times, self.hist_modality_sims, self.dense_features):
             if t is not None:
                 t.record_stream(stream)
+        if self.pooled_features is not None:
+            self.pooled_features.record_stream(stream)
 
     def pin_memory(self) -> Batch:
         return Batch(
@@ -68,6 +83,12 @@ class Batch(Pipelineable):
             hist_times=None if self.hist_times is None else self.hist_times.pin_memory(),
             hist_modality_sims=(
                 None if self.hist_modality_sims is None else self.hist_modality_sims.pin_memory()
+            ),
+            pooled_features=(
+                None if self.pooled_features is None else self.pooled_features.pin_memory()
+            ),
+            dense_features=(
+                None if self.dense_features is None else self.dense_features.pin_memory()
             ),
         )
 

@@ -20,6 +20,8 @@ class ModelConfig:
         managed collision modules (models/collisions.py): an id unseen at prep time gets its
         own row (admitted every mc_eviction_interval training steps, LRU eviction) instead of
         the out-of-vocabulary row; tables keep the data's vocabulary sizes as capacity.
+    dense_dims: layers of the dense arch over the schema's dense features (models/pooled.py;
+        unused when the data has none).
     """
 
     embedding_dim: int = 32
@@ -31,3 +33,4 @@ class ModelConfig:
     dropout: float = 0.0
     managed_collisions: bool = False
     mc_eviction_interval: int = 100
+    dense_dims: list[int] = field(default_factory=lambda: [16])

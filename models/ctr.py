@@ -11,6 +11,13 @@ sequences of length 1, because the same table cannot be split between an
 EmbeddingBagCollection and an EmbeddingCollection without duplicating it, and
 EmbeddingCollection shards table-wise, row-wise and column-wise on CPU (gloo) and GPU.
 
+Schema features (models/schema.py, docs/feature-schema.md): extra *sequence* features
+(item attributes of target and history) are tables of the same EmbeddingCollection, joined
+to the item representation like the category; *sparse* (pooled) features are on an
+EmbeddingBagCollection (`models.pooled.PooledArch`, `CTRModel.pooled_arch`) and *dense*
+ones go through a dense arch; both are concatenated into the head after
+[interest, target, user] (`OverArch.side_input`).
+
 Table names are prefixed with `t_`: a table named like a module attribute fails to shard.
 `forward` only calls the two arches: TrainPipelineSparseDist traces it with torch.fx and
 treats the shard-free OverArch as a leaf, so everything data-dependent lives there.
@@ -27,14 +34,15 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
-from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from models.batch import Batch, HistoryLayout
 from models.buckets import bucketize
 from models.collisions import ManagedCollisions, managed_collection
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
 from models.interest import InterestArch, InterestInputs
-from models.mlp import MLP
+from models.mlp import MLP, DenseArch
+from models.pooled import PooledArch, pooled_dims
 from models.scorer import head_input, item_representation
 
 
@@ -87,6 +95,15 @@ class SparseArch(nn.Module):
                     feature_names=[CATEGORY, HIST_CATEGORY],
                 )
             )
+        for feature in spec.schema.extra_sequence:  # item attributes of target and history
+            tables.append(
+                EmbeddingConfig(
+                    name=feature.table,
+                    embedding_dim=embedding_dim,
+                    num_embeddings=rows(feature.rows),
+                    feature_names=[feature.name, feature.history_key],
+                )
+            )
         self.managed = mc is not None
         self.embedding_collection = (
             EmbeddingCollection(tables=tables, device=device)
@@ -101,11 +118,14 @@ class SparseArch(nn.Module):
 
 class OverArch(nn.Module):
     """Everything dense: pads the history, bucketizes similarities, runs the interest arch
-    and the head MLP over [interest, target, user].
+    and the head MLP over [interest, target, user, pooled features, dense arch output].
 
     embeddings: SparseArch output; hist_sims (N,) aligned with the history -> logits (B,);
     hist_times (N,) and hist_modality_sims (N, K), aligned likewise, when the data has them
-    (models/batch.py), padded into InterestInputs.times and .modality_sims.
+    (models/batch.py), padded into InterestInputs.times and .modality_sims; pooled: the
+    PooledArch output (KeyedTensor, values (B, P)) and dense (B, F), when the schema has
+    sparse or dense features. The item representation (target and history) is the item
+    embedding, then the category's and each extra sequence feature's (schema order).
     """
 
     def __init__(
@@ -116,22 +136,49 @@ class OverArch(nn.Module):
         mlp_dims: list[int],
         use_user_embedding: bool = True,
         dropout: float = 0.0,
+        dense_dims: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.has_categories = spec.has_categories
         self.use_user_embedding = use_user_embedding
         self.interest = interest
+        self.sequence_features = [f.name for f in spec.schema.extra_sequence]
+        self.schema = spec.schema  # what serving rebuilds the side input from
+        self.embedding_dim = embedding_dim
         self.register_buffer(
             "bucket_boundaries", torch.tensor(spec.bucket_boundaries, dtype=torch.float32)
         )
         item_dim = self.item_dim(embedding_dim, spec)
         head_in = interest.out_dim + item_dim + (embedding_dim if use_user_embedding else 0)
+        self.pooled_dim = sum(pooled_dims(spec.schema, embedding_dim))
+        self.dense_arch: DenseArch | None = None
+        if spec.schema.num_dense:
+            self.dense_arch = DenseArch(spec.schema.num_dense, list(dense_dims or [16]))
+            head_in += self.dense_arch.out_dim
+        head_in += self.pooled_dim
         self.head = MLP(head_in, [*mlp_dims, 1], dropout=dropout)
 
     @staticmethod
     def item_dim(embedding_dim: int, spec: FeatureSpec) -> int:
-        """Size of an item's representation: its id embedding, plus its category's."""
-        return embedding_dim * (2 if spec.has_categories else 1)
+        """Size of an item's representation: its id embedding, plus its category's and each
+        extra sequence feature's."""
+        return embedding_dim * (1 + int(spec.has_categories) + len(spec.schema.extra_sequence))
+
+    def side_input(
+        self, pooled: KeyedTensor | None, dense: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """(B, P + dense_dims[-1]): the pooled embeddings and the dense arch's output, what
+        the head reads after [interest, target, user]; None without either."""
+        parts = []
+        if self.pooled_dim:
+            if pooled is None:
+                raise ValueError("the model has pooled features: the batch has none")
+            parts.append(pooled.values())
+        if self.dense_arch is not None:
+            if dense is None:
+                raise ValueError("the model has dense features: the batch has none")
+            parts.append(self.dense_arch(dense))
+        return torch.cat(parts, dim=-1) if parts else None
 
     def interest_inputs(
         self,
@@ -146,6 +193,15 @@ class OverArch(nn.Module):
         if self.has_categories:
             target = item_representation(target, embeddings[CATEGORY].values())
             history = item_representation(history, layout.pad(embeddings[HIST_CATEGORY].values()))
+        if self.sequence_features:
+            target = torch.cat(
+                [target] + [embeddings[f].values() for f in self.sequence_features], dim=-1
+            )
+            history = torch.cat(
+                [history]
+                + [layout.pad(embeddings[f"hist_{f}"].values()) for f in self.sequence_features],
+                dim=-1,
+            )
         sims = layout.pad(hist_sims.unsqueeze(-1)).squeeze(-1)
         times = None if hist_times is None else layout.pad(hist_times.unsqueeze(-1)).squeeze(-1)
         modality_sims = None if hist_modality_sims is None else layout.pad(hist_modality_sims)
@@ -166,24 +222,45 @@ class OverArch(nn.Module):
         hist_sims: torch.Tensor,
         hist_times: torch.Tensor | None = None,
         hist_modality_sims: torch.Tensor | None = None,
+        pooled: KeyedTensor | None = None,
+        dense: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = self.interest_inputs(embeddings, hist_sims, hist_times, hist_modality_sims)
         user = embeddings[USER].values() if self.use_user_embedding else None
-        return self.head(head_input(self.interest(x), x.target, user)).squeeze(-1)
+        head_in = head_input(self.interest(x), x.target, user)
+        side = self.side_input(pooled, dense)
+        if side is not None:
+            head_in = torch.cat([head_in, side.to(head_in.dtype)], dim=-1)
+        return self.head(head_in).squeeze(-1)
 
 
 class CTRModel(nn.Module):
-    """SparseArch + OverArch. forward(batch) -> logits (B,)."""
+    """SparseArch (+ PooledArch when the schema has sparse features) + OverArch.
+    forward(batch) -> logits (B,)."""
 
-    def __init__(self, sparse_arch: SparseArch, over_arch: OverArch) -> None:
+    def __init__(
+        self, sparse_arch: SparseArch, over_arch: OverArch, pooled_arch: PooledArch | None = None
+    ) -> None:
         super().__init__()
         self.sparse_arch = sparse_arch
         self.over_arch = over_arch
+        self.pooled_arch = pooled_arch
+
+    def pooled(self, batch: Batch) -> KeyedTensor | None:
+        """The pooled embeddings of the batch's sparse features (None without a PooledArch)."""
+        if self.pooled_arch is None:
+            return None
+        return self.pooled_arch(batch.pooled_features)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         embeddings = self.sparse_arch(batch.sparse_features)
         return self.over_arch(
-            embeddings, batch.hist_sims, batch.hist_times, batch.hist_modality_sims
+            embeddings,
+            batch.hist_sims,
+            batch.hist_times,
+            batch.hist_modality_sims,
+            self.pooled(batch),
+            batch.dense_features,
         )
 
 
@@ -220,6 +297,8 @@ def penalised_features(over_arch: OverArch) -> list[str]:
     features += [ITEM, HIST_ITEM]
     if over_arch.has_categories:
         features += [CATEGORY, HIST_CATEGORY]
+    for name in over_arch.sequence_features:
+        features += [name, f"hist_{name}"]
     return features
 
 
@@ -253,7 +332,12 @@ class CTRTask(nn.Module):
             # CTRModel.forward's two calls, made here so the penalty sees the embeddings.
             embeddings = self.model.sparse_arch(batch.sparse_features)
             logits = self.model.over_arch(
-                embeddings, batch.hist_sims, batch.hist_times, batch.hist_modality_sims
+                embeddings,
+                batch.hist_sims,
+                batch.hist_times,
+                batch.hist_modality_sims,
+                self.model.pooled(batch),
+                batch.dense_features,
             ).float()
         loss = self.loss_fn(logits, batch.labels)
         auxiliary = self.model.over_arch.interest.pop_auxiliary_loss()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.schema import DEFAULT_SCHEMA, FeatureSchema
+
 USER, ITEM, HIST_ITEM = "user", "item", "hist_item"
 CATEGORY, HIST_CATEGORY = "category", "hist_category"
 
@@ -25,6 +27,9 @@ class FeatureSpec:
     # "text")), in the order of the batch's hist_modality_sims columns; () when the items
     # have one vector (item_mm, whose similarities are hist_sims).
     modalities: tuple[str, ...] = ()
+    # The feature schema (models/schema.py, the manifest's "features"): the default one
+    # is today's four keys; an extended one adds pooled, dense and sequence features.
+    schema: FeatureSchema = DEFAULT_SCHEMA
 
     @property
     def num_modalities(self) -> int:

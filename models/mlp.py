@@ -1,7 +1,8 @@
-"""A plain MLP: Linear + activation, stacked."""
+"""A plain MLP: Linear + activation, stacked; and the dense features' arch built of one."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -28,3 +29,17 @@ class MLP(nn.Sequential):
                     layers.append(nn.Dropout(dropout))
             in_dim = out_dim
         super().__init__(*layers)
+
+
+class DenseArch(nn.Module):
+    """The dense features (B, F) -> (B, dims[-1]): an MLP with a ReLU after every layer,
+    the structure of torchrec DLRM's DenseArch (torch-only, so the serving scorer holds it
+    without torchrec)."""
+
+    def __init__(self, num_dense: int, dims: list[int]) -> None:
+        super().__init__()
+        self.out_dim = dims[-1]
+        self.mlp = MLP(num_dense, dims, final_activation=True)
+
+    def forward(self, dense: torch.Tensor) -> torch.Tensor:
+        return self.mlp(dense)

@@ -18,6 +18,12 @@ to torch.export, so the two exported programs share one copy of the tables.
 ID tables can be stored in reduced precision (`table_dtype`): fp16, or int8 row-wise with
 an fp16 scale and bias per row (`quantize_table`, the layout of torchrec's / fbgemm's
 8-bit row-wise quantized embeddings); rows are dequantized to fp32 at lookup.
+
+Feature schema (models/schema.py): the extra sequence features join the item
+representation (`sequence_table`, `item_sequence`), and the pooled and dense features are
+`side` (models/side_features.py): the user's encoded in `encode_user`, the request's
+context set in the state by the caller (`state["context"]`, `state["context_dense"]`),
+the candidates' looked up per candidate, appended to the head's input as in training.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import Tensor, nn
 from models import cpu_ops
 from models.buckets import Bucketizer
 from models.interest import InterestArch, InterestInputs, State
+from models.side_features import SideFeatures, side_features_from_model
 
 TABLE_DTYPES = ("fp32", "fp16", "int8")
 # The keys of CTRScorer.tables(): the ID tables with their int8 row parameters (empty
@@ -190,7 +197,12 @@ class CTRScorer(nn.Module):
         per_candidate: bool = False,
         chunk: int = 2048,
         table_dtype: str = "fp32",
+        side: SideFeatures | None = None,
+        sequence: tuple[Tensor, Tensor] | None = None,
     ) -> None:
+        """side: the schema's pooled and dense features (`side_features_from_model`);
+        sequence: (table (R, E), item -> rows (I, Ks)) of the schema's extra sequence
+        features (item attributes joined to the item representation)."""
         super().__init__()
         if not servable(interest):
             raise ValueError(
@@ -224,6 +236,11 @@ class CTRScorer(nn.Module):
         self.needs_sims: bool = interest.needs_sims or interest.needs_buckets
         self.needs_buckets: bool = interest.needs_buckets
         self.chunk = chunk
+        self.side = side if side is not None else SideFeatures()
+        table, rows = sequence if sequence is not None else (torch.zeros(0, 0), torch.zeros(0, 0))
+        self.register_buffer("sequence_table", table.detach().float().contiguous())
+        self.register_buffer("item_sequence", rows.long())
+        self.num_sequence: int = int(rows.shape[1]) if rows.dim() == 2 else 0
 
     # ------------------------------------------------------------------ the tables
     @torch.jit.export
@@ -253,15 +270,19 @@ class CTRScorer(nn.Module):
         """Item representations (N,) -> (N, D), as OverArch builds them."""
         dtype = tables["item_mm"].dtype  # the scorer's floating dtype
         emb = lookup(tables["item_table"], tables["item_table_qparams"], ids, dtype)
-        if not self.has_categories:
-            return emb
-        categories = lookup(
-            tables["category_table"],
-            tables["category_table_qparams"],
-            tables["item_category"].index_select(0, ids),
-            dtype,
-        )
-        return item_representation(emb, categories)
+        if self.has_categories:
+            categories = lookup(
+                tables["category_table"],
+                tables["category_table_qparams"],
+                tables["item_category"].index_select(0, ids),
+                dtype,
+            )
+            emb = item_representation(emb, categories)
+        if self.num_sequence:  # the schema's item attributes, in schema order
+            rows = self.item_sequence.index_select(0, ids).reshape(-1)
+            attributes = self.sequence_table.index_select(0, rows).to(dtype)
+            emb = torch.cat([emb, attributes.reshape(ids.shape[0], -1)], dim=-1)
+        return emb
 
     def items(self, ids: Tensor) -> Tensor:
         return self.items_with(self.tables(), ids)
@@ -283,6 +304,8 @@ class CTRScorer(nn.Module):
             tables["item_mm"].dtype,
         )
         state["user"] = user_row.reshape(-1)  # (E,)
+        if self.side.enabled:
+            state.update(self.side.encode(user))
         return state
 
     @torch.jit.export
@@ -322,7 +345,11 @@ class CTRScorer(nn.Module):
         user: Tensor | None = None
         if self.use_user_embedding:
             user = state["user"].expand(candidates.shape[0], state["user"].shape[0])
-        return torch.sigmoid(self.head(head_input(interest, target, user)).squeeze(-1))
+        head_in = head_input(interest, target, user)
+        if self.side.enabled:
+            side = self.side.candidates(state, candidates).to(head_in.dtype)
+            head_in = torch.cat([head_in, side], dim=-1)
+        return torch.sigmoid(self.head(head_in).squeeze(-1))
 
     def score_with(self, tables: dict[str, Tensor], state: State, candidates: Tensor) -> Tensor:
         if candidates.shape[0] <= self.chunk:
@@ -387,9 +414,14 @@ def scorer_from_model(
     per_candidate: bool = False,
     chunk: int = 2048,
     table_dtype: str = "fp32",
+    feature_tables: dict[str, np.ndarray] | None = None,
     cpu_kernels: bool = True,
 ) -> CTRScorer:
     """The serving scorer of a trained, unsharded CTRModel (eval mode, no gradients).
+
+    feature_tables: the prepared data's per-user and per-item feature tables
+    (`pipeline.data.PreparedData.feature_tables()`), needed when the model's schema has
+    pooled, dense or extra sequence features.
 
     item_mm (I, d_m): PreparedData.item_mm; item_category (I,): item_category.npy, needed
     when the model has categories. The scorer shares the model's interest arch and head.
@@ -406,6 +438,20 @@ def scorer_from_model(
     category = None
     if over.has_categories:
         category = torch.as_tensor(np.asarray(item_category), dtype=torch.long)
+    schema = getattr(over, "schema", None)
+    side = sequence = None
+    if schema is not None and schema.extended:
+        if feature_tables is None:
+            raise ValueError("the model has schema features: pass feature_tables")
+        side = side_features_from_model(model, feature_tables)
+        if schema.extra_sequence:
+            blocks, rows, base = [], [], 0
+            for feature in schema.extra_sequence:
+                weight = tables[feature.table].detach().float()
+                blocks.append(weight)
+                rows.append(np.asarray(feature_tables[f"item_{feature.name}"]) + base)
+                base += weight.shape[0]
+            sequence = (torch.cat(blocks), torch.as_tensor(np.stack(rows, axis=1)))
     scorer = CTRScorer(
         copy.deepcopy(over.interest),
         copy.deepcopy(over.head),
@@ -417,6 +463,8 @@ def scorer_from_model(
         per_candidate=per_candidate,
         chunk=chunk,
         table_dtype=table_dtype,
+        side=side,
+        sequence=sequence,
     )
     use_cpu_kernels(scorer, cpu_kernels)
     return scorer.eval().requires_grad_(False)

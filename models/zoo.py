@@ -22,6 +22,7 @@ from models.config import ModelConfig
 from models.ctr import CTRModel, OverArch, SparseArch
 from models.features import FeatureSpec
 from models.interest import InterestArch
+from models.pooled import PooledArch
 
 InterestBuilder = Callable[[Any, int, FeatureSpec], InterestArch]
 
@@ -73,6 +74,14 @@ def build_model(
     config = config or make_config(name)
     item_dim = OverArch.item_dim(config.embedding_dim, spec)
     interest = MODELS[name][1](config, item_dim, spec)
+    pooled = None
+    if spec.schema.pooled:
+        if config.managed_collisions:
+            raise ValueError(
+                "managed collisions cover the EmbeddingCollection's ids; the schema's pooled "
+                "features are vocabulary or hashed indices: train them without managed collisions"
+            )
+        pooled = PooledArch(spec.schema, config.embedding_dim, device=embedding_device)
     return CTRModel(
         SparseArch(
             spec,
@@ -91,5 +100,7 @@ def build_model(
             config.mlp_dims,
             config.use_user_embedding,
             config.dropout,
+            config.dense_dims,
         ),
+        pooled,
     )

@@ -193,6 +193,12 @@ class TrainConfig:
     fail_at_step: int | None = setting(
         None, help="testing: the last rank exits at this step, once (exercises --resume)"
     )
+    drop_features: str = setting(
+        "",
+        help="comma-separated features of the data's schema (docs/feature-schema.md) the "
+        "model leaves out (an ablation; the data keeps them)",
+        metavar="NAMES",
+    )
     model_args: dict[str, Any] = setting(
         {"embedding_dim": 16, "hidden_dim": 32, "num_heads": 4, "mlp_dims": [80, 40]},
         help="model setting, repeatable, JSON values: alpha=0.3, activity_gate=true, "

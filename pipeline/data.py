@@ -37,12 +37,14 @@ from data_prep.manifest import checksum as manifest_checksum
 from data_prep.manifest import listed_paths, load_manifest, verify_folder
 from models.batch import Batch
 from models.features import CATEGORY, HIST_CATEGORY, HIST_ITEM, ITEM, USER, FeatureSpec
+from models.schema import FeatureSchema, SchemaError, schema_from_dict
 from pipeline.loader import (
     NO_EXTRAS,
     Empty,
     HistoryExtras,
     MisalignedHistory,
     assemble,
+    columns_to_batch,
     concat_columns,
     iter_windows,
     num_rows,
@@ -177,12 +179,42 @@ class PreparedData:
             for entry in self.manifest.get("modalities") or []
         }
 
+    @cached_property
+    def schema(self) -> FeatureSchema:
+        """The feature schema the data was prepared with (manifest `features`, with the
+        vocabulary sizes data prep built); folders without one have the default schema
+        (without `category` when the items have none)."""
+        entry = self.manifest.get("features")
+        if entry is None:
+            return schema_from_dict({"features": [], "category": self.has_categories})
+        try:
+            return schema_from_dict(entry, f"{self.root / 'manifest.json'}: features")
+        except SchemaError as error:
+            raise DataError(str(error)) from None
+
+    def feature_tables(self) -> dict[str, np.ndarray]:
+        """The schema features' per-user and per-item tables (features/*.npy: `user_NAME`,
+        `user_NAME.offsets`, `item_NAME`), what serving looks the features up in."""
+        out = {}
+        for name in self.manifest.get("files", {}):
+            if name.startswith("features/") and name.endswith(".npy"):
+                out[name[len("features/") : -len(".npy")]] = np.load(self.path(name))
+        return out
+
+    def drop_features(self, *names: str) -> None:
+        """Leave the named schema features out of `schema`, the feature spec and the
+        readers (an ablation: the shards keep their columns). KeyError for an unknown name."""
+        try:
+            self.__dict__["schema"] = self.schema.without(*(n.strip() for n in names if n.strip()))
+        except KeyError as error:
+            raise DataError(f"{self.root}: {error.args[0]}") from None
+
     @property
     def history_extras(self) -> HistoryExtras:
-        """The history-aligned columns beyond hist_sims the shards carry and batches get:
-        the times (`history_times`, written by every job since it was added) and the
-        per-modality similarities."""
-        return HistoryExtras(times="history_times" in self.manifest, modalities=self.modalities)
+        """The columns beyond the built-in ones the shards carry and batches get: the times
+        (`history_times`, written by every job since it was added), the per-modality
+        similarities, and the schema's pooled, dense and sequence features."""
+        return extras_for(self.schema, "history_times" in self.manifest, self.modalities)
 
     def feature_spec(self) -> FeatureSpec:
         """What the model needs of this data: table sizes, bucket boundaries, modalities."""
@@ -193,6 +225,7 @@ class PreparedData:
             num_categories=sizes.get("category", 0),
             bucket_boundaries=tuple(self.manifest["buckets"]["boundaries"]),
             modalities=self.modalities,
+            schema=self.schema,
         )
 
     def split_files(self, split: str) -> list[Path]:
@@ -214,6 +247,20 @@ class PreparedData:
         )
 
 
+def extras_for(
+    schema: FeatureSchema, times: bool = False, modalities: tuple[str, ...] = ()
+) -> HistoryExtras:
+    """What a reader reads of data prepared with `schema` (`HistoryExtras`)."""
+    return HistoryExtras(
+        times=times,
+        modalities=modalities,
+        pooled=tuple(f.name for f in schema.pooled),
+        multi=tuple(f.name for f in schema.pooled if f.multi_valued),
+        dense=tuple(f.name for f in schema.dense),
+        sequence=tuple(f.name for f in schema.extra_sequence),
+    )
+
+
 @dataclass(frozen=True)
 class _RowGroup:
     file: Path
@@ -226,6 +273,13 @@ def table_to_batch(
 ) -> Batch:
     """Sample rows (docs/data-format.md) -> Batch. Pure; used by reader and serving jobs.
     `extras`: also the times and per-modality similarities (`PreparedData.history_extras`)."""
+    if extras.has_features:
+        try:
+            return columns_to_batch(
+                table_columns(table, has_categories, extras), has_categories, extras
+            )
+        except MisalignedHistory as error:
+            raise DataError(str(error)) from None
     n = table.num_rows
     hist = table.column("hist_items").combine_chunks()
     lengths = np.diff(hist.offsets.to_numpy())
@@ -432,7 +486,7 @@ class ShardReader:
         need = ["user", "item", "label", "hist_items", "hist_sims"]
         if self.has_categories:
             need += ["category", "hist_categories"]
-        need += self.extras.source_columns()
+        need += self.extras.source_columns() + self.extras.row_columns()
         missing = [c for c in need if c not in table.column_names]
         if missing:
             raise DataError(f"{where}: no column {missing[0]!r}")
@@ -440,6 +494,10 @@ class ShardReader:
             tables = {"user": "user", "item": "item", "hist_items": "item"}
             if self.has_categories:
                 tables |= {"category": "category", "hist_categories": "category"}
+            for name in self.extras.pooled:
+                tables[name] = name
+            for name in self.extras.sequence:
+                tables |= {name: name, f"hist_{name}": name}
             for column, vocab in tables.items():
                 values = table.column(column)
                 if pa.types.is_list(values.type):

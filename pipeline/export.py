@@ -409,10 +409,22 @@ def export_model(
     """
     scorer = scorer_from_model(
         model, data.item_mm, item_categories(data), per_candidate=per_candidate,
-        table_dtype=table_dtype,
+        table_dtype=table_dtype, feature_tables=data.feature_tables(),
     )  # fmt: skip
     info = {"data_checksum": data.checksum, "max_history": data.max_history, **(metadata or {})}
+    context = context_columns(data.schema)
+    if context["sparse"] or context["dense"]:  # the request's context columns (score_requests)
+        info["context"] = context
     return export_scorer(scorer, path, info, kind)
+
+
+def context_columns(schema: Any) -> dict[str, Any]:
+    """The schema's event features a request carries: sparse ones (name, table rows), in
+    `state["context"]` order, and dense ones (names), in `state["context_dense"]` order."""
+    return {
+        "sparse": [[f.name, f.rows] for f in schema.pooled if f.source == "event"],
+        "dense": [f.name for f in schema.dense if f.source == "event"],
+    }
 
 
 def load_trained_model(
@@ -444,6 +456,9 @@ def load_trained_model(
             f"{data.root}: its manifest checksum {data.checksum[:12]} is not the one the run "
             f"trained on ({str(recorded)[:12]}, {metrics_path}); pass the run's data folder"
         )
+    dropped = (result.get("config") or {}).get("drop_features")
+    if dropped:  # the run left these schema features out (pipeline.train --drop-features)
+        data.drop_features(*dropped.split(","))
     model = build_model(name, data.feature_spec(), make_config(name, model_config))
     checkpoints = Checkpointer(run_dir / "checkpoints")
     latest = checkpoints.latest()  # verified against its checksums before anything is unpickled

@@ -65,23 +65,43 @@ class MisalignedHistory(ValueError):
 
 @dataclass(frozen=True)
 class HistoryExtras:
-    """Optional history-aligned columns read into the batch (docs/data-format.md).
+    """Optional columns read into the batch (docs/data-format.md, docs/feature-schema.md).
 
     times: read `hist_ts_delta` (int64 seconds) into Batch.hist_times (float32).
     modalities: read `hist_sims_<name>` of each into Batch.hist_modality_sims (N, K), in
         this order (the manifest's `modalities`, FeatureSpec.modalities).
+    pooled: the schema's sparse features (models/schema.py), in schema order, read into
+        Batch.pooled_features (one KJT, key per feature); `multi`: those of them whose
+        shard column is a list.
+    dense: the schema's dense features, read into Batch.dense_features (B, F) in order.
+    sequence: the schema's extra sequence features (item attributes beyond `category`):
+        columns NAME (B,) and hist_NAME (N,) become keys NAME and hist_NAME of
+        Batch.sparse_features, after the built-in keys.
     """
 
     times: bool = False
     modalities: tuple[str, ...] = ()
+    pooled: tuple[str, ...] = ()
+    multi: tuple[str, ...] = ()
+    dense: tuple[str, ...] = ()
+    sequence: tuple[str, ...] = ()
 
     def source_columns(self) -> list[str]:
-        """The shard columns these need."""
+        """The history-aligned shard columns these need."""
         times = ["hist_ts_delta"] if self.times else []
-        return times + [f"hist_sims_{name}" for name in self.modalities]
+        seq = [f"hist_{name}" for name in self.sequence]
+        return times + [f"hist_sims_{name}" for name in self.modalities] + seq
+
+    def row_columns(self) -> list[str]:
+        """The per-sample shard columns of the schema's features."""
+        return [*self.pooled, *self.dense, *self.sequence]
+
+    @property
+    def has_features(self) -> bool:
+        return bool(self.pooled or self.dense or self.sequence)
 
     def __bool__(self) -> bool:
-        return self.times or bool(self.modalities)
+        return self.times or bool(self.modalities) or self.has_features
 
 
 NO_EXTRAS = HistoryExtras()
@@ -116,7 +136,21 @@ def table_columns(
         if not np.array_equal(np.diff(column.offsets.to_numpy()), lengths):
             raise MisalignedHistory(f"{name} is not aligned with hist_items")
         key = "hist_times" if name == "hist_ts_delta" else name
-        cols[key] = _numpy(column.flatten(), DTYPES.get(name, np.float32))
+        dtype = np.int64 if name[len("hist_") :] in extras.sequence else np.float32
+        cols[key] = _numpy(column.flatten(), DTYPES.get(name, dtype))
+    for name in extras.pooled:
+        column = table.column(name)
+        if name in extras.multi:
+            column = column.combine_chunks()
+            cols[f"fl:{name}"] = np.diff(column.offsets.to_numpy()).astype(np.int32)
+            cols[f"fv:{name}"] = _numpy(column.flatten(), np.int64)
+        else:
+            cols[f"fl:{name}"] = np.ones(table.num_rows, np.int32)
+            cols[f"fv:{name}"] = _numpy(column, np.int64)
+    for name in extras.dense:
+        cols[f"d:{name}"] = _numpy(table.column(name), np.float32)
+    for name in extras.sequence:
+        cols[f"s:{name}"] = _numpy(table.column(name), np.int64)
     return cols
 
 
@@ -150,12 +184,36 @@ def concat_columns(parts: Sequence[Columns], empty: Empty = _empty) -> Columns:
     return out
 
 
+# Per-sample columns of the schema's features (HistoryExtras): `fl:NAME` (B,) int32 the
+# number of values of pooled feature NAME, `fv:NAME` its values (flat, sample after
+# sample), `d:NAME` (B,) float32 dense, `s:NAME` (B,) int64 the target's sequence feature
+# (its history values are the history key hist_NAME).
+ROW_PREFIXES = ("fl:", "d:", "s:")
+
+
+def _row_keys(cols: Columns) -> list[str]:
+    return [k for k in cols if k in ROW_COLUMNS or k.startswith(ROW_PREFIXES)]
+
+
+def _ragged_index(lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The flat positions of the values of `rows`, in row order, of a ragged column whose
+    rows have `lengths` (B,)."""
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    taken = lengths[rows].astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(taken)[:-1]]).astype(np.int64)
+    return np.repeat(offsets[rows] - starts, taken) + np.arange(taken.sum(), dtype=np.int64)
+
+
 def slice_rows(cols: Columns, lo: int, hi: int) -> Columns:
     """Rows lo..hi-1 as views (offsets rebased to 0)."""
     offsets = cols["hist_offsets"]
     a, b = int(offsets[lo]), int(offsets[hi])
-    out = {k: cols[k][lo:hi] for k in ROW_COLUMNS if k in cols}
+    out = {k: cols[k][lo:hi] for k in _row_keys(cols)}
     out.update({k: cols[k][a:b] for k in _history_keys(cols)})
+    for key in [k for k in cols if k.startswith("fl:")]:
+        lengths = cols[key]
+        first, last = int(lengths[:lo].sum()), int(lengths[:hi].sum())
+        out["fv:" + key[3:]] = cols["fv:" + key[3:]][first:last]
     out["hist_offsets"] = offsets[lo : hi + 1] - a
     return out
 
@@ -171,6 +229,56 @@ def _extras_of(cols: Columns, extras: HistoryExtras) -> dict[str, torch.Tensor |
     return {"hist_times": times, "hist_modality_sims": sims}
 
 
+def feature_tensors(
+    cols: Columns, hist_lengths: np.ndarray, extras: HistoryExtras
+) -> dict[str, np.ndarray]:
+    """The schema features of Columns `cols` (rows of one batch, history entries of those
+    rows only) as the arrays of a batch: `pv`/`pl` the pooled KJT's values and lengths
+    (key after key), `dense` (n, F) float32, `sv`/`sl` the sequence features' values and
+    lengths (NAME then hist_NAME, feature after feature) appended to the sequence KJT."""
+    n = num_rows(cols)
+    out: dict[str, np.ndarray] = {}
+    if extras.pooled:
+        out["pv"] = np.concatenate([cols[f"fv:{f}"] for f in extras.pooled]).astype(np.int64)
+        out["pl"] = np.concatenate([cols[f"fl:{f}"] for f in extras.pooled]).astype(np.int32)
+    if extras.dense:
+        out["dense"] = np.stack([cols[f"d:{f}"] for f in extras.dense], axis=1).astype(
+            np.float32, copy=False
+        )
+    if extras.sequence:
+        values, lengths = [], []
+        for f in extras.sequence:
+            values += [cols[f"s:{f}"], cols[f"hist_{f}"]]
+            lengths += [np.ones(n, np.int32), hist_lengths.astype(np.int32)]
+        out["sv"] = np.concatenate(values).astype(np.int64)
+        out["sl"] = np.concatenate(lengths)
+    return out
+
+
+def _schema_batch_fields(
+    arrays: dict[str, np.ndarray], extras: HistoryExtras
+) -> dict[str, torch.Tensor | KeyedJaggedTensor | None]:
+    """Batch.pooled_features and .dense_features from `feature_tensors` arrays."""
+    pooled = dense = None
+    if extras.pooled:
+        pooled = KeyedJaggedTensor.from_lengths_sync(
+            keys=list(extras.pooled),
+            values=torch.from_numpy(arrays["pv"]),
+            lengths=torch.from_numpy(arrays["pl"]),
+        )
+    if extras.dense:
+        dense = torch.from_numpy(np.ascontiguousarray(arrays["dense"]))
+    return {"pooled_features": pooled, "dense_features": dense}
+
+
+def sequence_keys(has_categories: bool, extras: HistoryExtras) -> list[str]:
+    """The keys of Batch.sparse_features, in order."""
+    keys = [USER, ITEM, HIST_ITEM] + ([CATEGORY, HIST_CATEGORY] if has_categories else [])
+    for name in extras.sequence:
+        keys += [name, f"hist_{name}"]
+    return keys
+
+
 def columns_to_batch(
     cols: Columns, has_categories: bool, extras: HistoryExtras = NO_EXTRAS
 ) -> Batch:
@@ -178,15 +286,17 @@ def columns_to_batch(
     n = num_rows(cols)
     lengths = np.diff(cols["hist_offsets"]).astype(np.int32)
     ones = np.ones(n, np.int32)
-    keys = [USER, ITEM, HIST_ITEM]
     values = [cols["user"], cols["item"], cols["hist_items"]]
     key_lengths = [ones, ones, lengths]
     if has_categories:
-        keys += [CATEGORY, HIST_CATEGORY]
         values += [cols["category"], cols["hist_categories"]]
         key_lengths += [ones, lengths]
+    arrays = feature_tensors(cols, lengths, extras) if extras.has_features else {}
+    if extras.sequence:
+        values.append(arrays["sv"])
+        key_lengths.append(arrays["sl"])
     kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=keys,
+        keys=sequence_keys(has_categories, extras),
         values=torch.from_numpy(np.concatenate(values)),
         lengths=torch.from_numpy(np.concatenate(key_lengths)),
     )
@@ -195,6 +305,7 @@ def columns_to_batch(
         hist_sims=torch.from_numpy(np.ascontiguousarray(cols["hist_sims"])),
         labels=torch.from_numpy(np.ascontiguousarray(cols["label"])),
         **_extras_of(cols, extras),
+        **_schema_batch_fields(arrays, extras),
     )
 
 
@@ -204,7 +315,10 @@ def _gather(cols: Columns, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.
     lengths = offsets[rows + 1] - offsets[rows]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     index = np.repeat(offsets[rows] - starts, lengths) + np.arange(lengths.sum())
-    return {k: cols[k][rows] for k in ROW_COLUMNS if k in cols}, index
+    per = {k: cols[k][rows] for k in _row_keys(cols)}
+    for key in [k for k in cols if k.startswith("fl:")]:
+        per["fv:" + key[3:]] = cols["fv:" + key[3:]][_ragged_index(cols[key], rows)]
+    return per, index
 
 
 def window_batches(
@@ -291,11 +405,16 @@ def pack_window(
         if num_modalities:
             block = out["msims"][sm * num_modalities : (sm + m) * num_modalities]
             block = block.reshape(m, num_modalities)
-            for k, name in enumerate(extras.modalities):
-                block[:, k] = cols[f"hist_sims_{name}"][hist]
+            for j, name in enumerate(extras.modalities):
+                block[:, j] = cols[f"hist_sims_{name}"][hist]
         sm += m
         out["labels"][lb : lb + n] = per["label"]
         lb += n
+        if extras.has_features:
+            for key in extras.sequence:
+                per[f"hist_{key}"] = cols[f"hist_{key}"][hist]
+            for name, array in feature_tensors(per, lengths, extras).items():
+                out[f"feat{k}.{name}"] = _copy_into(empty, array)
     out["batches"] = index
     fragments = [(b, order[lo:hi]) for b, lo, hi, full in plan if not full]
     out["fragments"] = np.array([b for b, _ in fragments], np.int64)
@@ -308,21 +427,42 @@ def pack_window(
     return out
 
 
+def _copy_into(empty: Empty, array: np.ndarray) -> np.ndarray:
+    """`array` copied into an array from `empty` (shared memory in a worker), same shape."""
+    out = empty(array.size, array.dtype)
+    out[:] = array.reshape(-1)
+    return out.reshape(array.shape)
+
+
 def _batch_of(
     packed: dict[str, np.ndarray],
     row: np.ndarray,
     has_categories: bool,
     extras: HistoryExtras = NO_EXTRAS,
+    k: int = 0,
 ) -> Batch:
-    """Whole batch `row` of `packed["batches"]` as views of the window's arrays."""
+    """Whole batch `row` (the k-th) of `packed["batches"]` as views of the window's
+    arrays (the sequence KJT's values are one copy when the schema has sequence
+    features: the built-in keys' values, then theirs)."""
     _, n, m, v, ln, sm, lb = (int(x) for x in row)
-    keys = [USER, ITEM, HIST_ITEM] + ([CATEGORY, HIST_CATEGORY] if has_categories else [])
+    base = [USER, ITEM, HIST_ITEM] + ([CATEGORY, HIST_CATEGORY] if has_categories else [])
     per_row = 3 if has_categories else 2
-    size = per_row * n + (len(keys) - per_row) * m
+    size = per_row * n + (len(base) - per_row) * m
+    values = packed["values"][v : v + size]
+    lengths = packed["lengths"][ln : ln + len(base) * n]
+    arrays = {}
+    if extras.has_features:
+        prefix = f"feat{k}."
+        arrays = {key[len(prefix) :]: a for key, a in packed.items() if key.startswith(prefix)}
+        if "dense" in arrays:
+            arrays["dense"] = arrays["dense"].reshape(n, len(extras.dense))
+    if extras.sequence:
+        values = np.concatenate([values, arrays["sv"]])
+        lengths = np.concatenate([lengths, arrays["sl"]])
     kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=keys,
-        values=torch.from_numpy(packed["values"][v : v + size]),
-        lengths=torch.from_numpy(packed["lengths"][ln : ln + len(keys) * n]),
+        keys=sequence_keys(has_categories, extras),
+        values=torch.from_numpy(values),
+        lengths=torch.from_numpy(lengths),
     )
     times = sims = None
     if extras.times:
@@ -336,6 +476,7 @@ def _batch_of(
         labels=torch.from_numpy(packed["labels"][lb : lb + n]),
         hist_times=times,
         hist_modality_sims=sims,
+        **_schema_batch_fields(arrays, extras),
     )
 
 
@@ -358,11 +499,11 @@ def assemble(
     expected = start_batch
     pending: list[Columns] = []
     for packed in windows:
-        items = [(int(r[0]), "whole", r) for r in packed["batches"]]
+        items = [(int(r[0]), "whole", (k, r)) for k, r in enumerate(packed["batches"])]
         items += [(int(b), "fragment", j) for j, b in enumerate(packed["fragments"])]
         for b, kind, item in sorted(items, key=lambda x: x[0]):
             if kind == "whole":
-                batch = _batch_of(packed, item, has_categories, extras)
+                batch = _batch_of(packed, item[1], has_categories, extras, item[0])
             else:
                 pending.append(_fragment(packed, item))
                 if sum(num_rows(p) for p in pending) < bounds[b + 1] - bounds[b]:

@@ -243,9 +243,12 @@ def build_task(
     num_categories: int,
     boundaries: tuple[float, ...],
     device: torch.device,
+    schema: Any = None,
 ) -> tuple[nn.Module, str]:
     """The trainer's CTRTask for `config` with tables on the meta device and the embedding
-    optimizer the trainer would fuse on `device` attached (as `shard_model` does)."""
+    optimizer the trainer would fuse on `device` attached (as `shard_model` does).
+    schema: the data's feature schema (models/schema.py; None: the default four keys), whose
+    pooled features add the EmbeddingBagCollection's tables to the plan."""
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
     from models.ctr import CTRTask
@@ -253,6 +256,8 @@ def build_task(
     from models.zoo import build_model, make_config
 
     spec = FeatureSpec(num_users, num_items, num_categories, boundaries)
+    if schema is not None:
+        spec = FeatureSpec(num_users, num_items, num_categories, boundaries, schema=schema)
     model_config = make_config(config.model, config.model_args)
     model = build_model(config.model, spec, model_config, embedding_device=torch.device("meta"))
     opt_name = resolve_embedding_optimizer(config.embedding_optimizer, device)
@@ -262,9 +267,10 @@ def build_task(
             "unsharded, so there is no sharding plan to make; choose a fused one "
             f"({sorted(EMBEDDING_OPTIMIZERS)})"
         )
-    apply_optimizer_in_backward(
-        EMBEDDING_OPTIMIZERS[opt_name], model.sparse_arch.parameters(), {"lr": 0.01}
-    )
+    tables = list(model.sparse_arch.parameters())
+    if model.pooled_arch is not None:
+        tables += list(model.pooled_arch.parameters())
+    apply_optimizer_in_backward(EMBEDDING_OPTIMIZERS[opt_name], tables, {"lr": 0.01})
     return CTRTask(model), opt_name
 
 
@@ -373,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data and args.mean_history is not None:
         factors = pooling_factors_for(args.mean_history)
     categories = categories or 0
+    schema = data.schema if args.data else None
 
     device = torch.device(args.device)
     local = args.local_world_size or (
@@ -389,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         pooling_factors=factors,
         sharding_type=args.sharding_type,
     )
-    task, opt_name = build_task(config, users, items, categories, boundaries, device)
+    task, opt_name = build_task(config, users, items, categories, boundaries, device, schema)
     _, summary = plan_offline(task, inputs, args.torchrec_stats)
     print(
         f"model {config.model} (preset {config.preset}), global batch {config.batch_size}, "

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.mc_embedding import ManagedCollisionEmbeddingCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.types import (
@@ -165,10 +166,12 @@ def managed_tables(model: torch.nn.Module) -> set[str]:
 
 def sharders_for(model: torch.nn.Module) -> list:
     """The module sharders of `model`'s embedding collections: torchrec's managed-collision
-    sharder for a model with managed collisions, its EmbeddingCollection sharder else."""
+    sharder for a model with managed collisions, its EmbeddingCollection sharder else, and
+    its EmbeddingBagCollection sharder (the schema's pooled features, models/pooled.py):
+    one planner shards both collections."""
     if managed_tables(model):
         return [ManagedCollisionEmbeddingCollectionSharder()]
-    return [EmbeddingCollectionSharder()]
+    return [EmbeddingCollectionSharder(), EmbeddingBagCollectionSharder()]
 
 
 def constraints(

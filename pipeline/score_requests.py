@@ -18,6 +18,14 @@ coerced (a float id is rejected, not truncated). Reasons:
 | `padding_id` | id 0 (padding, never a real id) as user, history item or candidate |
 | `id_out_of_range` | an id outside the artifact's tables (map unknown raw ids to 1, OOV) |
 | `history_too_long` | more history items than the model was trained with (`max_history`) |
+| `bad_context` | a context column (below) null, of the wrong type, out of its table or not finite |
+
+Context columns: an artifact of a model whose feature schema has event (context)
+features lists them in serving.json's `context` (docs/feature-schema.md): one integer
+column per sparse one (its prepared index, 1 for unknown) and one float column per dense
+one (the raw value; the scorer applies the schema's transform). They are set in the state
+(`state["context"]`, `state["context_dense"]`) between `encode_user` and `score`; the
+user's features come from the artifact's tables, the candidates' per candidate.
 
 The user side (`encode_user`) is computed once per request; the candidates are scored in
 the scorer's batches. The artifact may be of any format of pipeline/artifact.py (`pt2`,
@@ -206,11 +214,50 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
+def context_arrays(
+    requests: pa.Table, context: dict[str, Any] | None, rejects: _Rejects
+) -> tuple[np.ndarray, np.ndarray]:
+    """The context columns (serving.json `context`) -> (sparse (N, Ks) int64, dense (N, Fd)
+    float32); bad rows go to `rejects` (`bad_context`); a missing column is a RequestError."""
+    n = requests.num_rows
+    context = context or {"sparse": [], "dense": []}
+    names = [name for name, _ in context["sparse"]] + list(context["dense"])
+    missing = [name for name in names if name not in requests.column_names]
+    if missing:
+        raise RequestError(f"requests lack the artifact's context columns {missing}")
+    sparse = np.ones((n, len(context["sparse"])), dtype=np.int64)
+    for k, (name, rows) in enumerate(context["sparse"]):
+        column = requests.column(name).combine_chunks()
+        if not pa.types.is_integer(column.type):
+            rejects.add(
+                np.arange(n), "bad_context", f"{name} is {column.type}, an integer expected"
+            )
+            continue
+        values = column.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        bad = (values < 0) | (values >= rows)
+        rejects.add(np.flatnonzero(bad), "bad_context",
+                    lambda row, name=name, values=values, rows=rows:
+                    f"{name} {values[row]} is null or outside its table [0, {rows})")  # fmt: skip
+        sparse[:, k] = np.where(bad, 1, values)
+    dense = np.zeros((n, len(context["dense"])), dtype=np.float32)
+    for k, name in enumerate(context["dense"]):
+        column = requests.column(name).combine_chunks()
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            rejects.add(np.arange(n), "bad_context", f"{name} is {column.type}, a number expected")
+            continue
+        values = column.cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+        bad = ~np.isfinite(values)
+        rejects.add(np.flatnonzero(bad), "bad_context", f"{name} is null or not finite")
+        dense[:, k] = np.where(bad, 0.0, values)
+    return sparse, dense
+
+
 def score_table(
     scorer: Any,
     requests: pa.Table,
     rejects: list[dict[str, Any]] | None = None,
     max_history: int | None = None,
+    context: dict[str, Any] | None = None,
 ) -> pa.Table:
     """Score every valid request of `requests`; returns (request_id, candidate, score).
 
@@ -219,6 +266,8 @@ def score_table(
     """
     num_items, num_users = table_sizes(scorer)
     found, parsed = validate(requests, num_users, num_items, max_history)
+    context_sparse, context_dense = context_arrays(requests, context, found)
+    with_context = bool(context) and bool(context["sparse"] or context["dense"])
     for row in np.flatnonzero(found.bad):
         request_id = requests.column("request_id")[int(row)].as_py()
         entry = {
@@ -253,6 +302,9 @@ def score_table(
             state = scorer.encode_user(
                 hist_t[hist_off[i] : hist_off[i + 1]], torch.tensor(users[i])
             )
+            if with_context:  # the request's context features (module docstring)
+                state["context"] = torch.from_numpy(context_sparse[i])
+                state["context_dense"] = torch.from_numpy(context_dense[i])
             out_scores.append(scorer.score(state, cands_t[lo:hi]).numpy().astype(np.float32))
             out_cands.append(cands[lo:hi])
             out_rows.append(np.full(hi - lo, i, dtype=np.int64))
@@ -289,7 +341,9 @@ def run(
         raise RequestError(f"{requests}: not a readable Parquet file ({error})") from None
     rejected: list[dict[str, Any]] | None = None if strict else []
     start = time.perf_counter()
-    result = score_table(scorer, table, rejected, metadata.get("max_history"))
+    result = score_table(
+        scorer, table, rejected, metadata.get("max_history"), metadata.get("context")
+    )
     elapsed = time.perf_counter() - start
     rejected = rejected or []
     rejects_path = rejects_path or out.with_name(out.stem + ".rejects.jsonl")

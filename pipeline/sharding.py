@@ -159,9 +159,11 @@ def shard_model(
                 "collisions need sharded tables: use a fused embedding optimizer"
             )
         return _replicate_model(task, env, opt_name, embedding_lr, dense_optimizer)
-    apply_optimizer_in_backward(
-        EMBEDDING_OPTIMIZERS[opt_name], sparse.parameters(), {"lr": embedding_lr}
-    )
+    tables = list(sparse.parameters())
+    pooled = getattr(task.model, "pooled_arch", None)
+    if pooled is not None:  # the EmbeddingBagCollection's tables: the same fused optimizer
+        tables += list(pooled.parameters())
+    apply_optimizer_in_backward(EMBEDDING_OPTIMIZERS[opt_name], tables, {"lr": embedding_lr})
     plan = plan_sharding(task, env, settings.sharding_type, batch_size, pooling_factors)
     model = DistributedModelParallel(
         module=task, device=env.device, plan=plan, sharders=sharders_for(task)
@@ -185,6 +187,11 @@ def _replicate_model(
     does not use, as the user table with use_user_embedding=false), a regular optimizer
     for the tables and the dense optimizer for the rest."""
     sparse = task.model.sparse_arch
+    if getattr(task.model, "pooled_arch", None) is not None:
+        raise ValueError(
+            f"embedding optimizer {opt_name!r} replicates the EmbeddingCollection's tables; "
+            "the schema's pooled features (EmbeddingBagCollection) need a fused (sharded) one"
+        )
     if getattr(sparse, "managed", False):
         raise ValueError(
             f"embedding optimizer {opt_name!r} replicates plain EmbeddingCollection tables; "

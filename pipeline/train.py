@@ -238,6 +238,8 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
     split's built once), the learning-rate schedule, and the state of a resumed run."""
     batch_size = config.per_rank_batch_size(env.world_size)  # config.batch_size is global
     eval_batch_size = config.per_rank_eval_batch_size(env.world_size)
+    if config.drop_features:
+        data.drop_features(*config.drop_features.split(","))
     spec = data.feature_spec()
     model_config = make_config(config.model, config.model_args)
     # Tables are allocated on the meta device and materialised shard by shard by DMP, so
@@ -704,6 +706,7 @@ def finish(run: Run) -> dict[str, Any]:
             "world_size": run.env.world_size,
             "device": str(run.env.device),
             "embedding_optimizer": run.embedding_optimizer,
+            "sharding_plan": plan_record(run.dmp),
             "data": {"path": str(run.data.root), "manifest_checksum": run.data.checksum},
             "config": run.config.to_dict(),
             "model_config": dataclasses.asdict(run.model_config),
@@ -714,6 +717,20 @@ def finish(run: Run) -> dict[str, Any]:
     else:
         write_valid_only_result(result, run)
     return result
+
+
+def plan_record(dmp: DistributedModelParallel) -> dict[str, dict[str, str]]:
+    """The sharding plan the run trained with: sharded module (the EmbeddingCollection,
+    the schema's EmbeddingBagCollection) -> table -> "sharding type / compute kernel";
+    empty when nothing is sharded (a dense embedding optimizer)."""
+    plan = getattr(dmp, "plan", None)
+    return {
+        module: {
+            table: f"{p.sharding_type} / {p.compute_kernel}"
+            for table, p in getattr(params, "items", lambda: [])()
+        }
+        for module, params in (plan.plan.items() if plan is not None else [])
+    }
 
 
 def write_valid_only_result(result: dict[str, Any], run: Run) -> None:

@@ -290,23 +290,6 @@ def test_unknown_model_arg_is_an_error() -> None:
         make_config("din", {"alpha": 0.3})
 
 
-def test_dlrm_with_dta_example_trains() -> None:
-    from examples.dlrm_with_dta import example_batch, make_example_model
-
-    torch.manual_seed(0)
-    model = make_example_model()
-    inputs, labels = example_batch(batch_size=6)
-    logits = model(*inputs)
-    assert logits.shape == (6,)
-    torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).backward()
-    for pname in ("dta.w_k.weight", "dta.bucket_key.weight", "dta.bucket_value.weight"):
-        assert model.get_parameter(pname).grad.abs().sum() > 0, pname
-    history_table = model.history_embeddings.embeddings["t_item"].weight
-    assert history_table.grad.abs().sum() > 0
-    for param in model.dlrm.parameters():
-        assert param.grad is not None
-
-
 def test_model_table_counts_ta_exactly() -> None:
     from scripts.model_table import Setting, measure
 
