@@ -375,6 +375,9 @@ class DMAEInterest(InterestArch):
         self.num_modalities = num_modalities
         # With one modality DMAE reads the item vector's similarities (`sims`) only.
         self.needs_modality_sims = num_modalities > 1
+        # Serving passes the behaviours' times only when the forward reads them (the
+        # recency rank of `time_encoding="position"` is the slot order).
+        self.needs_times = time_encoding != "position"
         self.interest_dim = interest_dim
         self.out_dim = hidden_dim + num_modalities * interest_dim
         self.use_positions = time_encoding == "position"
