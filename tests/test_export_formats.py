@@ -487,6 +487,33 @@ def test_dmae_artifacts_score_as_the_training_forward(
     with pytest.raises(ValueError, match="hist_times"):
         scorer.encode_user(torch.tensor([3, 4]), torch.tensor(2))
 
+    # The batch scoring job reads hist_ts_delta for it, and rejects rows without usable times.
+    rows = {
+        "request_id": ["ok", "none", "short", "negative", "nan"],
+        "user": [3, 4, 5, 6, 7],
+        "hist_items": [[2, 5, 9], [2], [4, 5], [6], [7]],
+        "candidates": [[4, 5, 6], [2], [7], [8], [9]],
+    }
+    times = pa.array([[172800, 86400, 60], None, [5], [-1], [float("nan")]], pa.list_(pa.float64()))
+    table = pa.table({k: pa.array(v) for k, v in rows.items()}).append_column("hist_ts_delta", times)
+    for name, requests_table in (("with", table), ("without", table.drop(["hist_ts_delta"]))):
+        requests_path, out = tmp_path / f"{name}.parquet", tmp_path / f"{name}.scores.parquet"
+        pq.write_table(requests_table, requests_path)
+        argv = ["--artifact", paths["dmae/pt2"], "--requests", str(requests_path), "--out", str(out)]
+        assert score_requests.main(argv) == 0
+        rejects = [json.loads(line) for line in out.with_name(f"{name}.scores.rejects.jsonl").open()]
+        reasons = {r["request_id"]: r["reason"] for r in rejects}
+        if name == "without":
+            assert set(reasons.values()) == {"missing_times"} and len(reasons) == 5
+            continue
+        assert reasons == {"none": "missing_times", "short": "times_misaligned",
+                           "negative": "bad_time", "nan": "bad_time"}  # fmt: skip
+        state = scorer.encode_user(torch.tensor([2, 5, 9]), torch.tensor(3),
+                                   torch.tensor([172800.0, 86400.0, 60.0]))  # fmt: skip
+        want = scorer.score(state, torch.tensor([4, 5, 6]))
+        got = torch.tensor(pq.read_table(out).column("score").to_pylist())
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
 
 @pytest.mark.slow
 def test_dmae_aoti_package_in_a_fresh_process(
