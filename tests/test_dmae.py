@@ -557,3 +557,18 @@ def test_two_rank_sharded_dmae_equals_unsharded(tmp_path: Path) -> None:
         assert result["auxiliary"][0] > 0
         np.testing.assert_allclose(result["loss"][0], result["loss"][1], rtol=1e-5)
         np.testing.assert_allclose(result["auxiliary"][0], result["auxiliary"][1], rtol=1e-5)
+
+
+def test_bench_dmae_serving_runs_and_reports_the_ratio_to_dmf(tmp_path: Path) -> None:
+    """pipeline/bench_dmae.py (serving part, eager) on a tiny two-modality dataset."""
+    from pipeline import bench_dmae
+
+    root = write_prepared(tmp_path / "data", categories=True, seed=5, modalities=TWO, times=True)
+    np.save(root / "item_category.npy", np.random.default_rng(0).integers(2, 5, size=30))
+    out = tmp_path / "bench.json"
+    argv = ["--data", str(root), "--train-steps", "0", "--requests", "4", "--candidates", "6",
+            "--rounds", "1", "--formats", "eager", "--json", str(out)]  # fmt: skip
+    assert bench_dmae.main(argv) == 0
+    rows = {(r["model"], r["format"]): r for r in json.loads(out.read_text())["serving"]}
+    assert set(rows) == {("dmf", "eager"), ("dmae", "eager")}
+    assert rows[("dmf", "eager")]["x_dmf"] == 1.0 and rows[("dmae", "eager")]["p50_ms"] > 0
