@@ -69,11 +69,15 @@ with the target and user embeddings (models/ctr.py).
 
 Serving (models/scorer.py): DMAE is target-dependent on both sides (DIN's activation unit
 reads target and history together; MIEU encodes the candidate's similarities), so it is
-served per candidate, by its training forward (`caches_user = False`). What is cached per
-request is the user's side of the inputs: the history's item representations, its
-per-modality vectors (transposed, for one matrix product per modality per chunk of
-candidates) and its time deltas; per candidate: K similarity rows, MIEU (L K), the
-window attention (L (2 window + 1) K), the cross-attention (L K) and DIN (L).
+served per candidate, by its training forward (`caches_user = False`). The behaviours' times
+are a request input (`encode_user(hist_items, user, hist_times)`, `needs_times`; not with
+`time_encoding="position"`); with K >= 2 modalities the scorer computes the (B, L, K)
+similarities from the per-modality tables it holds (`item_mm_modalities`,
+`needs_modality_sims`). Cached per request (the user's state): the history's item
+representations, its vectors of the item table and of each modality (transposed, one
+matrix product per modality per chunk of candidates) and its time deltas; per candidate:
+K similarity rows, MIEU (L K), the window attention (L (2 window + 1) K), the
+cross-attention (L K) and DIN (L).
 """
 
 from __future__ import annotations
