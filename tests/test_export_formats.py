@@ -456,9 +456,7 @@ def dmae_expected(model, data: PreparedData, reqs: list) -> list:
         model, data.item_mm, np.load(data.root / "item_category.npy"),
         modality_mm=data.modality_mm,
     )  # fmt: skip
-    return [
-        served_and_training_ctr(scorer, model, data, h, t, u, c)[1] for h, u, c, t in reqs
-    ]
+    return [served_and_training_ctr(scorer, model, data, h, t, u, c)[1] for h, u, c, t in reqs]
 
 
 def test_dmae_artifacts_score_as_the_training_forward(
@@ -495,13 +493,24 @@ def test_dmae_artifacts_score_as_the_training_forward(
         "candidates": [[4, 5, 6], [2], [7], [8], [9]],
     }
     times = pa.array([[172800, 86400, 60], None, [5], [-1], [float("nan")]], pa.list_(pa.float64()))
-    table = pa.table({k: pa.array(v) for k, v in rows.items()}).append_column("hist_ts_delta", times)
+    table = pa.table({k: pa.array(v) for k, v in rows.items()}).append_column(
+        "hist_ts_delta", times
+    )
     for name, requests_table in (("with", table), ("without", table.drop(["hist_ts_delta"]))):
         requests_path, out = tmp_path / f"{name}.parquet", tmp_path / f"{name}.scores.parquet"
         pq.write_table(requests_table, requests_path)
-        argv = ["--artifact", paths["dmae/pt2"], "--requests", str(requests_path), "--out", str(out)]
+        argv = [
+            "--artifact",
+            paths["dmae/pt2"],
+            "--requests",
+            str(requests_path),
+            "--out",
+            str(out),
+        ]
         assert score_requests.main(argv) == 0
-        rejects = [json.loads(line) for line in out.with_name(f"{name}.scores.rejects.jsonl").open()]
+        rejects = [
+            json.loads(line) for line in out.with_name(f"{name}.scores.rejects.jsonl").open()
+        ]
         reasons = {r["request_id"]: r["reason"] for r in rejects}
         if name == "without":
             assert set(reasons.values()) == {"missing_times"} and len(reasons) == 5
