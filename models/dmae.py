@@ -6,7 +6,9 @@ Where this comes from. No public implementation exists. What could be read of th
 here was its abstract (arxiv.org/abs and the first part of arxiv.org/html/2508.14485v1),
 the seed summary (../shared/seeds/003_1cb665600d40bbd6.txt) and a third-party review
 quoting the MIEU's first equations; the rest of the full text could not be retrieved
-from this workplace. The equations below are the paper's where those sources state them
+from this workplace (searched again for issue 17's review: the stored copies of
+arxiv.org/html/2508.14485v1 and of the review stop after the abstract and the first MIEU
+equation, which the code follows). The equations below are the paper's where those sources state them
 (marked [paper]) and, elsewhere, the reading of its prose that is the most direct
 (marked [choice]); every such choice that changes the model is a `DMAEConfig` setting.
 
