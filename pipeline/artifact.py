@@ -7,7 +7,8 @@
 Formats (pipeline/export.py writes them, `serving.json` says which):
 
 - `pt2`: a torch.export package (.pt2) of three programs: `tables` (no input; returns
-  the tables, stored once), `encode_user(tables, hist_items, user) -> state` and
+  the tables, stored once), `encode_user(tables, hist_items, user) -> state` (and
+  `hist_times` (L,) float32 last when serving.json has `needs_times`: DMAE) and
   `score(tables, state, candidates) -> CTR` with dynamic history length L (0 included)
   and candidate count B. The two serving programs take the tables as their first
   argument, so the big tables are not stored twice (a package keeps each program's
