@@ -6,7 +6,9 @@ Where this comes from. No public implementation exists. What could be read of th
 here was its abstract (arxiv.org/abs and the first part of arxiv.org/html/2508.14485v1),
 the seed summary (../shared/seeds/003_1cb665600d40bbd6.txt) and a third-party review
 quoting the MIEU's first equations; the rest of the full text could not be retrieved
-from this workplace. The equations below are the paper's where those sources state them
+from this workplace (searched again for issue 17's review: the stored copies of
+arxiv.org/html/2508.14485v1 and of the review stop after the abstract and the first MIEU
+equation, which the code follows). The equations below are the paper's where those sources state them
 (marked [paper]) and, elsewhere, the reading of its prose that is the most direct
 (marked [choice]); every such choice that changes the model is a `DMAEConfig` setting.
 
@@ -69,11 +71,15 @@ with the target and user embeddings (models/ctr.py).
 
 Serving (models/scorer.py): DMAE is target-dependent on both sides (DIN's activation unit
 reads target and history together; MIEU encodes the candidate's similarities), so it is
-served per candidate, by its training forward (`caches_user = False`). What is cached per
-request is the user's side of the inputs: the history's item representations, its
-per-modality vectors (transposed, for one matrix product per modality per chunk of
-candidates) and its time deltas; per candidate: K similarity rows, MIEU (L K), the
-window attention (L (2 window + 1) K), the cross-attention (L K) and DIN (L).
+served per candidate, by its training forward (`caches_user = False`). The behaviours' times
+are a request input (`encode_user(hist_items, user, hist_times)`, `needs_times`; not with
+`time_encoding="position"`); with K >= 2 modalities the scorer computes the (B, L, K)
+similarities from the per-modality tables it holds (`item_mm_modalities`,
+`needs_modality_sims`). Cached per request (the user's state): the history's item
+representations, its vectors of the item table and of each modality (transposed, one
+matrix product per modality per chunk of candidates) and its time deltas; per candidate:
+K similarity rows, MIEU (L K), the window attention (L (2 window + 1) K), the
+cross-attention (L K) and DIN (L).
 """
 
 from __future__ import annotations
@@ -375,6 +381,9 @@ class DMAEInterest(InterestArch):
         self.num_modalities = num_modalities
         # With one modality DMAE reads the item vector's similarities (`sims`) only.
         self.needs_modality_sims = num_modalities > 1
+        # Serving passes the behaviours' times only when the forward reads them (the
+        # recency rank of `time_encoding="position"` is the slot order).
+        self.needs_times = time_encoding != "position"
         self.interest_dim = interest_dim
         self.out_dim = hidden_dim + num_modalities * interest_dim
         self.use_positions = time_encoding == "position"

@@ -24,11 +24,23 @@ representation (`sequence_table`, `item_sequence`), and the pooled and dense fea
 `side` (models/side_features.py): the user's encoded in `encode_user`, the request's
 context set in the state by the caller (`state["context"]`, `state["context_dense"]`),
 the candidates' looked up per candidate, appended to the head's input as in training.
+
+Behaviour times and per-modality similarities (DMAE, issue 17). An arch with
+`needs_times` takes the behaviours' time deltas as a request input: `encode_user(hist_items,
+user, hist_times)`, hist_times (L,) float seconds, the request's time minus each
+behaviour's (the data's `hist_ts_delta`); they depend on the user only and are kept in the
+state. An arch with `needs_modality_sims` gets the K per-modality cosines (B, L, K) of each
+candidate to the history, computed here from the per-modality tables `item_mm_modalities`
+(K, I, d_max: each modality's L2-normalised table, zero-padded to the widest, so a dot
+product is that modality's cosine); the history's rows of it are cached per user
+(`hist_mm_modalities_t`, (K, d_max, L)), the candidates' rows and the K (B, L) products are
+per candidate. Other arches take neither: their artifacts hold an empty (0, 0, 0) table.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -52,6 +64,7 @@ TABLE_NAMES = (
     "category_table_qparams",
     "item_category",
     "item_mm",
+    "item_mm_modalities",
 )
 FP16_MAX = 65504.0
 
@@ -120,6 +133,8 @@ def padded_request_inputs(
     buckets: Tensor,
     with_sims: bool,
     with_buckets: bool,
+    times: Tensor | None = None,
+    modality_sims: Tensor | None = None,
 ) -> InterestInputs:
     """One user's request as B training rows with one masked padding slot after the
     history (L + 1 slots), the same for any L, L = 0 included: a training batch is padded
@@ -128,7 +143,8 @@ def padded_request_inputs(
     what torch.export needs for a dynamic L that includes 0.
 
     history (L, D), query (B, D); sims and buckets (B, L), read only when `with_sims` /
-    `with_buckets` (otherwise zeros).
+    `with_buckets` (otherwise zeros); times (L,) seconds and modality_sims (B, L, K) when
+    the arch reads them (a 0 in the padding slot, as a training batch pads them).
     """
     batch, length, width = query.shape[0], history.shape[0], history.shape[1]
     slots = length + 1
@@ -142,6 +158,14 @@ def padded_request_inputs(
     else:
         buckets = torch.zeros(batch, slots, dtype=torch.long, device=query.device)
     mask = torch.arange(slots, device=query.device) < length
+    batch_times: Tensor | None = None
+    if times is not None:
+        padded_times = torch.cat([times, times.new_zeros(1)], dim=0)
+        batch_times = padded_times.unsqueeze(0).expand(batch, slots)
+    padded_modality: Tensor | None = None
+    if modality_sims is not None:
+        pad = modality_sims.new_zeros(batch, 1, modality_sims.shape[2])
+        padded_modality = torch.cat([modality_sims, pad], dim=1)
     return InterestInputs(
         target=query,
         history=history.unsqueeze(0).expand(batch, slots, width),
@@ -149,16 +173,16 @@ def padded_request_inputs(
         sims=sims,
         buckets=buckets,
         lengths=torch.full((batch,), length, dtype=torch.long, device=query.device),
+        times=batch_times,
+        modality_sims=padded_modality,
     )
 
 
 def servable(interest: InterestArch) -> bool:
-    """Whether CTRScorer serves this arch: it computes the similarities and buckets of a
-    request, not the behaviours' times nor per-modality similarities, so an arch that reads
-    those (`needs_times`, `needs_modality_sims`) is not served yet."""
-    return not (
-        getattr(interest, "needs_times", False) or getattr(interest, "needs_modality_sims", False)
-    )
+    """Whether CTRScorer serves this arch: every arch of the zoo since the scorer takes the
+    behaviours' times as an input and computes per-modality similarities (module
+    docstring); kept for the callers that ask."""
+    return isinstance(interest, nn.Module)
 
 
 class CTRScorer(nn.Module):
@@ -181,6 +205,9 @@ class CTRScorer(nn.Module):
 
     per_candidate: serve the arch by its training forward over the history repeated per
     candidate (the reference, and the only form of arches that cache nothing, such as DIN).
+    modality_mm (K, I, d_max): the per-modality tables (`stack_modalities`), required when
+    the arch reads per-modality similarities; the arch's behaviour times come with the
+    request (`encode_user(..., hist_times)`) when it reads times.
     The scorer is TorchScript-compatible and its two steps export with torch.export
     (`UserProgram`, `CandidateProgram`); the artifacts need torch only.
     """
@@ -199,16 +226,31 @@ class CTRScorer(nn.Module):
         table_dtype: str = "fp32",
         side: SideFeatures | None = None,
         sequence: tuple[Tensor, Tensor] | None = None,
+        modality_mm: Tensor | None = None,
     ) -> None:
         """side: the schema's pooled and dense features (`side_features_from_model`);
         sequence: (table (R, E), item -> rows (I, Ks)) of the schema's extra sequence
         features (item attributes joined to the item representation)."""
         super().__init__()
-        if not servable(interest):
-            raise ValueError(
-                f"{type(interest).__name__} reads the behaviours' times or per-modality "
-                "similarities, which serving does not compute"
-            )
+        # Behaviour times (a request input) and per-modality similarities (module docstring).
+        self.needs_times: bool = bool(getattr(interest, "needs_times", False))
+        self.needs_modality_sims: bool = bool(getattr(interest, "needs_modality_sims", False))
+        if self.needs_modality_sims:
+            modalities = int(getattr(interest, "num_modalities", 0))
+            if modality_mm is None or modality_mm.dim() != 3:
+                raise ValueError(
+                    f"{type(interest).__name__} reads {modalities} per-modality similarities: "
+                    "pass modality_mm, the per-modality tables (PreparedData.modality_mm)"
+                )
+            if modality_mm.shape[0] != modalities or modality_mm.shape[1] != item_mm.shape[0]:
+                raise ValueError(
+                    f"modality_mm is {tuple(modality_mm.shape)}; the arch reads {modalities} "
+                    f"modalities of {item_mm.shape[0]} items"
+                )
+            modality_table = modality_mm.detach().float().contiguous()
+        else:
+            modality_table = torch.zeros(0, 0, 0)
+        self.register_buffer("item_mm_modalities", modality_table)
         self.interest = interest
         self.head = head
         self.table_dtype = table_dtype
@@ -255,6 +297,7 @@ class CTRScorer(nn.Module):
             "category_table_qparams": self.category_table_qparams,
             "item_category": self.item_category,
             "item_mm": self.item_mm,
+            "item_mm_modalities": self.item_mm_modalities,
         }
 
     def without_tables(self) -> CTRScorer:
@@ -289,7 +332,11 @@ class CTRScorer(nn.Module):
 
     # ------------------------------------------------------------------ the user side
     def encode_user_with(
-        self, tables: dict[str, Tensor], hist_items: Tensor, user: Tensor
+        self,
+        tables: dict[str, Tensor],
+        hist_items: Tensor,
+        user: Tensor,
+        hist_times: Tensor | None = None,
     ) -> State:
         """`encode_user` with the tables as an argument (the exported user program)."""
         history = self.items_with(tables, hist_items)
@@ -306,12 +353,27 @@ class CTRScorer(nn.Module):
         state["user"] = user_row.reshape(-1)  # (E,)
         if self.side.enabled:
             state.update(self.side.encode(user))
+        if self.needs_times:  # (L,) seconds: per user, the same for every candidate
+            if hist_times is None:
+                raise ValueError(
+                    "this model reads the behaviours' times: pass hist_times (L,), the "
+                    "request's time minus each behaviour's in seconds (hist_ts_delta)"
+                )
+            if hist_times.shape != hist_items.shape:
+                raise ValueError("hist_times must have one entry per history item (L,)")
+            state["hist_times"] = hist_times.to(tables["item_mm"].dtype)
+        if self.needs_modality_sims:  # (K, d_max, L): the history's rows of each modality
+            modal = tables["item_mm_modalities"]
+            state["hist_mm_modalities_t"] = modal.index_select(1, hist_items).transpose(1, 2)
         return state
 
     @torch.jit.export
-    def encode_user(self, hist_items: Tensor, user: Tensor) -> State:
-        """hist_items (L,) long, oldest first; user () long -> the user's state."""
-        return self.encode_user_with(self.tables(), hist_items, user)
+    def encode_user(
+        self, hist_items: Tensor, user: Tensor, hist_times: Tensor | None = None
+    ) -> State:
+        """hist_items (L,) long, oldest first; user () long; hist_times (L,) float seconds,
+        required when the model reads times (`needs_times`) -> the user's state."""
+        return self.encode_user_with(self.tables(), hist_items, user, hist_times)
 
     # ------------------------------------------------------------- the candidate side
     def similarities_with(
@@ -323,6 +385,19 @@ class CTRScorer(nn.Module):
     def similarities(self, state: State, candidates: Tensor) -> Tensor:
         """Cosine similarities (B, L) of candidates (B,) and the user's history."""
         return self.similarities_with(self.tables(), state, candidates)
+
+    def modality_similarities_with(
+        self, tables: dict[str, Tensor], state: State, candidates: Tensor
+    ) -> Tensor:
+        modal = tables["item_mm_modalities"].index_select(1, candidates)  # (K, B, d_max)
+        sims = torch.bmm(modal, state["hist_mm_modalities_t"])  # (K, B, L)
+        return sims.permute(1, 2, 0)
+
+    @torch.jit.export
+    def modality_similarities(self, state: State, candidates: Tensor) -> Tensor:
+        """Per-modality cosines (B, L, K) of candidates (B,) and the history (the arches
+        with `needs_modality_sims`; the training data's hist_sims_<name>, in its order)."""
+        return self.modality_similarities_with(self.tables(), state, candidates)
 
     def score_chunk_with(
         self, tables: dict[str, Tensor], state: State, candidates: Tensor
@@ -336,9 +411,16 @@ class CTRScorer(nn.Module):
             buckets = self.bucketizer(sims)
         history = state["history"]
         if self.per_candidate:
+            times: Tensor | None = None
+            if self.needs_times:
+                times = state["hist_times"]
+            modality_sims: Tensor | None = None
+            if self.needs_modality_sims:
+                modality_sims = self.modality_similarities_with(tables, state, candidates)
             inputs = padded_request_inputs(
-                history, target, sims, buckets, self.needs_sims, self.needs_buckets
-            )
+                history, target, sims, buckets, self.needs_sims, self.needs_buckets,
+                times, modality_sims,
+            )  # fmt: skip
             interest = self.interest(inputs)
         else:
             interest = self.interest.attend(state, history, target, sims, buckets)
@@ -362,9 +444,15 @@ class CTRScorer(nn.Module):
         """candidates (B,) long -> CTR (B,) float, in chunks of `chunk` candidates."""
         return self.score_with(self.tables(), state, candidates)
 
-    def forward(self, hist_items: Tensor, user: Tensor, candidates: Tensor) -> Tensor:
-        """One request: (L,), (), (B,) -> CTR (B,)."""
-        return self.score(self.encode_user(hist_items, user), candidates)
+    def forward(
+        self,
+        hist_items: Tensor,
+        user: Tensor,
+        candidates: Tensor,
+        hist_times: Tensor | None = None,
+    ) -> Tensor:
+        """One request: (L,), (), (B,)[, hist_times (L,)] -> CTR (B,)."""
+        return self.score(self.encode_user(hist_items, user, hist_times), candidates)
 
 
 class UserProgram(nn.Module):
@@ -377,8 +465,14 @@ class UserProgram(nn.Module):
         super().__init__()
         self.scorer = scorer.without_tables()
 
-    def forward(self, tables: dict[str, Tensor], hist_items: Tensor, user: Tensor) -> State:
-        return self.scorer.encode_user_with(tables, hist_items, user)
+    def forward(
+        self,
+        tables: dict[str, Tensor],
+        hist_items: Tensor,
+        user: Tensor,
+        hist_times: Tensor | None = None,
+    ) -> State:
+        return self.scorer.encode_user_with(tables, hist_items, user, hist_times)
 
 
 class CandidateProgram(nn.Module):
@@ -416,6 +510,7 @@ def scorer_from_model(
     table_dtype: str = "fp32",
     feature_tables: dict[str, np.ndarray] | None = None,
     cpu_kernels: bool = True,
+    modality_mm: Mapping[str, Any] | None = None,
 ) -> CTRScorer:
     """The serving scorer of a trained, unsharded CTRModel (eval mode, no gradients).
 
@@ -424,7 +519,9 @@ def scorer_from_model(
     pooled, dense or extra sequence features.
 
     item_mm (I, d_m): PreparedData.item_mm; item_category (I,): item_category.npy, needed
-    when the model has categories. The scorer shares the model's interest arch and head.
+    when the model has categories; modality_mm: PreparedData.modality_mm (name -> (I, d_k),
+    in the data's order), needed when the arch reads per-modality similarities (DMAE with
+    two or more modalities; unused otherwise). The scorer shares the model's interest arch and head.
     table_dtype: how the ID tables are stored ("fp32", "fp16", "int8"; `quantize_table`).
     cpu_kernels: use the fused CPU kernels where they are available (`use_cpu_kernels`).
     """
@@ -465,6 +562,11 @@ def scorer_from_model(
         table_dtype=table_dtype,
         side=side,
         sequence=sequence,
+        modality_mm=(
+            stack_modalities(modality_mm)
+            if modality_mm and getattr(over.interest, "needs_modality_sims", False)
+            else None
+        ),
     )
     use_cpu_kernels(scorer, cpu_kernels)
     return scorer.eval().requires_grad_(False)
@@ -486,3 +588,11 @@ def use_cpu_kernels(module: nn.Module, on: bool = True) -> bool:
 def uses_cpu_kernels(module: nn.Module) -> bool:
     """Whether any submodule runs a fused CPU kernel (an export then ships the library)."""
     return any(getattr(sub, "cpu_kernels", False) for sub in module.modules())
+
+
+def stack_modalities(modality_mm: Mapping[str, Any]) -> Tensor:
+    """name -> (I, d_k) tables -> (K, I, d_max), each zero-padded to the widest (a dot
+    product of two padded rows is the modality's own)."""
+    tables = [torch.from_numpy(np.array(t, dtype=np.float32)) for t in modality_mm.values()]
+    width = max(int(t.shape[1]) for t in tables)
+    return torch.stack([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tables])

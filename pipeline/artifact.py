@@ -7,7 +7,8 @@
 Formats (pipeline/export.py writes them, `serving.json` says which):
 
 - `pt2`: a torch.export package (.pt2) of three programs: `tables` (no input; returns
-  the tables, stored once), `encode_user(tables, hist_items, user) -> state` and
+  the tables, stored once), `encode_user(tables, hist_items, user) -> state` (and
+  `hist_times` (L,) float32 last when serving.json has `needs_times`: DMAE) and
   `score(tables, state, candidates) -> CTR` with dynamic history length L (0 included)
   and candidate count B. The two serving programs take the tables as their first
   argument, so the big tables are not stored twice (a package keeps each program's
@@ -166,9 +167,14 @@ class ProgramScorer:
     """
 
     def __init__(
-        self, programs: dict[str, Callable[..., Any]], tables: dict[str, Tensor], chunk: int
+        self,
+        programs: dict[str, Callable[..., Any]],
+        tables: dict[str, Tensor],
+        chunk: int,
+        needs_times: bool = False,
     ) -> None:
         self.programs = programs
+        self.needs_times = needs_times  # serving.json: encode_user takes hist_times too
         self.tables = tables
         self.chunk = chunk
         self.split_empty = USER_PROGRAM + EMPTY in programs
@@ -178,10 +184,21 @@ class ProgramScorer:
     def _program(self, name: str, length: int) -> Callable[..., Any]:
         return self.programs[name + EMPTY if self.split_empty and length == 0 else name]
 
-    def encode_user(self, hist_items: Tensor, user: Tensor) -> State:
-        """hist_items (L,) long, oldest first; user () long -> the user's state."""
+    def encode_user(
+        self, hist_items: Tensor, user: Tensor, hist_times: Tensor | None = None
+    ) -> State:
+        """hist_items (L,) long, oldest first; user () long; hist_times (L,) float32
+        seconds before the request, required when serving.json has needs_times (DMAE)
+        -> the user's state."""
         program = self._program(USER_PROGRAM, int(hist_items.shape[0]))
-        return program(self.tables, hist_items, user)
+        if not self.needs_times:
+            return program(self.tables, hist_items, user)
+        if hist_times is None or hist_times.shape != hist_items.shape:
+            raise ValueError(
+                "this model reads the behaviours' times: pass hist_times (L,), the request's "
+                "time minus each behaviour's in seconds (hist_ts_delta)"
+            )
+        return program(self.tables, hist_items, user, hist_times.to(torch.float32))
 
     def score(self, state: State, candidates: Tensor) -> Tensor:
         """candidates (B,) long -> CTR (B,) float, in chunks of `chunk` candidates."""
@@ -238,7 +255,9 @@ def load_programs(data: bytes, metadata: dict[str, Any]) -> ProgramScorer:
     missing = {USER_PROGRAM, CANDIDATE_PROGRAM} - set(programs)
     if missing:
         raise ArtifactError(f"the package has no program {sorted(missing)}")
-    return ProgramScorer(programs, tables, int(metadata.get("chunk", 2048)))
+    return ProgramScorer(
+        programs, tables, int(metadata.get("chunk", 2048)), bool(metadata.get("needs_times"))
+    )
 
 
 def load_artifact(

@@ -108,6 +108,14 @@ def _ids(count: int, size: int, offset: int = 0) -> torch.Tensor:
     return (torch.arange(count) * 7 + offset + 2) % max(size, 1)
 
 
+def _user_args(scorer: CTRScorer, hist: torch.Tensor, user: torch.Tensor) -> tuple:
+    """encode_user's request arguments: (hist, user), and the times (L,) for an arch that
+    reads them (DMAE; example and probe times: one day apart, newest last)."""
+    if not scorer.needs_times:
+        return (hist, user)
+    return (hist, user, torch.arange(hist.shape[0], 0, -1, dtype=torch.float32) * 86400.0)
+
+
 def _export_pair(
     scorer: CTRScorer, tables: dict[str, torch.Tensor], min_history: int | None
 ) -> tuple[ExportedProgram, ExportedProgram]:
@@ -124,12 +132,16 @@ def _export_pair(
     else:
         history = Dim("history", min=min_history)
         hist, hist_shape = _ids(7, items), {0: history}
+    args = _user_args(scorer, hist, user)
+    shapes = (static_tables, hist_shape, None) + ((hist_shape,) if len(args) == 3 else ())
     with torch.no_grad():
-        user_program = torch.export.export(
-            user_side, (tables, hist, user), dynamic_shapes=(static_tables, hist_shape, None)
+        user_program = torch.export.export(user_side, (tables, *args), dynamic_shapes=shapes)
+        state = user_side(tables, *args)
+        other = (
+            user_side(tables, *_user_args(scorer, _ids(5, items), user))
+            if min_history is not None
+            else state
         )
-        state = user_side(tables, hist, user)
-        other = user_side(tables, _ids(5, items), user) if min_history is not None else state
         state_shapes = {
             key: {i: history for i in range(value.dim()) if value.shape[i] != other[key].shape[i]}
             or None
@@ -151,10 +163,11 @@ def probe_errors(scorer: CTRScorer, programmed: ProgramScorer) -> float:
     for i, (length, count) in enumerate(PROBES):
         hist, cands = _ids(length, items, i), _ids(count, items, 5 * i + 1)
         user = torch.tensor((3 * i + 2) % max(users, 1))
+        args = _user_args(scorer, hist, user)
         with torch.no_grad():
-            expected = scorer.score(scorer.encode_user(hist, user), cands)
+            expected = scorer.score(scorer.encode_user(*args), cands)
             try:
-                got = programmed.score(programmed.encode_user(hist, user), cands)
+                got = programmed.score(programmed.encode_user(*args), cands)
             except Exception as error:  # torch raises many kinds here; all mean the same
                 raise ValueError(f"L={length} B={count}: {type(error).__name__}: {error}") from None
         err = float((got - expected).abs().max()) if count else 0.0
@@ -180,7 +193,7 @@ def export_programs(scorer: CTRScorer) -> tuple[dict[str, ExportedProgram], dict
 
     def runners(eps: dict[str, ExportedProgram]) -> ProgramScorer:
         modules = {name: ep.module() for name, ep in eps.items()}
-        return ProgramScorer(modules, tables, scorer.chunk)
+        return ProgramScorer(modules, tables, scorer.chunk, needs_times=scorer.needs_times)
 
     split = None
     try:
@@ -245,6 +258,9 @@ def _metadata(scorer: CTRScorer, kind: str, metadata: dict[str, Any]) -> dict[st
         "torch": torch.__version__,
         "interest": type(scorer.interest).__name__,
         "serving_form": "per_candidate" if scorer.per_candidate else "cached_user",
+        # DMAE (issue 17): encode_user takes hist_times (L,) float32 seconds as well.
+        "needs_times": bool(scorer.needs_times),
+        "modalities": int(scorer.item_mm_modalities.shape[0]),
         "num_buckets": int(scorer.bucketizer.boundaries.numel()) + 1,
         "num_items": int(tables["item_table"].shape[0]),
         "num_users": int(tables["user_table"].shape[0]),
@@ -410,6 +426,7 @@ def export_model(
     scorer = scorer_from_model(
         model, data.item_mm, item_categories(data), per_candidate=per_candidate,
         table_dtype=table_dtype, feature_tables=data.feature_tables(),
+        modality_mm=data.modality_mm,
     )  # fmt: skip
     info = {"data_checksum": data.checksum, "max_history": data.max_history, **(metadata or {})}
     context = context_columns(data.schema)
@@ -485,20 +502,25 @@ def evaluate_artifact(path: str | Path, data: PreparedData, split: str = "test")
     started = time.perf_counter()
     scorer, info = load_artifact(path)
     load_s = time.perf_counter() - started
-    columns = ["user", "item", "label", "hist_items"]
+    needs_times = bool(info.get("needs_times"))
+    columns = ["user", "item", "label", "hist_items"] + (["hist_ts_delta"] if needs_times else [])
     table = pq.ParquetDataset(data.split_files(split)).read(columns=columns)
     users = table.column("user").to_numpy()
     items = table.column("item").to_numpy()
     labels = table.column("label").to_numpy()
     hists = table.column("hist_items").to_pylist()
-    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
-    for row, (user, hist) in enumerate(zip(users.tolist(), hists)):
-        groups.setdefault((user, tuple(hist)), []).append(row)
+    deltas = table.column("hist_ts_delta").to_pylist() if needs_times else [()] * len(hists)
+    groups: dict[tuple[int, tuple[int, ...], tuple[int, ...]], list[int]] = {}
+    for row, (user, hist, delta) in enumerate(zip(users.tolist(), hists, deltas)):
+        groups.setdefault((user, tuple(hist), tuple(delta)), []).append(row)
     scores = np.zeros(len(items), dtype=np.float32)
     started = time.perf_counter()
     with torch.inference_mode():
-        for (user, hist), rows in groups.items():
-            state = scorer.encode_user(torch.tensor(hist, dtype=torch.long), torch.tensor(user))
+        for (user, hist, delta), rows in groups.items():
+            args = (torch.tensor(hist, dtype=torch.long), torch.tensor(user))
+            if needs_times:  # the behaviours' times, a request input (models/scorer.py)
+                args = (*args, torch.tensor(delta, dtype=torch.float32))
+            state = scorer.encode_user(*args)
             scores[rows] = scorer.score(state, torch.from_numpy(items[rows])).numpy()
     return {
         "artifact": str(path),

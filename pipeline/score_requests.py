@@ -18,6 +18,9 @@ coerced (a float id is rejected, not truncated). Reasons:
 | `padding_id` | id 0 (padding, never a real id) as user, history item or candidate |
 | `id_out_of_range` | an id outside the artifact's tables (map unknown raw ids to 1, OOV) |
 | `history_too_long` | more history items than the model was trained with (`max_history`) |
+| `missing_times` | the artifact reads behaviour times (serving.json `needs_times`: DMAE) and the row has no `hist_ts_delta` (no such column: every row) |
+| `bad_time` | `hist_ts_delta` not list<integer or float>, or a null, NaN, infinite or negative value |
+| `times_misaligned` | `hist_ts_delta` has not one entry per `hist_items` item |
 | `bad_context` | a context column (below) null, of the wrong type, out of its table or not finite |
 
 Context columns: an artifact of a model whose feature schema has event (context)
@@ -26,6 +29,10 @@ column per sparse one (its prepared index, 1 for unknown) and one float column p
 one (the raw value; the scorer applies the schema's transform). They are set in the state
 (`state["context"]`, `state["context_dense"]`) between `encode_user` and `score`; the
 user's features come from the artifact's tables, the candidates' per candidate.
+
+Behaviour times (only for an artifact with `needs_times`; ignored otherwise): the column
+`hist_ts_delta`, list<integer or float>, aligned with hist_items, the request's time minus
+each behaviour's in seconds (the prepared data's column of the same name).
 
 The user side (`encode_user`) is computed once per request; the candidates are scored in
 the scorer's batches. The artifact may be of any format of pipeline/artifact.py (`pt2`,
@@ -64,6 +71,7 @@ from pipeline.artifact import (
 )
 
 REQUEST_COLUMNS = ("request_id", "user", "hist_items", "candidates")
+TIMES_COLUMN = "hist_ts_delta"  # read when the artifact's model reads times (DMAE)
 PAD = 0
 
 __all__ = [
@@ -144,10 +152,57 @@ def _check_ids(
     )
 
 
+def _check_times(
+    requests: pa.Table, rejects: _Rejects, hist_lengths: np.ndarray
+) -> np.ndarray | None:
+    """The behaviour times (V,) float32 aligned with the flat history, or None when every
+    row is rejected; rows without usable times are added to `rejects`."""
+    n = requests.num_rows
+    if TIMES_COLUMN not in requests.column_names:
+        rejects.add(
+            np.arange(n), "missing_times",
+            f"the artifact's model reads the behaviours' times: add {TIMES_COLUMN} "
+            "(list<number>, seconds before the request, one per hist_items item)",
+        )  # fmt: skip
+        return None
+    column = requests.column(TIMES_COLUMN).combine_chunks()
+    kind = column.type
+    if not (
+        (pa.types.is_list(kind) or pa.types.is_large_list(kind))
+        and (pa.types.is_integer(kind.value_type) or pa.types.is_floating(kind.value_type))
+    ):
+        rejects.add(np.arange(n), "bad_time", f"{TIMES_COLUMN} is {kind}, list<number> expected")
+        return None
+    rejects.add(np.flatnonzero(_null(column)), "missing_times", f"null {TIMES_COLUMN}")
+    values = pc.list_flatten(column)
+    parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    times = values.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = values.is_null().to_numpy(zero_copy_only=False) | ~np.isfinite(times) | (times < 0)
+    rejects.add(parents[bad], "bad_time", f"a null, NaN, infinite or negative {TIMES_COLUMN}")
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    misaligned = np.flatnonzero(~_null(column) & (lengths != hist_lengths))
+    rejects.add(
+        misaligned, "times_misaligned",
+        lambda row: f"{lengths[row]} times for {hist_lengths[row]} history items",
+    )  # fmt: skip
+    # Aligned with the flat history: rows whose lengths differ are rejected, so give them
+    # their history's length of (unused) zeros.
+    aligned = np.zeros(int(hist_lengths.sum()), dtype=np.float32)
+    hist_off, time_off = np.r_[0, np.cumsum(hist_lengths)], np.r_[0, np.cumsum(lengths)]
+    for row in np.flatnonzero(lengths == hist_lengths):
+        aligned[hist_off[row] : hist_off[row + 1]] = times[time_off[row] : time_off[row + 1]]
+    return aligned
+
+
 def validate(
-    requests: pa.Table, num_users: int, num_items: int, max_history: int | None = None
+    requests: pa.Table,
+    num_users: int,
+    num_items: int,
+    max_history: int | None = None,
+    needs_times: bool = False,
 ) -> tuple[_Rejects, dict[str, Any]]:
-    """Check every request row; returns the rejects and the parsed columns."""
+    """Check every request row; returns the rejects and the parsed columns (`times`, the
+    behaviour times aligned with `hist`, when `needs_times`)."""
     missing = set(REQUEST_COLUMNS) - set(requests.column_names)
     if missing:
         raise RequestError(f"requests lack columns {sorted(missing)}")
@@ -192,7 +247,9 @@ def validate(
             "history_too_long",
             lambda row: f"{hist_lengths[row]} history items, the model takes at most {max_history}",
         )
+    times = _check_times(requests, rejects, hist_lengths) if needs_times else None
     parsed = {
+        "times": times,
         "users": users,
         "hist": hist,
         "hist_off": np.r_[0, np.cumsum(hist_lengths)],
@@ -258,14 +315,16 @@ def score_table(
     rejects: list[dict[str, Any]] | None = None,
     max_history: int | None = None,
     context: dict[str, Any] | None = None,
+    needs_times: bool = False,
 ) -> pa.Table:
     """Score every valid request of `requests`; returns (request_id, candidate, score).
+    needs_times: the artifact's model reads the behaviour times (serving.json; DMAE).
 
     A request that cannot be scored is appended to `rejects` (row, request_id, reason,
     detail); without a `rejects` list the first one raises RequestError naming it.
     """
     num_items, num_users = table_sizes(scorer)
-    found, parsed = validate(requests, num_users, num_items, max_history)
+    found, parsed = validate(requests, num_users, num_items, max_history, needs_times)
     context_sparse, context_dense = context_arrays(requests, context, found)
     with_context = bool(context) and bool(context["sparse"] or context["dense"])
     for row in np.flatnonzero(found.bad):
@@ -299,9 +358,10 @@ def score_table(
     with torch.inference_mode():
         for i in good:
             lo, hi = cand_off[i], cand_off[i + 1]
-            state = scorer.encode_user(
-                hist_t[hist_off[i] : hist_off[i + 1]], torch.tensor(users[i])
-            )
+            args = [hist_t[hist_off[i] : hist_off[i + 1]], torch.tensor(users[i])]
+            if needs_times:
+                args.append(torch.from_numpy(parsed["times"][hist_off[i] : hist_off[i + 1]]))
+            state = scorer.encode_user(*args)
             if with_context:  # the request's context features (module docstring)
                 state["context"] = torch.from_numpy(context_sparse[i])
                 state["context_dense"] = torch.from_numpy(context_dense[i])
@@ -342,7 +402,12 @@ def run(
     rejected: list[dict[str, Any]] | None = None if strict else []
     start = time.perf_counter()
     result = score_table(
-        scorer, table, rejected, metadata.get("max_history"), metadata.get("context")
+        scorer,
+        table,
+        rejected,
+        metadata.get("max_history"),
+        metadata.get("context"),
+        bool(metadata.get("needs_times")),
     )
     elapsed = time.perf_counter() - start
     rejected = rejected or []

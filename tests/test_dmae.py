@@ -382,38 +382,92 @@ def test_serving_form_equals_training_forward_and_scripts(data: PreparedData, ba
             torch.testing.assert_close(scripted(request), want[row : row + 1], atol=1e-6, rtol=1e-5)
 
 
-def test_one_modality_scorer_equals_training_forward(tmp_path: Path) -> None:
-    """The common scorer serves DMAE per candidate (nothing of it is cached but the
-    user's inputs), scripted too, as the training forward scores the same rows."""
+def served_and_training_ctr(
+    scorer, model: CTRModel, data: PreparedData, hist, times, user: int, cands
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(served CTRs, sigmoid(CTRModel(batch))) of one request, the batch built by the
+    reader's `table_to_batch` from the scorer's own similarities (so both sides read the
+    same numbers): hist_sims, hist_sims_<name> of each modality, hist_ts_delta."""
+    hist_t, cands_t = torch.tensor(hist, dtype=torch.long), torch.tensor(cands, dtype=torch.long)
+    times_t = torch.tensor(times, dtype=torch.float32)
+    state = scorer.encode_user(hist_t, torch.tensor(user), times_t)
+    got = scorer.score(state, cands_t)
+    b = len(cands)
+    categories = scorer.tables()["item_category"].numpy()  # (I,), empty without categories
+    if not len(categories):
+        categories = np.zeros(max(max(hist, default=0), max(cands)) + 1, np.int64)
+    columns = {
+        "user": pa.array([user] * b, pa.int64()),
+        "item": pa.array(cands, pa.int64()),
+        "label": pa.array(np.zeros(b, np.float32)),
+        "hist_items": pa.array([list(hist)] * b, pa.list_(pa.int64())),
+        "hist_sims": pa.array(scorer.similarities(state, cands_t).numpy().tolist(),
+                              pa.list_(pa.float32())),
+        "hist_ts_delta": pa.array([list(times)] * b, pa.list_(pa.int64())),
+        "category": pa.array(categories[list(cands)].astype(np.int64)),
+        "hist_categories": pa.array([categories[list(hist)].astype(np.int64).tolist()] * b,
+                                    pa.list_(pa.int64())),
+    }  # fmt: skip
+    if data.modalities:
+        modal = scorer.modality_similarities(state, cands_t).numpy()  # (B, L, K)
+        for k, name in enumerate(data.modalities):
+            columns[f"hist_sims_{name}"] = pa.array(modal[:, :, k].tolist(), pa.list_(pa.float32()))
+    batch = table_to_batch(pa.table(columns), data.has_categories, data.history_extras)
+    with torch.no_grad():
+        return got, torch.sigmoid(model(batch))
+
+
+REQUESTS = [(0, 3), (1, 5), (5, 4), (8, 7)]  # (history length, candidates)
+
+
+def test_scorer_serves_dmae_as_the_training_forward(data: PreparedData) -> None:
+    """The common scorer serves DMAE (per candidate; the user's inputs cached) with the
+    times as a request input and the per-modality similarities from its own tables, eager
+    and scripted, as the training forward scores the same rows (1e-5), empty history
+    included; without times it refuses with the reason."""
     from models.scorer import scorer_from_model
 
-    from models import scorer as scoring
-
-    data = PreparedData(write_prepared(tmp_path / "data", categories=False, seed=7))
     model = small_model(data.feature_spec(), seed=8).eval()
-    if not getattr(scoring, "servable", lambda arch: True)(model.over_arch.interest):
-        pytest.skip("models/scorer.py computes no behaviour times for DMAE yet")
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.3)
-    scorer = scorer_from_model(model, data.item_mm)
-    assert scorer.per_candidate
+    cats = np.zeros(data.vocab_sizes["item"], np.int64)
+    scorer = scorer_from_model(model, data.item_mm, cats, chunk=3, modality_mm=data.modality_mm)
+    assert scorer.per_candidate and scorer.needs_times
+    assert scorer.needs_modality_sims == bool(data.modalities)
+    assert scorer.tables()["item_mm_modalities"].shape[0] == (2 if data.modalities else 0)
     scripted = torch.jit.script(scorer)
-    hist, cands, user = np.array([5, 9, 2, 13, 7]), np.array([3, 4, 5, 6, 0]), 11
-    state = scorer.encode_user(torch.tensor(hist), torch.tensor(user))
-    sims = scorer.similarities(state, torch.tensor(cands))
-    columns = {
-        "user": pa.array([user] * len(cands), pa.int64()),
-        "item": pa.array(cands, pa.int64()),
-        "label": pa.array(np.zeros(len(cands), np.float32)),
-        "hist_items": pa.array([hist.tolist()] * len(cands), pa.list_(pa.int64())),
-        "hist_sims": pa.array(sims.numpy().tolist(), pa.list_(pa.float32())),
-    }
-    with torch.no_grad():
-        expected = torch.sigmoid(model(table_to_batch(pa.table(columns), False)))
-    for s in (scorer, scripted):
-        got = s.score(s.encode_user(torch.tensor(hist), torch.tensor(user)), torch.tensor(cands))
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    rng = np.random.default_rng(4)
+    for length, count in REQUESTS:
+        hist = rng.integers(2, data.vocab_sizes["item"], size=length).tolist()
+        times = np.sort(rng.integers(0, 40 * 86400, size=length))[::-1].tolist()
+        cands = rng.integers(0, data.vocab_sizes["item"], size=count).tolist()
+        for s in (scorer, scripted):
+            got, want = served_and_training_ctr(s, model, data, hist, times, 11, cands)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="hist_times"):
+        scorer.encode_user(torch.tensor([3, 4]), torch.tensor(1))
+    if data.modalities:
+        with pytest.raises(ValueError, match="modality_mm"):
+            scorer_from_model(model, data.item_mm, cats)
+
+
+def test_served_modality_similarities_are_the_data_cosines(data: PreparedData) -> None:
+    """The scorer's per-modality similarities from the padded stacked tables equal each
+    modality's own cosines (what data prep writes into hist_sims_<name>)."""
+    if not data.modalities:
+        pytest.skip("one modality: DMAE reads the item vector's similarities")
+    from models.scorer import scorer_from_model
+
+    model = small_model(data.feature_spec(), seed=8).eval()
+    cats = np.zeros(data.vocab_sizes["item"], np.int64)
+    scorer = scorer_from_model(model, data.item_mm, cats, modality_mm=data.modality_mm)
+    hist, cands = torch.tensor([4, 7, 9]), torch.tensor([2, 5])
+    state = scorer.encode_user(hist, torch.tensor(3), torch.zeros(3))
+    got = scorer.modality_similarities(state, cands)
+    for k, table in enumerate(data.modality_mm.values()):
+        want = torch.from_numpy(np.asarray(table)[cands] @ np.asarray(table)[hist].T)
+        torch.testing.assert_close(got[:, :, k], want.float(), atol=1e-6, rtol=0)
 
 
 # ------------------------------------------------------------- trainer and sharding
@@ -503,3 +557,18 @@ def test_two_rank_sharded_dmae_equals_unsharded(tmp_path: Path) -> None:
         assert result["auxiliary"][0] > 0
         np.testing.assert_allclose(result["loss"][0], result["loss"][1], rtol=1e-5)
         np.testing.assert_allclose(result["auxiliary"][0], result["auxiliary"][1], rtol=1e-5)
+
+
+def test_bench_dmae_serving_runs_and_reports_the_ratio_to_dmf(tmp_path: Path) -> None:
+    """pipeline/bench_dmae.py (serving part, eager) on a tiny two-modality dataset."""
+    from pipeline import bench_dmae
+
+    root = write_prepared(tmp_path / "data", categories=True, seed=5, modalities=TWO, times=True)
+    np.save(root / "item_category.npy", np.random.default_rng(0).integers(2, 5, size=30))
+    out = tmp_path / "bench.json"
+    argv = ["--data", str(root), "--train-steps", "0", "--requests", "4", "--candidates", "6",
+            "--rounds", "1", "--formats", "eager", "--json", str(out)]  # fmt: skip
+    assert bench_dmae.main(argv) == 0
+    rows = {(r["model"], r["format"]): r for r in json.loads(out.read_text())["serving"]}
+    assert set(rows) == {("dmf", "eager"), ("dmae", "eager")}
+    assert rows[("dmf", "eager")]["x_dmf"] == 1.0 and rows[("dmae", "eager")]["p50_ms"] > 0

@@ -45,12 +45,21 @@ TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "int8": 2.5e-2}
 REQUESTS = [(5, 7), (0, 4), (1, 1), (12, 3)]
 
 
+def reads_times(name: str, spec) -> bool:
+    """DMAE's artifacts take the behaviours' times too: exported and checked on data with
+    times and two modalities in test_dmae_artifacts_* below."""
+    return getattr(build_model(name, spec, make_config(name, SMALL)).over_arch.interest,
+                   "needs_times", False)  # fmt: skip
+
+
 def served(spec) -> list[tuple[str, dict]]:
-    """Every model of the zoo the serving layer supports, plus DMF's activity gate."""
+    """Every model of the zoo the serving layer supports (those without times; DMAE: its
+    own tests below), plus DMF's activity gate."""
     names = [
         name
         for name in sorted(MODELS)
         if servable(build_model(name, spec, make_config(name, SMALL)).over_arch.interest)
+        and not reads_times(name, spec)
     ]
     return [*[(name, {}) for name in names], ("dmf", {"activity_gate": True})]
 
@@ -95,8 +104,11 @@ with torch.inference_mode():
     for key, path in paths.items():
         scorer, info = loader.load_artifact(path)
         scores = []
-        for hist, user, cands in requests:
-            state = scorer.encode_user(torch.tensor(hist, dtype=torch.long), torch.tensor(user))
+        for hist, user, cands, *times in requests:
+            args = [torch.tensor(hist, dtype=torch.long), torch.tensor(user)]
+            if info.get("needs_times"):  # DMAE: the behaviours' times, a request input
+                args.append(torch.tensor(times[0], dtype=torch.float32))
+            state = scorer.encode_user(*args)
             scores.append(scorer.score(state, torch.tensor(cands, dtype=torch.long)).tolist())
         out[key] = {"format": info["format"], "scores": scores}
     # The plain-torch recipe of docs/serving.md, on the first pt2 artifact
@@ -105,8 +117,9 @@ with torch.inference_mode():
     programs = load_pt2(path).exported_programs
     tables = programs["tables"].module()()
     encode_user, score = programs["encode_user"].module(), programs["score"].module()
-    hist, user, cands = requests[0]
-    state = encode_user(tables, torch.tensor(hist), torch.tensor(user))
+    hist, user, cands, *times = requests[0]
+    args = [torch.tensor(hist), torch.tensor(user)] + [torch.tensor(t, dtype=torch.float32) for t in times]
+    state = encode_user(tables, *args)
     out["plain_torch"] = score(tables, state, torch.tensor(cands)).tolist()
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("models", "pipeline", "tests"))
 print(json.dumps({"results": out, "leaked": leaked}))
@@ -160,12 +173,9 @@ def expected_ctrs(model, data: PreparedData, reqs: list, table_dtype: str = "fp3
 def test_every_served_model_is_exported(exported: dict, data: PreparedData) -> None:
     served_names = {key.split("+")[0] for key in exported["models"]}
     unserved = {name for name in MODELS if name not in served_names}
-    # Arches reading behaviour times or per-modality similarities are not served (yet).
+    # Arches reading behaviour times (DMAE) are exported by test_dmae_artifacts_* below.
     spec = data.feature_spec()
-    assert all(
-        not servable(build_model(n, spec, make_config(n, SMALL)).over_arch.interest)
-        for n in unserved
-    )
+    assert unserved == {n for n in MODELS if reads_times(n, spec)} == {"dmae"}
     assert {"dmf", "dta", "ta", "din", "sasrec", "dnn", "make"} <= served_names
     assert exported["leaked"] == []
 
@@ -410,4 +420,122 @@ def test_aoti_package_of_dmf_in_a_fresh_process(
     assert result["leaked"] == []
     for i, expected in enumerate(expected_ctrs(model, data, reqs)):
         got = torch.tensor(result["results"]["dmf/aoti"]["scores"][i])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=str(i))
+
+
+# ------------------------------------------------------------------------------- DMAE
+# DMAE reads the behaviours' times (a request input) and, with two modalities, the
+# per-modality similarities, computed by the artifact from its item_mm_modalities table.
+DMAE_SMALL = {"interest_dim": 8, "mieu_hidden": [8], "decoder_hidden": [8], "attention_dims": [8]}
+
+
+@pytest.fixture(scope="module")
+def dmae_data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    root = write_prepared(
+        tmp_path_factory.mktemp("dmae-data"), num_items=40, categories=True, seed=5,
+        modalities=("image", "text"), times=True,
+    )  # fmt: skip
+    np.save(root / "item_category.npy", np.random.default_rng(3).integers(2, 6, size=40))
+    return PreparedData(root)
+
+
+def dmae_requests(data: PreparedData) -> list:
+    """(hist, user, cands, times) with the empty history among them."""
+    rng = np.random.default_rng(12)
+    out = []
+    for hist, user, cands in requests(data.vocab_sizes["item"], data.vocab_sizes["user"]):
+        times = np.sort(rng.integers(0, 30 * 86400, size=len(hist)))[::-1].tolist()
+        out.append((hist, user, cands, times))
+    return out
+
+
+def dmae_expected(model, data: PreparedData, reqs: list) -> list:
+    from tests.test_dmae import served_and_training_ctr
+
+    scorer = scorer_from_model(
+        model, data.item_mm, np.load(data.root / "item_category.npy"),
+        modality_mm=data.modality_mm,
+    )  # fmt: skip
+    return [served_and_training_ctr(scorer, model, data, h, t, u, c)[1] for h, u, c, t in reqs]
+
+
+def test_dmae_artifacts_score_as_the_training_forward(
+    dmae_data: PreparedData, tmp_path: Path
+) -> None:
+    """pt2 and torchscript artifacts of DMAE (two modalities, times), loaded in a fresh
+    process without the project's code: the training forward's CTRs (1e-5), the empty
+    history included; serving.json says that encode_user takes the times."""
+    model = random_model("dmae", dmae_data.feature_spec(), seed=2, **DMAE_SMALL)
+    paths = {}
+    for kind in ("pt2", "torchscript"):
+        path = tmp_path / f"dmae{export.SUFFIX[kind]}"
+        export.export_model(model, dmae_data, path, kind=kind, metadata={"model": "dmae"})
+        info = artifact.read_metadata(path)
+        assert info["needs_times"] is True and info["modalities"] == 2
+        assert info["tables"]["item_mm_modalities"]["shape"][:2] == [2, 40]
+        paths[f"dmae/{kind}"] = str(path)
+    reqs = dmae_requests(dmae_data)
+    result = run_fresh(paths, reqs, tmp_path)
+    assert result["leaked"] == []
+    for i, expected in enumerate(dmae_expected(model, dmae_data, reqs)):
+        for kind in ("pt2", "torchscript"):
+            got = torch.tensor(result["results"][f"dmae/{kind}"]["scores"][i])
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=f"{kind} {i}")
+    scorer, _ = artifact.load_artifact(paths["dmae/pt2"])
+    with pytest.raises(ValueError, match="hist_times"):
+        scorer.encode_user(torch.tensor([3, 4]), torch.tensor(2))
+
+    # The batch scoring job reads hist_ts_delta for it, and rejects rows without usable times.
+    rows = {
+        "request_id": ["ok", "none", "short", "negative", "nan"],
+        "user": [3, 4, 5, 6, 7],
+        "hist_items": [[2, 5, 9], [2], [4, 5], [6], [7]],
+        "candidates": [[4, 5, 6], [2], [7], [8], [9]],
+    }
+    times = pa.array([[172800, 86400, 60], None, [5], [-1], [float("nan")]], pa.list_(pa.float64()))
+    table = pa.table({k: pa.array(v) for k, v in rows.items()}).append_column(
+        "hist_ts_delta", times
+    )
+    for name, requests_table in (("with", table), ("without", table.drop(["hist_ts_delta"]))):
+        requests_path, out = tmp_path / f"{name}.parquet", tmp_path / f"{name}.scores.parquet"
+        pq.write_table(requests_table, requests_path)
+        argv = [
+            "--artifact",
+            paths["dmae/pt2"],
+            "--requests",
+            str(requests_path),
+            "--out",
+            str(out),
+        ]
+        assert score_requests.main(argv) == 0
+        rejects = [
+            json.loads(line) for line in out.with_name(f"{name}.scores.rejects.jsonl").open()
+        ]
+        reasons = {r["request_id"]: r["reason"] for r in rejects}
+        if name == "without":
+            assert set(reasons.values()) == {"missing_times"} and len(reasons) == 5
+            continue
+        assert reasons == {"none": "missing_times", "short": "times_misaligned",
+                           "negative": "bad_time", "nan": "bad_time"}  # fmt: skip
+        state = scorer.encode_user(torch.tensor([2, 5, 9]), torch.tensor(3),
+                                   torch.tensor([172800.0, 86400.0, 60.0]))  # fmt: skip
+        want = scorer.score(state, torch.tensor([4, 5, 6]))
+        got = torch.tensor(pq.read_table(out).column("score").to_pylist())
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_dmae_aoti_package_in_a_fresh_process(
+    dmae_data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DMAE's AOTInductor package scores as the training forward in a fresh process."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    model = random_model("dmae", dmae_data.feature_spec(), seed=2, **DMAE_SMALL)
+    path = export.export_model(model, dmae_data, tmp_path / "dmae.aoti.pt2", kind="aoti")
+    assert artifact.read_metadata(path)["probe_max_abs_error"]["aoti"] <= 1e-5
+    pt2 = export.export_model(model, dmae_data, tmp_path / "dmae.pt2")
+    reqs = dmae_requests(dmae_data)
+    result = run_fresh({"dmae/aoti": str(path), "dmae/pt2": str(pt2)}, reqs, tmp_path)
+    for i, expected in enumerate(dmae_expected(model, dmae_data, reqs)):
+        got = torch.tensor(result["results"]["dmae/aoti"]["scores"][i])
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=str(i))

@@ -105,8 +105,12 @@ def test_scorer_equals_training_forward(
     data: PreparedData, name: str, per_candidate: bool, categories: bool, overrides: dict
 ) -> None:
     model = random_model(name, spec_of(data, categories), seed=1, **overrides)
-    if not servable(model.over_arch.interest):
-        pytest.skip(f"{name} reads behaviour times or per-modality similarities (not served)")
+    assert servable(model.over_arch.interest)
+    if getattr(model.over_arch.interest, "needs_times", False):
+        pytest.skip(
+            f"{name} takes the behaviour times with the request: checked against the training "
+            "forward on data with times (tests/test_dmae.py::test_scorer_serves_dmae_*)"
+        )
     cats = np.load(data.root / "item_category.npy") if categories else None
     scorer = scorer_from_model(model, data.item_mm, cats, per_candidate=per_candidate, chunk=4)
     rng = np.random.default_rng(7)
