@@ -342,11 +342,21 @@ def test_item_features_leave_the_other_columns_and_the_default_run_unchanged(
     base = run(reviews, stripped, outs["plain"])
     default = run(reviews, meta, outs["default"])
     extended = run(reviews, meta, outs["features"], *ALL_FEATURES)
-    ignore = {"inputs", "created_by", "checksum", "limits", "files", "features", "vocab_sizes", "records"}
+    ignore = {
+        "inputs",
+        "created_by",
+        "checksum",
+        "limits",
+        "files",
+        "features",
+        "vocab_sizes",
+        "records",
+    }
     # limits: max_timestamp is relative to the clock; checksum: of the manifest
     same = {k: v for k, v in base.items() if k not in ignore}
     assert same == {k: v for k, v in default.items() if k not in ignore}
     assert base["records"] == default["records"] and "features" not in default
+
     def files(m: dict) -> dict:  # rejects.jsonl quotes i7's line, which differs
         return {k: v for k, v in m["files"].items() if k != "rejects.jsonl"}
 
