@@ -13,6 +13,17 @@ random item the user never reviewed (deterministic given `--seed`).
 
 Item vectors: titles embedded by `--encoder` (cached), or `--item-vectors FILE` (Parquet
 item_id, mm_vector) with `--encoder precomputed`, or both fused (`embed.fuse`).
+
+Item features (`--item-features price,brand,salesrank`, off by default): the metadata's
+price, brand and salesRank become schema item features (docs/feature-schema.md) through
+the logs job's machinery (`data_prep.features.SchemaPrep`): `features/item_NAME.npy` and
+the manifest's `features`. `price_bucket`: bucket floor(log2(1 + price)) (cap
+PRICE_BUCKETS - 1), `brand`: vocab auto over the used items, `salesrank_bucket`: bucket
+floor(log2(rank)) (cap RANK_BUCKETS - 1) of the rank in the item's top category (the
+salesRank key equal to the root of its first category path, else the first key). A
+missing field is index 1; a bad one (a negative, non-finite or non-numeric price, a brand
+that is not a string or is too long, a salesRank that is not a {category: positive
+integer} dict) is repaired to missing (`bad_price`, `bad_brand`, `bad_sales_rank`).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from data_prep.columns import ColumnTypeError, as_ids
 from data_prep.coordination import Coordinator, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, embed_settings, embed_titles, fuse
 from data_prep.events import RawEvents, drop_unknown_items
+from data_prep.features import SchemaPrep
 from data_prep.history import TIE_ORDERS
 from data_prep.items import (
     ItemTable,
@@ -59,8 +71,94 @@ from data_prep.scatter import ScatterWriter
 from data_prep.tables import read_lines
 from data_prep.vocab import FIRST_ID, Vocab
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE
+from models.schema import Feature, FeatureSchema
 
 REVIEW_FIELDS = ("reviewerID", "asin", "unixReviewTime")
+
+# --item-features: option name -> (feature name, repair reason of a bad value)
+ITEM_FEATURES = {
+    "price": ("price_bucket", "bad_price"),
+    "brand": ("brand", "bad_brand"),
+    "salesrank": ("salesrank_bucket", "bad_sales_rank"),
+}
+PRICE_BUCKETS = 24  # floor(log2(1 + price)): 0 below $1, 1 for [1, 3), ..., 23 from 2^23 - 1
+RANK_BUCKETS = 32  # floor(log2(rank)): 0 for rank 1, 1 for 2-3, 2 for 4-7, ...
+
+
+def _labels(buckets: int) -> tuple[str, ...]:
+    """Zero-padded labels: the fixed vocabulary sorts them in bucket order (index 2 + k)."""
+    return tuple(f"{k:02d}" for k in range(buckets))
+
+
+def price_bucket(value: Any) -> tuple[str, str]:
+    """(bucket label or "" when missing, repair reason or "") of a metadata price."""
+    if value is None:
+        return "", ""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip().lstrip("$").replace(",", ""))
+        except ValueError:
+            return "", "bad_price"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "", "bad_price"
+    price = float(value)
+    if not math.isfinite(price) or price < 0:
+        return "", "bad_price"
+    return f"{min(int(math.floor(math.log2(1.0 + price))), PRICE_BUCKETS - 1):02d}", ""
+
+
+def salesrank_bucket(value: Any, root: str) -> tuple[str, str]:
+    """(bucket label or "", repair reason or "") of a salesRank {category: rank}: the rank
+    in `root` (the item's top category) when it is a key, else in the first key."""
+    if value is None:
+        return "", ""
+    if not isinstance(value, dict) or not value:
+        return "", "bad_sales_rank"
+    rank = value[root] if root in value else next(iter(value.values()))
+    if isinstance(rank, float) and math.isfinite(rank) and rank == math.floor(rank):
+        rank = int(rank)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        return "", "bad_sales_rank"
+    return f"{min(rank.bit_length() - 1, RANK_BUCKETS - 1):02d}", ""
+
+
+def brand_value(value: Any, max_length: int) -> tuple[str, str]:
+    if value is None:
+        return "", ""
+    if not isinstance(value, str) or len(value.strip()) > max_length:
+        return "", "bad_brand"
+    return value.strip(), ""
+
+
+def item_feature_schema(names: tuple[str, ...]) -> FeatureSchema:
+    """The default schema plus the requested item features.
+
+    Kind `sequence`, as docs/feature-schema.md's item attributes (and the built-in
+    category): an item's price, brand and rank are joined to the item representation of
+    the target and of every history item, so the interest arch sees them on the reviewed
+    items too (a pooled `sparse` feature would describe the target only, and this job's
+    signal is the history)."""
+    features = []
+    for name in names:
+        feature = ITEM_FEATURES[name][0]
+        vocab: Any = {
+            "price": _labels(PRICE_BUCKETS),
+            "brand": "auto",
+            "salesrank": _labels(RANK_BUCKETS),
+        }[name]
+        features.append(Feature(feature, "sequence", "item", feature, f"t_{feature}", vocab=vocab))
+    return FeatureSchema(FeatureSchema().features + tuple(features))
+
+
+def parse_item_features(text: str) -> tuple[str, ...]:
+    """--item-features: "" / "none" or a comma list of price, brand, salesrank."""
+    names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in ITEM_FEATURES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown item features {unknown}: choose from {', '.join(ITEM_FEATURES)}"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass
@@ -72,6 +170,9 @@ class MetaRecords:
     category: np.ndarray
     line: np.ndarray
     excerpt: list[str]
+    # --item-features option name -> (N,) labels ("" missing) and repair reasons ("" none)
+    attrs: dict[str, np.ndarray] = field(default_factory=dict)
+    problems: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _decode(raw: bytes, file: str, number: int, rejects: RejectLog) -> str | None:
@@ -212,6 +313,7 @@ def read_meta(path: Path, rejects: RejectLog, limits: Limits | None = None) -> M
     categories: list[str] = []
     lines: list[int] = []
     excerpts: list[str] = []
+    attrs: dict[str, list[tuple[str, str]]] = {name: [] for name in ITEM_FEATURES}
     for number, text, record in _records(path, rejects, limits, _parse_literal):
         if not isinstance(record, dict):
             rejects.reject(path.name, number, "malformed", text)
@@ -230,13 +332,28 @@ def read_meta(path: Path, rejects: RejectLog, limits: Limits | None = None) -> M
         categories.append(category)
         lines.append(number)
         excerpts.append(excerpt(text))
+        attrs["price"].append(price_bucket(record.get("price")))
+        attrs["brand"].append(brand_value(record.get("brand"), limits.max_id_length))
+        attrs["salesrank"].append(
+            salesrank_bucket(record.get("salesRank"), _root_category(record.get("categories")))
+        )
     return MetaRecords(
         asin=np.asarray(asins, dtype=str),
         title=np.asarray(titles, dtype=object),
         category=np.asarray(categories, dtype=str),
         line=np.asarray(lines, dtype=np.int64),
         excerpt=excerpts,
+        attrs={n: np.array([v for v, _ in a] or [], dtype=object) for n, a in attrs.items()},
+        problems={n: np.array([p for _, p in a] or [], dtype=object) for n, a in attrs.items()},
     )
+
+
+def _root_category(categories: Any) -> str:
+    """First entry of the first category path (the top category), or ""."""
+    if isinstance(categories, list) and categories and isinstance(categories[0], list):
+        if categories[0] and isinstance(categories[0][0], str):
+            return categories[0][0]
+    return ""
 
 
 def _leaf_category(categories: Any) -> str:
@@ -268,6 +385,13 @@ class AmazonConfig:
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
     created_by: str = ""
     limits: Limits = field(default_factory=Limits)
+    item_features: tuple[str, ...] = ()  # --item-features: keys of ITEM_FEATURES
+
+    def schema_prep(self) -> SchemaPrep | None:
+        """The item features' side of the run; None without --item-features (today's output)."""
+        if not self.item_features:
+            return None
+        return SchemaPrep(item_feature_schema(self.item_features), None, self.limits)
 
 
 def item_vectors(
@@ -318,8 +442,9 @@ def item_vectors(
 class AmazonItems:
     """Item side of the Amazon job: metadata items that have at least one clean review."""
 
-    def __init__(self, config: AmazonConfig) -> None:
+    def __init__(self, config: AmazonConfig, features: SchemaPrep | None = None) -> None:
         self.config = config
+        self.features = features
         self.meta: MetaRecords | None = None
         self.rows = np.array([], dtype=np.int64)  # metadata rows of the candidates, sorted by asin
 
@@ -358,7 +483,31 @@ class AmazonItems:
         mm = np.zeros((len(vocab), vectors.shape[1]), dtype=np.float32)
         mm[FIRST_ID:] = vectors
         category_vocab, category = category_table(vocab, meta.category[rows])
+        if self.features is not None:
+            self._item_features(rows, rejects)
         return ItemTable(vocab, mm, source, category_vocab, category), remap
+
+    def _item_features(self, rows: np.ndarray, rejects: RejectLog) -> None:
+        """Hand the used items' metadata fields to SchemaPrep as an item table (item_id and
+        one string column per feature, null when missing); bad values were repaired to
+        missing at parse time and are counted here, for the used items only."""
+        meta, name = self.meta, self.config.meta.name
+        assert meta is not None
+        columns: dict[str, Any] = {"item_id": pa.array(meta.asin[rows].tolist(), pa.string())}
+        for option in self.config.item_features:
+            feature, _ = ITEM_FEATURES[option]
+            problem = meta.problems[option][rows]
+            for i in np.flatnonzero(problem != ""):
+                rejects.repair(
+                    name, int(meta.line[rows[i]]), str(problem[i]), meta.excerpt[rows[i]]
+                )
+            values = meta.attrs[option][rows]
+            if not (values != "").any():
+                print(f"item features: no used item has a {option!r}: {feature} is all missing (1)")
+            columns[feature] = pa.array([v or None for v in values.tolist()], pa.string())
+        table = pa.table(columns)
+        assert self.features is not None
+        self.features.filter_items(table, meta.line[rows], name, rejects)
 
 
 @dataclass(frozen=True)
@@ -393,6 +542,7 @@ def run_amazon(
     for path in (config.reviews, config.meta, config.item_vectors):
         if path is not None and not path.is_file():
             raise InputError(f"{path}: no such file")
+    features = config.schema_prep()
     settings = PipelineSettings(
         out=config.out,
         job="amazon",
@@ -403,13 +553,14 @@ def run_amazon(
         row_group_size=config.row_group_size,
         strict=config.strict,
         limits=config.limits,
+        features=features,
     )
     task = AmazonScatterTask(
         config.reviews, work_dir(config.out), config.partitions, config.strict, config.limits
     )
     inputs = {p.name: input_record(p) for p in (config.reviews, config.meta)}
     manifest = run_pipeline(
-        settings, coordinator, AmazonItems(config), [task], [config.reviews.name], inputs
+        settings, coordinator, AmazonItems(config, features), [task], [config.reviews.name], inputs
     )
     if manifest is not None:
         print(summary(manifest["records"]))
@@ -451,6 +602,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--row-group-size", type=positive_int, default=DEFAULT_ROW_GROUP_SIZE)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
+    parser.add_argument(
+        "--item-features",
+        type=parse_item_features,
+        default=(),
+        help="metadata fields to turn into item features (sequence kind, docs/data-prep.md): "
+        "a comma list of price (price_bucket), brand, salesrank (salesrank_bucket); "
+        "default none: the output of earlier versions",
+    )
     add_limit_arguments(parser)
 
 
@@ -477,6 +636,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         row_group_size=args.row_group_size,
         created_by=command,
         limits=limits_from_args(args),
+        item_features=args.item_features,
     )
     manifest = run_amazon(config)
     if manifest is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 from pathlib import Path
@@ -35,12 +36,12 @@ REVIEWS = [
 ]
 META = [
     b"{'asin': 'i1', 'title': 'USB cable', 'categories': [['Electronics', 'Cables']], 'price': 3.5}",
-    b"{'asin': 'i2', 'title': 'HDMI cable', 'related': {'also_bought': ['i1']}}",
+    b"{'asin': 'i2', 'title': 'HDMI cable', 'related': {'also_bought': ['i1']}, 'brand': 'Zed', 'price': 'cheap'}",
     b"{'asin': 'i3', 'title': 'Digital camera', 'salesRank': {'Electronics': 5}, 'imUrl': 'http://x'}",
     b"{'asin': 'i4', 'title': 'Camera lens', 'brand': 'Acme'}",
-    b"{'asin': 'i5', 'title': 'Laptop bag'}",
-    b"{'asin': 'i6', 'title': ''}",  # empty_title (repaired)
-    b"{'asin': 'i7', 'title': 'Never reviewed'}",  # 7 item_without_events
+    b"{'asin': 'i5', 'title': 'Laptop bag', 'price': -2.0, 'salesRank': {'Bags': 'x'}}",
+    b"{'asin': 'i6', 'title': '', 'brand': 7}",  # empty_title (repaired)
+    b"{'asin': 'i7', 'title': 'Never reviewed', 'price': -1}",  # 7 item_without_events
     b"{'asin': 'i1', 'title': 'dup'}",  # 8 duplicate_item
     b"{'title': 'no asin'}",  # 9 missing_field
     b"{'asin': 'i8', 'title': 'broken'",  # 10 malformed
@@ -252,3 +253,121 @@ def test_tie_order_decides_the_last_day_positive(tmp_path):
     assert positives["file"]["E"] == ("i2", ["i1", "i5"])
     assert positives["item"]["E"] == ("i5", ["i1", "i2"])
     assert positives["file"]["F"] == positives["item"]["F"] == ("i4", ["i3"])
+
+
+# ------------------------------------------------------- --item-features (issue 12)
+ALL_FEATURES = ("--item-features", "price,brand,salesrank")
+NAMES = ("price_bucket", "brand", "salesrank_bucket")
+
+
+def _item_index(out: Path) -> dict[str, int]:
+    items = pq.read_table(out / "vocab" / "item.parquet").to_pydict()
+    return dict(zip(items["raw_id"], items["index"]))
+
+
+def test_item_features_are_written_per_item_with_their_buckets(fixture_files, tmp_path):
+    out = tmp_path / "out"
+    manifest = run(*fixture_files, out, *ALL_FEATURES)
+    index = _item_index(out)
+    price = np.load(out / "features" / "item_price_bucket.npy")
+    brand = np.load(out / "features" / "item_brand.npy")
+    rank = np.load(out / "features" / "item_salesrank_bucket.npy")
+    assert len(price) == len(brand) == len(rank) == len(index) + 2
+    assert price[0] == brand[0] == rank[0] == 0 and price[1] == brand[1] == rank[1] == 1
+    # i1: $3.5 -> floor(log2(4.5)) = bucket 2 -> index 4; i2 'cheap', i5 -2.0: bad -> 1
+    assert {i: int(price[index[i]]) for i in index} == {
+        "i1": 4, "i2": 1, "i3": 1, "i4": 1, "i5": 1, "i6": 1,
+    }  # fmt: skip
+    brands = pq.read_table(out / "vocab" / "brand.parquet").to_pydict()
+    assert dict(zip(brands["raw_id"], brands["index"])) == {"Acme": 2, "Zed": 3}
+    assert {i: int(brand[index[i]]) for i in index} == {
+        "i1": 1, "i2": 3, "i3": 1, "i4": 2, "i5": 1, "i6": 1,
+    }  # fmt: skip
+    # i3: rank 5 in Electronics -> floor(log2(5)) = 2 -> index 4; i5 {'Bags': 'x'}: bad
+    assert {i: int(rank[index[i]]) for i in index} == {
+        "i1": 1, "i2": 1, "i3": 4, "i4": 1, "i5": 1, "i6": 1,
+    }  # fmt: skip
+    listed = {f["name"]: f for f in manifest["features"]["features"]}
+    assert [n for n in listed if n in NAMES] == list(NAMES)
+    assert all(listed[n]["kind"] == "sequence" and listed[n]["source"] == "item" for n in NAMES)
+    assert manifest["vocab_sizes"]["price_bucket"] == 24 + 2
+    assert manifest["vocab_sizes"]["brand"] == 4
+    assert manifest["vocab_sizes"]["salesrank_bucket"] == 32 + 2
+    assert {f"features/item_{n}.npy" for n in NAMES} <= set(manifest["files"])
+    records = manifest["records"]
+    assert records["repaired"] == {
+        "empty_title": 1, "bad_price": 2, "bad_brand": 1, "bad_sales_rank": 1,
+    }  # fmt: skip  # i7's bad price is not counted: the item is rejected (no events)
+    assert records["read"] == 16 + 12
+    assert records["read"] == records["used"] + sum(records["rejected"].values())
+    train = rows(out, manifest, "train")
+    for r in train:  # shard columns: the target's and the history's values
+        assert r["price_bucket"] == price[r["item"]]
+        assert r["hist_brand"] == [brand[h] for h in r["hist_items"]]
+        assert r["hist_salesrank_bucket"] == [rank[h] for h in r["hist_items"]]
+
+
+def test_a_training_batch_carries_the_item_features(fixture_files, tmp_path):
+    from pipeline.data import PreparedData
+
+    out = tmp_path / "out"
+    run(*fixture_files, out, *ALL_FEATURES)
+    data = PreparedData(out, verify="full")
+    assert [f.name for f in data.schema.extra_sequence] == list(NAMES)
+    batch = next(iter(data.reader("train", 6)))
+    keys = batch.sparse_features.keys()
+    for name in NAMES:
+        assert name in keys and f"hist_{name}" in keys
+    price = np.load(out / "features" / "item_price_bucket.npy")
+    targets = batch.sparse_features["item"].values().numpy()
+    assert batch.sparse_features["price_bucket"].values().numpy().tolist() == [
+        int(price[t]) for t in targets
+    ]
+
+
+def test_item_features_leave_the_other_columns_and_the_default_run_unchanged(
+    fixture_files, tmp_path
+):
+    """Without the option the new metadata fields change nothing (same samples and
+    manifest as metadata without them); with it, only columns and manifest entries are
+    added."""
+    extra = ("price", "brand", "salesRank")
+    plain = [
+        repr({k: v for k, v in ast.literal_eval(line.decode()).items() if k not in extra}).encode()
+        for line in META[:7]
+    ]
+    stripped = write_gz(tmp_path / "plain.json.gz", plain + META[7:])
+    reviews, meta = fixture_files
+    outs = {k: tmp_path / k for k in ("plain", "default", "features")}
+    base = run(reviews, stripped, outs["plain"])
+    default = run(reviews, meta, outs["default"])
+    extended = run(reviews, meta, outs["features"], *ALL_FEATURES)
+    ignore = {
+        "inputs",
+        "created_by",
+        "checksum",
+        "limits",
+        "files",
+        "features",
+        "vocab_sizes",
+        "records",
+    }
+    # limits: max_timestamp is relative to the clock; checksum: of the manifest
+    same = {k: v for k, v in base.items() if k not in ignore}
+    assert same == {k: v for k, v in default.items() if k not in ignore}
+    assert base["records"] == default["records"] and "features" not in default
+
+    def files(m: dict) -> dict:  # rejects.jsonl quotes i7's line, which differs
+        return {k: v for k, v in m["files"].items() if k != "rejects.jsonl"}
+
+    assert files(base) == files(default) and base["vocab_sizes"] == default["vocab_sizes"]
+    assert not (outs["default"] / "features").exists()
+    assert same == {k: v for k, v in extended.items() if k not in ignore}
+    for split in ("train", "test"):
+        a, b = rows(outs["plain"], base, split), rows(outs["default"], default, split)
+        assert a == b
+        c = rows(outs["features"], extended, split)
+        assert [{k: v for k, v in r.items() if k in a[0]} for r in c] == a
+    assert {k: v for k, v in extended["vocab_sizes"].items() if k not in NAMES} == base[
+        "vocab_sizes"
+    ]
