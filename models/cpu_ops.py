@@ -9,12 +9,14 @@ the candidate side"):
     bucketize_cells(sims, base, thresholds, half)                   Bucketizer's lookup
     uniform_histogram(sims, num_bins)                               DMF's histogram, no mask
 
-`*_reference` below are the plain ATen forms (what DTA / DMF compute without the library);
-tests/test_cpu_ops.py compares each operator with its reference. The library is compiled
+The plain ATen forms, the references, are what the serving modules run without the
+library: `bucket_softmax_reference` below (DTA's attend), `models.buckets.Bucketizer` and
+`models.histogram.similarity_histogram`; tests/test_cpu_ops.py compares each operator
+with its reference. The library is compiled
 on first use by `torch.utils.cpp_extension.load` (ninja and a C++ compiler; about a minute,
 cached under TORCH_EXTENSIONS_DIR), or loaded from a given .so (`load_library(path)`: an
 exported artifact ships its copy, pipeline/artifact.py). Where it cannot be built the
-serving forms run the references: `enabled()` is False, with the reason in
+serving modules run the references: `enabled()` is False, with the reason in
 `unavailable_reason()`.
 """
 
@@ -116,37 +118,37 @@ def histogram_fused_method(self, sims: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------ plain references
 def bucket_softmax_reference(
-    scores: Tensor,
+    q: Tensor,
+    k_t: Tensor,
     bucket_scores: Tensor | None,
     buckets: Tensor,
     num_buckets: int,
     with_mass: bool,
+    score_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """weights = softmax(scores + bucket_scores[.., buckets]) (H, B, L); mass (H, B, M)
-    = the weight per bucket (H, B, 0 without `with_mass`). scores (H, B, L); bucket_scores
-    (H, B, M) or None; buckets (B, L) long in [0, M)."""
-    heads, batch, length = scores.shape
-    index = buckets.unsqueeze(0).expand(heads, batch, length)
+    """DTA's attention weights and bucket mass in ATen ops: what
+    `bucket_softmax(bmm(q, k_t), ...)` computes, and the plain form DTA's `attend` runs.
+
+    q (H, B, dk) scaled queries, k_t (H, dk, L), bucket_scores (H, B, M) = q E_K or None,
+    buckets (B, L) long in [0, M) (unread without bucket terms), score_bias (H or 1, B, L) or None -> weights (H, B, L) =
+    softmax(q k_t + bucket_scores[.., buckets] + score_bias), mass (H, B, M) = the weight per
+    bucket ((H, B, 0) without `with_mass`).
+    """
+    heads, batch, length = q.shape[0], q.shape[1], k_t.shape[2]
+    index = buckets  # unread (may be empty) without bucket terms
+    if bucket_scores is not None or with_mass:
+        index = buckets.unsqueeze(0).expand(heads, batch, length)
+    # Each (H, B, L) tensor is this function's own and updated in place: a new one is a
+    # fresh 7.7 MB allocation (B=1200, L=400, H=4) whose pages are faulted in on first touch.
     if bucket_scores is not None:
-        scores = scores + torch.gather(bucket_scores, 2, index)
+        scores = torch.gather(bucket_scores, 2, index)  # (H, B, L), then += q k_t in place
+        scores.baddbmm_(q, k_t)
+    else:
+        scores = torch.bmm(q, k_t)
+    if score_bias is not None:
+        scores.add_(score_bias)
     weights = torch.softmax(scores, dim=-1)
     mass = weights.new_zeros(heads, batch, num_buckets if with_mass else 0)
     if with_mass:
         mass.scatter_add_(2, index, weights)
     return weights, mass
-
-
-def bucketize_cells_reference(sims: Tensor, base: Tensor, thresholds: Tensor, half: float) -> Tensor:
-    """models.buckets.Bucketizer.forward's lookup: sims (...) -> bucket (...) long."""
-    cell = sims.reshape(-1).mul(half).add(half).clamp(0.0, base.shape[0] - 1.0).long()
-    out = base.index_select(0, cell)
-    values = sims.reshape(-1)
-    for k in range(thresholds.shape[0]):
-        out = out + (values >= thresholds[k].index_select(0, cell))
-    return out.view(sims.shape)
-
-
-def uniform_histogram_reference(sims: Tensor, num_bins: int) -> Tensor:
-    """models.histogram.similarity_histogram with every position real: (B, L) -> (B, n)."""
-    bins = ((sims.clamp(-1.0, 1.0) + 1.0) * (num_bins / 2.0)).long().clamp_(max=num_bins - 1)
-    return sims.new_zeros(sims.shape[0], num_bins).scatter_add_(1, bins, torch.ones_like(sims))

@@ -177,12 +177,6 @@ class DecoupledTargetAttention(nn.Module):
         batch = query.shape[0]
         v = state["v"]  # an empty history (L = 0) gives zeros: nothing to attend
         q = self._heads(self.w_q(query) * self.scale).transpose(0, 1)  # (H, B, dk)
-        index = buckets
-        if self.has_buckets:
-            index = buckets.unsqueeze(0).expand(self.num_heads, batch, buckets.shape[1])
-        # The (H, B, L) tensors are updated in place where they are this method's own: each
-        # new one is a fresh allocation of B L H floats (7.7 MB at B=1200, L=400, H=4) whose
-        # pages the OS faults in on first touch, the largest cost on a CPU after the GEMMs.
         fused = (
             not torch.jit.is_scripting()
             and self.cpu_kernels
@@ -199,20 +193,15 @@ class DecoupledTargetAttention(nn.Module):
             # One C++ pass per (h, b) row: + bucket-key scores, softmax, bucket mass.
             weights, mass = self._fused(torch.bmm(q, state["k_t"]), bucket_scores, buckets)
         else:
-            if bucket_scores is not None:
-                # (H, B, M) -> (H, B, L) by bucket, then += q K_id^T by the GEMM, in place.
-                scores = torch.gather(bucket_scores, 2, index)
-                scores.baddbmm_(q, state["k_t"])
-            else:
-                scores = torch.bmm(q, state["k_t"])  # (H, B, L)
-            if score_bias is not None:
-                scores.add_(score_bias)
-            weights = torch.softmax(scores, dim=-1)
-            width = self.num_buckets if self.bucket_value is not None else 0
-            mass = weights.new_zeros(self.num_heads, batch, width)
-            if self.bucket_value is not None:
-                # Attention mass per bucket, then one small (M x dk) product per head.
-                mass.scatter_add_(2, index, weights)
+            weights, mass = cpu_ops.bucket_softmax_reference(
+                q,
+                state["k_t"],
+                bucket_scores,
+                buckets,
+                self.num_buckets,
+                self.bucket_value is not None,
+                score_bias,
+            )
         out = torch.bmm(weights, v)  # (H, B, dk)
         if self.bucket_value is not None:
             e_v = self._heads(self.bucket_value.weight).transpose(0, 1)  # (H, M, dk)

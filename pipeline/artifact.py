@@ -223,13 +223,14 @@ def register_cpu_ops(data: bytes, metadata: dict[str, Any]) -> None:
         if len(names) != 1:
             raise ArtifactError(f"serving.json names {member} but the package has no such member")
         library = base64.b64decode(archive.read(names[0]))
-    folder = Path(tempfile.mkdtemp(prefix="artifact-ops-"))
-    path = folder / member.removesuffix(".b64")
-    path.write_bytes(library)
-    try:
-        torch.ops.load_library(str(path))
-    except OSError as error:
-        raise ArtifactError(f"the package's CPU kernels do not load here ({error})") from None
+    # Once loaded (dlopen), the library stays mapped: its file can go with the folder.
+    with tempfile.TemporaryDirectory(prefix="artifact-ops-") as folder:
+        path = Path(folder) / member.removesuffix(".b64")
+        path.write_bytes(library)
+        try:
+            torch.ops.load_library(str(path))
+        except OSError as error:
+            raise ArtifactError(f"the package's CPU kernels do not load here ({error})") from None
 
 
 def load_programs(data: bytes, metadata: dict[str, Any]) -> ProgramScorer:

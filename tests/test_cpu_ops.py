@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from models import cpu_ops
 from models.buckets import Bucketizer
 from models.dta import DecoupledTargetAttention
-from models.histogram import SimilarityHistogram
+from models.histogram import SimilarityHistogram, similarity_histogram
 from models.scorer import use_cpu_kernels, uses_cpu_kernels
 
 pytestmark = pytest.mark.skipif(
@@ -35,16 +35,28 @@ ops = torch.ops.dmf_cpu
     seed=st.integers(0, 2**16),
 )
 def test_bucket_softmax_equals_gather_softmax_scatter(
-    heads: int, batch: int, length: int, buckets: int, keys: bool, mass: bool, scale: float, seed: int
+    heads: int,
+    batch: int,
+    length: int,
+    buckets: int,
+    keys: bool,
+    mass: bool,
+    scale: float,
+    seed: int,
 ) -> None:
     """Every H (the 4-head path and the others), L not a multiple of the vector widths,
     L = 0, M = 1, and scores spread wide enough that exp underflows for most positions."""
     generator = torch.Generator().manual_seed(seed)
-    scores = torch.randn(heads, batch, length, generator=generator) * scale
-    bucket_scores = torch.randn(heads, batch, buckets, generator=generator) * scale if keys else None
+    q = torch.randn(heads, batch, 4, generator=generator) * scale
+    k_t = torch.randn(heads, 4, length, generator=generator)
+    bucket_scores = (
+        torch.randn(heads, batch, buckets, generator=generator) * scale if keys else None
+    )
     index = torch.randint(0, buckets, (batch, length), generator=generator)
-    weights, got_mass = ops.bucket_softmax(scores, bucket_scores, index, buckets, mass)
-    ref_weights, ref_mass = cpu_ops.bucket_softmax_reference(scores, bucket_scores, index, buckets, mass)
+    weights, got_mass = ops.bucket_softmax(torch.bmm(q, k_t), bucket_scores, index, buckets, mass)
+    ref_weights, ref_mass = cpu_ops.bucket_softmax_reference(
+        q, k_t, bucket_scores, index, buckets, mass
+    )
     torch.testing.assert_close(weights, ref_weights, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got_mass, ref_mass, rtol=1e-5, atol=1e-6)
     if length:
@@ -64,11 +76,15 @@ def test_bucket_softmax_rejects_a_bucket_out_of_range() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(
-    cuts=st.lists(st.floats(-0.9990000128746033, 0.9990000128746033, width=32), min_size=0, max_size=60),
+    cuts=st.lists(
+        st.floats(-0.9990000128746033, 0.9990000128746033, width=32), min_size=0, max_size=60
+    ),
     shape=st.tuples(st.integers(0, 9), st.integers(0, 41)),
     seed=st.integers(0, 2**16),
 )
-def test_bucketize_cells_equals_the_bucketizer(cuts: list[float], shape: tuple[int, int], seed: int) -> None:
+def test_bucketize_cells_equals_the_bucketizer(
+    cuts: list[float], shape: tuple[int, int], seed: int
+) -> None:
     """Random and crowded boundaries (several within one cell: K > 1), similarities on
     the boundaries themselves and outside [-1, 1]."""
     boundaries = torch.tensor(sorted(cuts), dtype=torch.float32)
@@ -84,13 +100,22 @@ def test_bucketize_cells_equals_the_bucketizer(cuts: list[float], shape: tuple[i
 
 
 @settings(max_examples=40, deadline=None)
-@given(batch=st.integers(0, 6), length=st.integers(0, 50), bins=st.integers(1, 33), seed=st.integers(0, 99))
-def test_uniform_histogram_equals_the_reference(batch: int, length: int, bins: int, seed: int) -> None:
+@given(
+    batch=st.integers(0, 6),
+    length=st.integers(0, 50),
+    bins=st.integers(1, 33),
+    seed=st.integers(0, 99),
+)
+def test_uniform_histogram_equals_the_reference(
+    batch: int, length: int, bins: int, seed: int
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     sims = torch.rand(batch, length, generator=generator) * 2.6 - 1.3
     sims.view(-1)[:3] = torch.tensor([-1.0, 1.0, 0.0])[: sims.numel()]
     got = ops.uniform_histogram(sims, bins)
-    assert torch.equal(got, cpu_ops.uniform_histogram_reference(sims, bins))
+    assert torch.equal(
+        got, similarity_histogram(sims, torch.ones_like(sims, dtype=torch.bool), bins)
+    )
 
 
 @pytest.mark.parametrize("keys,values", [(True, True), (True, False)])
