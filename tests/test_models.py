@@ -32,6 +32,7 @@ VARIANTS = [(name, {}) for name in sorted(MODELS)] + [
     ("simtier", {"histogram_edges": "range"}),
     ("din", {"attention_dropout": 0.1}),
     ("ta", {"dropout": 0.2}),
+    ("dnn", {"pooling": "sum"}),
     ("dmae", {"mifu": False, "time_encoding": "position", "encoding_combine": "sum"}),
     ("dmae", {"iddu": False, "window_causal": True, "sincos_frequencies": "transformer"}),
 ]
@@ -283,6 +284,28 @@ def test_make_pretrain_then_transfer(data: PreparedData) -> None:
         torch.testing.assert_close(got[key], value)
     with pytest.raises(TypeError):
         transfer_pretrained(pretrain, build_model("ta", spec, make_config("ta", SMALL)))
+
+
+def test_dnn_sum_pooling_keeps_the_history_length() -> None:
+    """pooling="sum" is the mean times the number of real behaviours (padding excluded);
+    an unknown pooling is refused."""
+    from models.dnn import MeanPoolInterest
+
+    history = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False], [False] * 4])
+    x = InterestInputs(
+        torch.zeros(3, 2),
+        history,
+        mask,
+        torch.zeros(3, 4),
+        torch.zeros(3, 4, dtype=torch.long),
+        mask.sum(1),
+    )
+    mean, total = MeanPoolInterest(2, "mean")(x), MeanPoolInterest(2, "sum")(x)
+    torch.testing.assert_close(total, mean * mask.sum(1, keepdim=True))
+    torch.testing.assert_close(total[0], history[0, :3].sum(0))
+    with pytest.raises(ValueError, match="pooling"):
+        MeanPoolInterest(2, "max")
 
 
 def test_unknown_model_arg_is_an_error() -> None:
