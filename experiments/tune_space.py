@@ -87,6 +87,9 @@ EMBEDDING_OPTIMIZERS = {
 }
 
 
+_MLP = {"80-40": [80, 40], "256-128": [256, 128], "1024-512-256": [1024, 512, 256]}
+
+
 def shared_space(device: str = "cpu") -> dict[str, Param]:
     """The shared training settings every model searches (its family's copy)."""
     return {
@@ -103,6 +106,10 @@ def shared_space(device: str = "cpu") -> dict[str, Param]:
         "dropout": Float(0.0, 0.5, step=0.1, target="model_args"),
         "use_user_embedding": Choice(True, False, target="model_args"),
         "batch_size": Choice(128, 256, 512, 1024),
+        # Capacity: the paper's Amazon sizes (32, 80-40) against the outside library's
+        # (64, 1024-512-256), which its DNN and DIN are quoted with.
+        "embedding_dim": Choice(32, 64, target="model_args"),
+        "mlp_dims": Choice(*_MLP, target="model_args", decode=_MLP),
     }
 
 
@@ -121,6 +128,7 @@ MODEL_SPACES: dict[str, dict[str, Param]] = {
         "attention_dropout": Float(0.0, 0.3, step=0.1, target="model_args"),
     },
     "sasrec": {"num_layers": Int(1, 3, target="model_args")},
+    "dnn": {"pooling": Choice("mean", "sum", target="model_args")},
     "dmf": {
         "alpha": Float(0.0, 1.0, step=0.1, target="model_args"),
         "histogram_bins": Choice(10, 20, 35, 50, target="model_args"),

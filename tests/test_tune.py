@@ -24,7 +24,8 @@ MODEL = "dnn"  # the cheapest model of the zoo: the search machinery is what is 
 GOOD = {
     "lr": 3e-3, "embedding_optimizer": "adagrad", "embedding_lr_adagrad": 0.2,
     "embedding_l2": 1e-7, "weight_decay": 1e-6, "dropout": 0.0,
-    "use_user_embedding": False, "batch_size": 128,
+    "use_user_embedding": False, "batch_size": 128, "embedding_dim": 32, "mlp_dims": "80-40",
+    "pooling": "mean",
 }  # fmt: skip
 # Deliberately bad: tiny learning rates and the heaviest embedding penalty of the space.
 BAD = {
@@ -55,7 +56,10 @@ def test_conditional_embedding_lr_and_decoded_choices():
     settings = suggest(trial, MODEL)
     assert settings["embedding_optimizer"] == "adam_dense"
     assert settings["embedding_lr"] == 1e-3 and "embedding_lr_adagrad" not in trial.params
-    assert settings["model_args"] == {"dropout": 0.0, "use_user_embedding": False}
+    assert settings["model_args"] == {
+        "dropout": 0.0, "use_user_embedding": False, "embedding_dim": 32, "mlp_dims": [80, 40],
+        "pooling": "mean",
+    }  # fmt: skip
     din = settings_of("din", {"attention_dims": "256-128", "dropout": 0.30000000000000004})
     assert din["model_args"] == {"attention_dims": [256, 128], "dropout": 0.3}
 
