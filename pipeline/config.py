@@ -165,6 +165,12 @@ class TrainConfig:
     eval_every: int | None = setting(
         None, help="evaluate on the valid split every N steps (never on test)"
     )
+    evals_per_epoch: int | None = setting(
+        None,
+        help="with eval_every unset: evaluate on the valid split N times an epoch (eval_every = "
+        "steps per epoch // N, so a preset validates alike on any dataset size)",
+        metavar="N",
+    )
     checkpoint_every: int | None = setting(None, help="checkpoint every N steps and at the end")
     resume: bool = setting(False, help="continue from OUTPUT_DIR/checkpoints' latest if present")
     early_stopping_patience: int | None = setting(

@@ -110,6 +110,16 @@ def test_single_process_run_writes_metrics(data: Path, tmp_path: Path):
     assert "AUC" in proc.stdout and "dmf" in proc.stdout
 
 
+def test_evals_per_epoch_sets_the_validation_interval(data: Path, tmp_path: Path):
+    """--evals-per-epoch 4 on 20 steps an epoch validates every 5 steps, and the run's
+    recorded config says so (the preset setting that validates alike on any data size)."""
+    _train(data, tmp_path, "--model", "dnn", "--evals-per-epoch", "4", "--no-restore-best")
+    metrics = _metrics(tmp_path)
+    steps = 2 * SPLITS["train"] // 32
+    assert [h["step"] for h in metrics["valid_history"]] == list(range(5, steps + 1, 5))
+    assert metrics["config"]["eval_every"] == 5 and metrics["config"]["evals_per_epoch"] == 4
+
+
 @pytest.mark.slow
 def test_resume_after_a_crash_ends_with_the_uninterrupted_metrics(data: Path, tmp_path: Path):
     args = ["--model", "dmf", "--checkpoint-every", "7", "--lr-schedule", "cosine"]
