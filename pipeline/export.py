@@ -50,6 +50,7 @@ from torch.export import Dim, ExportedProgram
 from data_prep.integrity import atomic_file
 from models import cpu_ops
 from models.ctr import CTRModel, CTRTask
+from models.id_map import INPUT_ID_SPACE, admitted
 from models.scorer import (
     TABLE_DTYPES,
     CandidateProgram,
@@ -271,7 +272,30 @@ def _metadata(scorer: CTRScorer, kind: str, metadata: dict[str, Any]) -> dict[st
             for name, t in tables.items()
         },
         "table_bytes": sum(t.numel() * t.element_size() for t in tables.values()),
+        **_id_map_metadata(scorer),
         **metadata,
+    }
+
+
+def _id_map_metadata(scorer: CTRScorer) -> dict[str, Any]:
+    """serving.json's `managed_collisions` for a scorer with id maps (requests carry raw
+    user and item ids below `input_id_space`; the maps are tables, under the checksums),
+    nothing otherwise."""
+    if not scorer.managed_ids:
+        return {}
+    return {
+        "managed_collisions": {
+            "input_id_space": INPUT_ID_SPACE,
+            "id_maps": {
+                kind: {
+                    "raw_ids": f"{kind}_raw_ids",
+                    "rows": f"{kind}_id_rows",
+                    "admitted": admitted(getattr(scorer, f"{kind}_raw_ids")),
+                    "miss_row": int(getattr(scorer, f"{kind}_miss_row")),
+                }
+                for kind in ("user", "item")
+            },
+        }
     }
 
 
@@ -472,6 +496,13 @@ def load_trained_model(
         raise ExportError(
             f"{data.root}: its manifest checksum {data.checksum[:12]} is not the one the run "
             f"trained on ({str(recorded)[:12]}, {metrics_path}); pass the run's data folder"
+        )
+    world = int(result.get("world_size") or 1)
+    if model_config.get("managed_collisions") and world > 1:
+        raise ExportError(
+            f"{metrics_path}: a model with managed collisions trained on {world} ranks: its "
+            f"id maps are split in {world} buckets, each with its own miss row, which the "
+            "serving artifact does not carry (train it on one rank to export it)"
         )
     dropped = (result.get("config") or {}).get("drop_features")
     if dropped:  # the run left these schema features out (pipeline.train --drop-features)
