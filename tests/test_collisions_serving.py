@@ -5,6 +5,7 @@ with the table's miss row; an artifact without managed collisions is as before."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,17 @@ def test_export_refuses_an_id_map_split_in_buckets(data: PreparedData) -> None:
     module._managed_collision_modules["t_user"]._buckets = 2
     with pytest.raises(ValueError, match="t_user: its id map is split in 2 buckets"):
         scorer_from_model(model, data.item_mm, np.load(data.root / "item_category.npy"))
+
+
+def test_export_refuses_a_run_trained_on_several_ranks(data: PreparedData, tmp_path: Path) -> None:
+    """pipeline.export of a run with managed collisions on 2 ranks: refused before its
+    checkpoint is read, naming metrics.json."""
+    config = {"managed_collisions": True, "embedding_dim": 8}
+    metrics = {"model": "dmf", "model_config": config, "data": {"path": str(data.root)}}
+    (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "world_size": 2}))
+    with pytest.raises(export.ExportError, match="metrics.json: a model with managed collisions "
+                       "trained on 2 ranks"):  # fmt: skip
+        export.load_trained_model(tmp_path)
 
 
 @pytest.mark.slow
