@@ -6,6 +6,8 @@ with the table's miss row; an artifact without managed collisions is as before."
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +23,11 @@ from models.scorer import scorer_from_model
 from pipeline import artifact, export, score_requests
 from pipeline.data import PreparedData
 from tests.fixtures import write_prepared
+from tests.test_collisions import NEW, ROOT, _new_id_stream, _train
 from tests.test_export_formats import run_fresh
 from tests.test_serving import random_model, spec_of, training_ctr
 
-NEW = 1000  # admitted users beyond the 40-user vocabulary: old ids + NEW
+# Admitted users beyond the 40-user vocabulary: old ids + NEW (as tests/test_collisions.py).
 OLD_USERS = [2, 3, 4, 5]
 NEW_USERS = [u + NEW for u in OLD_USERS]
 SEEN_ITEMS = [2, 3, 5, 7, 11, 13, 17, 19]  # admitted; the other items never were
@@ -250,3 +253,29 @@ def test_aoti_package_scores_raw_ids_as_the_model(
     for i, expected in enumerate(mc["expected"]):
         got = torch.tensor(result["results"]["dmf/aoti"]["scores"][i])
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=str(i))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_one_rank_run_exports_and_evaluates_as_the_trainer(tmp_path: Path) -> None:
+    """pipeline.train with managed collisions on a stream whose test users are all beyond
+    the vocabulary, then `pipeline.export --run R --evaluate test`: the artifact's test
+    AUC and log loss are the trainer's, and its user map holds the new users."""
+    data = _new_id_stream(tmp_path / "data")
+    out = tmp_path / "mc"
+    args = ["--data", str(data), "--batch-size", "16", "--model-arg", "embedding_dim=8",
+            "--output-dir", str(out), "--max-steps", "20", "--checkpoint-every", "20",
+            "--model-arg", "managed_collisions=true", "--model-arg", "mc_eviction_interval=2"]  # fmt: skip
+    run = _train(args, 1, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cli = [sys.executable, "-m", "pipeline.export", "--run", str(out), "--evaluate", "test"]
+    exported = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    served = json.loads(exported.stdout[exported.stdout.index("{") :])
+    trained = json.loads((out / "metrics.json").read_text())["test"]
+    assert served["rows"] == trained["samples"] == 80
+    assert served["auc"] == pytest.approx(trained["auc"], abs=1e-6)
+    assert served["logloss"] == pytest.approx(trained["logloss"], abs=1e-6)
+    scorer, info = artifact.load_artifact(out / "scorer.pt2")
+    assert int((scorer.tables["user_raw_ids"] >= NEW).sum()) > 0
+    assert info["managed_collisions"]["id_maps"]["user"]["miss_row"] == info["num_users"] - 1
