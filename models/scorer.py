@@ -39,12 +39,13 @@ per candidate. Other arches take neither: their artifacts hold an empty (0, 0, 0
 Managed collisions (models/collisions.py): a model trained with them looks raw ids up in
 each table's id map (raw id -> row, `models.id_map.remap_ids`; never-admitted ids -> the
 table's miss row). Its scorer holds the user and item maps as tables (`user_raw_ids`,
-`user_id_rows`, `item_raw_ids`, `item_id_rows`: the sorted raw ids (R,) and their rows
-(R,)) and maps the request's user, history and candidates through them before the ID
+`user_id_rows`, `item_raw_ids`, `item_id_rows`: the sorted admitted raw ids (A + 1,) and
+their rows; `user_miss_rows`, `item_miss_rows`: the miss row of each bucket (buckets,), one
+bucket per training rank, `models.id_map.IdMap`) and maps the request's user, history and candidates through them before the ID
 table lookups; `item_category` then holds each item's category *row* (its category id
 mapped at export), and the multimodal table is read by the raw item id, which must be
 a vocabulary index (items beyond item_mm have no multimodal vector). Without managed
-collisions the four are empty (0,) and ids are table rows, as before.
+collisions the six are empty (0,) and ids are table rows, as before.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from torch import Tensor, nn
 
 from models import cpu_ops
 from models.buckets import Bucketizer
-from models.id_map import IdMap, id_maps_of, remap_ids
+from models.id_map import IdMap, id_maps_of, remap_bucketed_ids
 from models.interest import InterestArch, InterestInputs, State
 from models.side_features import SideFeatures, side_features_from_model
 
@@ -80,6 +81,8 @@ TABLE_NAMES = (
     "user_id_rows",
     "item_raw_ids",
     "item_id_rows",
+    "user_miss_rows",
+    "item_miss_rows",
 )
 FP16_MAX = 65504.0
 
@@ -250,17 +253,18 @@ class CTRScorer(nn.Module):
         "item" -> IdMap of a model with managed collisions (module docstring)."""
         super().__init__()
         self.managed_ids: bool = id_maps is not None
-        self.user_miss_row: int = 0
-        self.item_miss_row: int = 0
+        self.user_bucket_width: int = 1
+        self.item_bucket_width: int = 1
         for kind in ("user", "item"):
-            raw, rows = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+            raw = rows = miss = torch.zeros(0, dtype=torch.long)
             if id_maps is not None:
                 if kind not in id_maps:
                     raise ValueError(f"id_maps has no {kind!r} map (it has {sorted(id_maps)})")
-                raw, rows, miss = id_maps[kind]
-                setattr(self, f"{kind}_miss_row", int(miss))
+                raw, rows, miss, width = id_maps[kind]
+                setattr(self, f"{kind}_bucket_width", int(width))
             self.register_buffer(f"{kind}_raw_ids", raw.long().contiguous())
             self.register_buffer(f"{kind}_id_rows", rows.long().contiguous())
+            self.register_buffer(f"{kind}_miss_rows", miss.long().contiguous())
         # Behaviour times (a request input) and per-modality similarities (module docstring).
         self.needs_times: bool = bool(getattr(interest, "needs_times", False))
         self.needs_modality_sims: bool = bool(getattr(interest, "needs_modality_sims", False))
@@ -331,6 +335,8 @@ class CTRScorer(nn.Module):
             "user_id_rows": self.user_id_rows,
             "item_raw_ids": self.item_raw_ids,
             "item_id_rows": self.item_id_rows,
+            "user_miss_rows": self.user_miss_rows,
+            "item_miss_rows": self.item_miss_rows,
         }
 
     def without_tables(self) -> CTRScorer:
@@ -347,13 +353,25 @@ class CTRScorer(nn.Module):
         managed collisions, the ids themselves otherwise."""
         if not self.managed_ids:
             return ids
-        return remap_ids(ids, tables["item_raw_ids"], tables["item_id_rows"], self.item_miss_row)
+        return remap_bucketed_ids(
+            ids,
+            tables["item_raw_ids"],
+            tables["item_id_rows"],
+            tables["item_miss_rows"],
+            self.item_bucket_width,
+        )
 
     def user_rows_with(self, tables: dict[str, Tensor], users: Tensor) -> Tensor:
         """User ids (N,) -> their rows of user_table (N,), as `item_rows_with`."""
         if not self.managed_ids:
             return users
-        return remap_ids(users, tables["user_raw_ids"], tables["user_id_rows"], self.user_miss_row)
+        return remap_bucketed_ids(
+            users,
+            tables["user_raw_ids"],
+            tables["user_id_rows"],
+            tables["user_miss_rows"],
+            self.user_bucket_width,
+        )
 
     def items_with(self, tables: dict[str, Tensor], ids: Tensor) -> Tensor:
         """Item representations (N,) -> (N, D), as OverArch builds them."""
@@ -585,7 +603,7 @@ def scorer_from_model(
     if over.has_categories:
         category = torch.as_tensor(np.asarray(item_category), dtype=torch.long)
         if id_maps is not None:  # each item's category row, by the category id map
-            category = remap_ids(category, *id_maps["category"])
+            category = remap_bucketed_ids(category, *id_maps["category"])
     schema = getattr(over, "schema", None)
     if id_maps is not None and schema is not None and schema.extended:
         raise ValueError(

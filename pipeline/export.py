@@ -290,8 +290,10 @@ def _id_map_metadata(scorer: CTRScorer) -> dict[str, Any]:
                 kind: {
                     "raw_ids": f"{kind}_raw_ids",
                     "rows": f"{kind}_id_rows",
+                    "miss_rows": f"{kind}_miss_rows",
                     "admitted": admitted(getattr(scorer, f"{kind}_raw_ids")),
-                    "miss_row": int(getattr(scorer, f"{kind}_miss_row")),
+                    "buckets": int(getattr(scorer, f"{kind}_miss_rows").numel()),
+                    "bucket_width": int(getattr(scorer, f"{kind}_bucket_width")),
                 }
                 for kind in ("user", "item")
             },
@@ -497,17 +499,15 @@ def load_trained_model(
             f"{data.root}: its manifest checksum {data.checksum[:12]} is not the one the run "
             f"trained on ({str(recorded)[:12]}, {metrics_path}); pass the run's data folder"
         )
-    world = int(result.get("world_size") or 1)
-    if model_config.get("managed_collisions") and world > 1:
-        raise ExportError(
-            f"{metrics_path}: a model with managed collisions trained on {world} ranks: its "
-            f"id maps are split in {world} buckets, each with its own miss row, which the "
-            "serving artifact does not carry (train it on one rank to export it)"
-        )
     dropped = (result.get("config") or {}).get("drop_features")
     if dropped:  # the run left these schema features out (pipeline.train --drop-features)
         data.drop_features(*dropped.split(","))
-    model = build_model(name, data.feature_spec(), make_config(name, model_config))
+    # Managed collisions split their id maps in one bucket per training rank (and round
+    # the tables' rows up to a multiple of it): the model is built as it was trained.
+    world = int(result.get("world_size") or 1)
+    model = build_model(
+        name, data.feature_spec(), make_config(name, model_config), world_size=world
+    )
     checkpoints = Checkpointer(run_dir / "checkpoints")
     latest = checkpoints.latest()  # verified against its checksums before anything is unpickled
     if latest is None:

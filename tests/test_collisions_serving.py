@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torchrec.modules.mc_modules import _mch_remap
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from models.ctr import CTRModel
-from models.id_map import INPUT_ID_SPACE
+from models.id_map import INPUT_ID_SPACE, id_map_of, remap_bucketed_ids
 from models.scorer import scorer_from_model
 from pipeline import artifact, export, score_requests
 from pipeline.data import PreparedData
@@ -120,8 +121,10 @@ def test_the_model_admitted_new_ids(mc: dict) -> None:
     assert info["managed_collisions"]["input_id_space"] == INPUT_ID_SPACE
     assert maps["user"]["admitted"] == len(OLD_USERS + NEW_USERS)
     assert maps["item"]["admitted"] == len(SEEN_ITEMS)
-    assert maps["user"]["miss_row"] == info["num_users"] - 1
-    assert maps["item"]["miss_row"] == info["num_items"] - 1
+    scorer, _ = artifact.load_artifact(mc["paths"]["pt2"])
+    assert maps["user"]["buckets"] == maps["item"]["buckets"] == 1  # one rank: one miss row
+    assert scorer.tables["user_miss_rows"].tolist() == [info["num_users"] - 1]
+    assert scorer.tables["item_miss_rows"].tolist() == [info["num_items"] - 1]
     assert all(u >= info["num_users"] for u in NEW_USERS)
 
 
@@ -208,7 +211,8 @@ def test_an_artifact_without_managed_collisions_is_unchanged(
     path = export.export_model(model, data, tmp_path / "plain.pt2")
     scorer, info = artifact.load_artifact(path)
     assert "managed_collisions" not in info
-    for name in ("user_raw_ids", "user_id_rows", "item_raw_ids", "item_id_rows"):
+    maps = [f"{kind}_{part}" for kind in ("user", "item") for part in ("raw_ids", "id_rows")]
+    for name in [*maps, "user_miss_rows", "item_miss_rows"]:
         assert info["tables"][name]["shape"] == [0] and scorer.tables[name].numel() == 0
     reqs = [([2, 3, 5], 7, [7, 11, 4]), ([], 39, [13])]
     for got, expected in zip(served_ctrs(scorer, reqs), expected_ctrs(model, data, reqs)):
@@ -219,25 +223,37 @@ def test_an_artifact_without_managed_collisions_is_unchanged(
     assert "out of vocabulary" in (tmp_path / "s.rejects.jsonl").read_text()
 
 
-def test_export_refuses_an_id_map_split_in_buckets(data: PreparedData) -> None:
-    """A map trained on several ranks (buckets, each with its own miss row) is refused,
-    naming the table."""
+def test_a_map_split_in_buckets_maps_as_each_bucket_did(data: PreparedData) -> None:
+    """A map trained on 2 ranks (2 buckets of the raw id space, each sorted in its own
+    rows with its own miss row): one sorted map and a miss row per bucket give what
+    torchrec's remap gives bucket by bucket."""
     model = mc_model(data)
-    module = model.sparse_arch.embedding_collection._managed_collision_collection
-    module._managed_collision_modules["t_user"]._buckets = 2
-    with pytest.raises(ValueError, match="t_user: its id map is split in 2 buckets"):
-        scorer_from_model(model, data.item_mm, np.load(data.root / "item_category.npy"))
-
-
-def test_export_refuses_a_run_trained_on_several_ranks(data: PreparedData, tmp_path: Path) -> None:
-    """pipeline.export of a run with managed collisions on 2 ranks: refused before its
-    checkpoint is read, naming metrics.json."""
-    config = {"managed_collisions": True, "embedding_dim": 8}
-    metrics = {"model": "dmf", "model_config": config, "data": {"path": str(data.root)}}
-    (tmp_path / "metrics.json").write_text(json.dumps({**metrics, "world_size": 2}))
-    with pytest.raises(export.ExportError, match="metrics.json: a model with managed collisions "
-                       "trained on 2 ranks"):  # fmt: skip
-        export.load_trained_model(tmp_path)
+    modules = model.sparse_arch.embedding_collection._managed_collision_collection
+    module = modules._managed_collision_modules["t_user"]
+    rows, half, width = 40, 20, INPUT_ID_SPACE // 2
+    end = torch.iinfo(torch.int64).max
+    buckets = [[4, 1023], [width + 3, width + 1000, width + 5000]]  # admitted, per bucket
+    raw = torch.full((rows,), end)
+    mapping = torch.arange(rows)
+    for b, ids in enumerate(buckets):
+        raw[b * half : b * half + len(ids)] = torch.tensor(ids)
+        mapping[b * half : (b + 1) * half - 1] = b * half + torch.randperm(half - 1)
+    with torch.no_grad():
+        module._mch_sorted_raw_ids.copy_(raw)
+        module._mch_remapped_ids_mapping.copy_(mapping)
+    module._buckets = 2
+    id_map = id_map_of(module, "t_user")
+    assert id_map.miss_rows.tolist() == [half - 1, rows - 1] and id_map.bucket_width == width
+    queries = [[4, 1023, 5, 0, 2**40], [width + 3, width + 5000, width, width + 4, 2 * width - 1]]
+    for b, ids in enumerate(queries):
+        jt = JaggedTensor(values=torch.tensor(ids), lengths=torch.ones(len(ids), dtype=torch.int32))
+        segment = slice(b * half, (b + 1) * half)
+        theirs = _mch_remap({"user": jt}, raw[segment], mapping[segment], (b + 1) * half - 1)
+        ours = remap_bucketed_ids(torch.tensor(ids), *id_map)
+        assert ours.tolist() == theirs["user"].values().tolist()
+    module._mch_sorted_raw_ids[2] = width + 7  # bucket 1's id in bucket 0's rows
+    with pytest.raises(ValueError, match="t_user: an admitted id lies outside its bucket"):
+        id_map_of(module, "t_user")
 
 
 @pytest.mark.slow
@@ -257,16 +273,21 @@ def test_aoti_package_scores_raw_ids_as_the_model(
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_one_rank_run_exports_and_evaluates_as_the_trainer(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "world", [1, pytest.param(2, marks=pytest.mark.multiprocess, id="2-ranks")], ids=str
+)
+def test_a_run_exports_and_evaluates_as_the_trainer(tmp_path: Path, world: int) -> None:
     """pipeline.train with managed collisions on a stream whose test users are all beyond
-    the vocabulary, then `pipeline.export --run R --evaluate test`: the artifact's test
-    AUC and log loss are the trainer's, and its user map holds the new users."""
+    the vocabulary, on 1 rank and on 2 (gloo: the maps in 2 buckets), then `pipeline.export
+    --run R --evaluate test`: the artifact's test AUC and log loss are the trainer's (its
+    own sharded forward, never-admitted users in their bucket's miss row), and its user map
+    holds the new users."""
     data = _new_id_stream(tmp_path / "data")
     out = tmp_path / "mc"
     args = ["--data", str(data), "--batch-size", "16", "--model-arg", "embedding_dim=8",
             "--output-dir", str(out), "--max-steps", "20", "--checkpoint-every", "20",
             "--model-arg", "managed_collisions=true", "--model-arg", "mc_eviction_interval=2"]  # fmt: skip
-    run = _train(args, 1, tmp_path)
+    run = _train(args, world, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     cli = [sys.executable, "-m", "pipeline.export", "--run", str(out), "--evaluate", "test"]
     exported = subprocess.run(cli, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -278,4 +299,6 @@ def test_a_one_rank_run_exports_and_evaluates_as_the_trainer(tmp_path: Path) -> 
     assert served["logloss"] == pytest.approx(trained["logloss"], abs=1e-6)
     scorer, info = artifact.load_artifact(out / "scorer.pt2")
     assert int((scorer.tables["user_raw_ids"] >= NEW).sum()) > 0
-    assert info["managed_collisions"]["id_maps"]["user"]["miss_row"] == info["num_users"] - 1
+    rows_per_bucket = info["num_users"] // world
+    misses = [(b + 1) * rows_per_bucket - 1 for b in range(world)]
+    assert scorer.tables["user_miss_rows"].tolist() == misses
