@@ -9,7 +9,8 @@ and the module keeps a sorted map raw id -> row. Every `eviction_interval` train
 it admits the ids seen since the last time, evicting the least recently used ones when
 the table is full (LRU; an evicted row is reinitialised); until an id is admitted it is
 looked up in the table's last row (a shared miss row). The map is a buffer of the model,
-saved with its checkpoints, so serving looks ids up the same way (`remap_ids`).
+saved with its checkpoints, so serving looks ids up the same way (`remap_ids`,
+models/id_map.py, torch only): an exported scorer carries the maps (models/scorer.py).
 
 Sharding: torchrec shards these collections row-wise only, the map split in `buckets`
 ranges, one or more per rank; `buckets` must be a multiple of the world size, so table
@@ -32,7 +33,10 @@ from torchrec.modules.mc_modules import (
     MCHManagedCollisionModule,
 )
 
-INPUT_ID_SPACE = 2**62  # raw ids must be below this (torchrec reserves int64 max)
+# The serving-side lookup lives in models/id_map.py (torch only, for the scorer).
+from models.id_map import INPUT_ID_SPACE, remap_ids
+
+__all__ = ["INPUT_ID_SPACE", "ManagedCollisions", "managed_collection", "remap_ids"]
 
 
 @dataclass(frozen=True)
@@ -71,18 +75,3 @@ def managed_collection(
         ManagedCollisionCollection(modules, list(tables)),
         return_remapped_features=False,
     )
-
-
-def remap_ids(
-    ids: torch.Tensor, sorted_raw_ids: torch.Tensor, rows: torch.Tensor, miss_row: int
-) -> torch.Tensor:
-    """Raw ids -> table rows with a trained MCH module's map (its `_mch_sorted_raw_ids`
-    and `_mch_remapped_ids_mapping` buffers, in the state dict): the serving-side lookup.
-    Ids the module never admitted go to `miss_row` (the table's last row), as in training.
-
-    >>> remap_ids(torch.tensor([7, 3, 9]), torch.tensor([3, 7, 2**63 - 1]), torch.tensor([5, 0, 1]), 9)
-    tensor([0, 5, 9])
-    """
-    position = torch.searchsorted(sorted_raw_ids, ids).clamp(max=sorted_raw_ids.numel() - 1)
-    hit = sorted_raw_ids[position] == ids
-    return torch.where(hit, rows[position], torch.full_like(ids, miss_row))

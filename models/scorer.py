@@ -35,6 +35,17 @@ candidate to the history, computed here from the per-modality tables `item_mm_mo
 product is that modality's cosine); the history's rows of it are cached per user
 (`hist_mm_modalities_t`, (K, d_max, L)), the candidates' rows and the K (B, L) products are
 per candidate. Other arches take neither: their artifacts hold an empty (0, 0, 0) table.
+
+Managed collisions (models/collisions.py): a model trained with them looks raw ids up in
+each table's id map (raw id -> row, `models.id_map.remap_ids`; never-admitted ids -> the
+table's miss row). Its scorer holds the user and item maps as tables (`user_raw_ids`,
+`user_id_rows`, `item_raw_ids`, `item_id_rows`: the sorted admitted raw ids (A + 1,) and
+their rows; `user_miss_rows`, `item_miss_rows`: the miss row of each bucket (buckets,), one
+bucket per training rank, `models.id_map.IdMap`) and maps the request's user, history and candidates through them before the ID
+table lookups; `item_category` then holds each item's category *row* (its category id
+mapped at export), and the multimodal table is read by the raw item id, which must be
+a vocabulary index (items beyond item_mm have no multimodal vector). Without managed
+collisions the six are empty (0,) and ids are table rows, as before.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from torch import Tensor, nn
 
 from models import cpu_ops
 from models.buckets import Bucketizer
+from models.id_map import IdMap, id_maps_of, remap_bucketed_ids
 from models.interest import InterestArch, InterestInputs, State
 from models.side_features import SideFeatures, side_features_from_model
 
@@ -65,6 +77,12 @@ TABLE_NAMES = (
     "item_category",
     "item_mm",
     "item_mm_modalities",
+    "user_raw_ids",
+    "user_id_rows",
+    "item_raw_ids",
+    "item_id_rows",
+    "user_miss_rows",
+    "item_miss_rows",
 )
 FP16_MAX = 65504.0
 
@@ -227,11 +245,26 @@ class CTRScorer(nn.Module):
         side: SideFeatures | None = None,
         sequence: tuple[Tensor, Tensor] | None = None,
         modality_mm: Tensor | None = None,
+        id_maps: Mapping[str, IdMap] | None = None,
     ) -> None:
         """side: the schema's pooled and dense features (`side_features_from_model`);
         sequence: (table (R, E), item -> rows (I, Ks)) of the schema's extra sequence
-        features (item attributes joined to the item representation)."""
+        features (item attributes joined to the item representation); id_maps: "user" and
+        "item" -> IdMap of a model with managed collisions (module docstring)."""
         super().__init__()
+        self.managed_ids: bool = id_maps is not None
+        self.user_bucket_width: int = 1
+        self.item_bucket_width: int = 1
+        for kind in ("user", "item"):
+            raw = rows = miss = torch.zeros(0, dtype=torch.long)
+            if id_maps is not None:
+                if kind not in id_maps:
+                    raise ValueError(f"id_maps has no {kind!r} map (it has {sorted(id_maps)})")
+                raw, rows, miss, width = id_maps[kind]
+                setattr(self, f"{kind}_bucket_width", int(width))
+            self.register_buffer(f"{kind}_raw_ids", raw.long().contiguous())
+            self.register_buffer(f"{kind}_id_rows", rows.long().contiguous())
+            self.register_buffer(f"{kind}_miss_rows", miss.long().contiguous())
         # Behaviour times (a request input) and per-modality similarities (module docstring).
         self.needs_times: bool = bool(getattr(interest, "needs_times", False))
         self.needs_modality_sims: bool = bool(getattr(interest, "needs_modality_sims", False))
@@ -298,6 +331,12 @@ class CTRScorer(nn.Module):
             "item_category": self.item_category,
             "item_mm": self.item_mm,
             "item_mm_modalities": self.item_mm_modalities,
+            "user_raw_ids": self.user_raw_ids,
+            "user_id_rows": self.user_id_rows,
+            "item_raw_ids": self.item_raw_ids,
+            "item_id_rows": self.item_id_rows,
+            "user_miss_rows": self.user_miss_rows,
+            "item_miss_rows": self.item_miss_rows,
         }
 
     def without_tables(self) -> CTRScorer:
@@ -309,10 +348,36 @@ class CTRScorer(nn.Module):
         clone._parameters = dict(self._parameters)
         return clone
 
+    def item_rows_with(self, tables: dict[str, Tensor], ids: Tensor) -> Tensor:
+        """Item ids (N,) -> their rows of item_table (N,): through the item id map with
+        managed collisions, the ids themselves otherwise."""
+        if not self.managed_ids:
+            return ids
+        return remap_bucketed_ids(
+            ids,
+            tables["item_raw_ids"],
+            tables["item_id_rows"],
+            tables["item_miss_rows"],
+            self.item_bucket_width,
+        )
+
+    def user_rows_with(self, tables: dict[str, Tensor], users: Tensor) -> Tensor:
+        """User ids (N,) -> their rows of user_table (N,), as `item_rows_with`."""
+        if not self.managed_ids:
+            return users
+        return remap_bucketed_ids(
+            users,
+            tables["user_raw_ids"],
+            tables["user_id_rows"],
+            tables["user_miss_rows"],
+            self.user_bucket_width,
+        )
+
     def items_with(self, tables: dict[str, Tensor], ids: Tensor) -> Tensor:
         """Item representations (N,) -> (N, D), as OverArch builds them."""
         dtype = tables["item_mm"].dtype  # the scorer's floating dtype
-        emb = lookup(tables["item_table"], tables["item_table_qparams"], ids, dtype)
+        rows = self.item_rows_with(tables, ids)
+        emb = lookup(tables["item_table"], tables["item_table_qparams"], rows, dtype)
         if self.has_categories:
             categories = lookup(
                 tables["category_table"],
@@ -347,7 +412,7 @@ class CTRScorer(nn.Module):
         user_row = lookup(
             tables["user_table"],
             tables["user_table_qparams"],
-            user.reshape(1),
+            self.user_rows_with(tables, user.reshape(1)),
             tables["item_mm"].dtype,
         )
         state["user"] = user_row.reshape(-1)  # (E,)
@@ -524,18 +589,27 @@ def scorer_from_model(
     two or more modalities; unused otherwise). The scorer shares the model's interest arch and head.
     table_dtype: how the ID tables are stored ("fp32", "fp16", "int8"; `quantize_table`).
     cpu_kernels: use the fused CPU kernels where they are available (`use_cpu_kernels`).
+    A model with managed collisions is served through its id maps (module docstring).
     """
     over = model.over_arch
     if over.has_categories and item_category is None:
         raise ValueError("the model uses categories: pass item_category (item_category.npy)")
-    tables = {
-        name: table.weight
-        for name, table in model.sparse_arch.embedding_collection.embeddings.items()
-    }
+    id_maps = id_maps_of(model)
+    collection = model.sparse_arch.embedding_collection
+    if id_maps is not None:  # a ManagedCollisionEmbeddingCollection
+        collection = collection._embedding_module
+    tables = {name: table.weight for name, table in collection.embeddings.items()}
     category = None
     if over.has_categories:
         category = torch.as_tensor(np.asarray(item_category), dtype=torch.long)
+        if id_maps is not None:  # each item's category row, by the category id map
+            category = remap_bucketed_ids(category, *id_maps["category"])
     schema = getattr(over, "schema", None)
+    if id_maps is not None and schema is not None and schema.extended:
+        raise ValueError(
+            "serving a model with managed collisions and schema features is not supported: "
+            "their per-user and per-item tables are indexed by vocabulary ids"
+        )
     side = sequence = None
     if schema is not None and schema.extended:
         if feature_tables is None:
@@ -567,6 +641,7 @@ def scorer_from_model(
             if modality_mm and getattr(over.interest, "needs_modality_sims", False)
             else None
         ),
+        id_maps=id_maps,
     )
     use_cpu_kernels(scorer, cpu_kernels)
     return scorer.eval().requires_grad_(False)

@@ -50,6 +50,7 @@ from torch.export import Dim, ExportedProgram
 from data_prep.integrity import atomic_file
 from models import cpu_ops
 from models.ctr import CTRModel, CTRTask
+from models.id_map import INPUT_ID_SPACE, admitted
 from models.scorer import (
     TABLE_DTYPES,
     CandidateProgram,
@@ -271,7 +272,32 @@ def _metadata(scorer: CTRScorer, kind: str, metadata: dict[str, Any]) -> dict[st
             for name, t in tables.items()
         },
         "table_bytes": sum(t.numel() * t.element_size() for t in tables.values()),
+        **_id_map_metadata(scorer),
         **metadata,
+    }
+
+
+def _id_map_metadata(scorer: CTRScorer) -> dict[str, Any]:
+    """serving.json's `managed_collisions` for a scorer with id maps (requests carry raw
+    user and item ids below `input_id_space`; the maps are tables, under the checksums),
+    nothing otherwise."""
+    if not scorer.managed_ids:
+        return {}
+    return {
+        "managed_collisions": {
+            "input_id_space": INPUT_ID_SPACE,
+            "id_maps": {
+                kind: {
+                    "raw_ids": f"{kind}_raw_ids",
+                    "rows": f"{kind}_id_rows",
+                    "miss_rows": f"{kind}_miss_rows",
+                    "admitted": admitted(getattr(scorer, f"{kind}_raw_ids")),
+                    "buckets": int(getattr(scorer, f"{kind}_miss_rows").numel()),
+                    "bucket_width": int(getattr(scorer, f"{kind}_bucket_width")),
+                }
+                for kind in ("user", "item")
+            },
+        }
     }
 
 
@@ -476,7 +502,12 @@ def load_trained_model(
     dropped = (result.get("config") or {}).get("drop_features")
     if dropped:  # the run left these schema features out (pipeline.train --drop-features)
         data.drop_features(*dropped.split(","))
-    model = build_model(name, data.feature_spec(), make_config(name, model_config))
+    # Managed collisions split their id maps in one bucket per training rank (and round
+    # the tables' rows up to a multiple of it): the model is built as it was trained.
+    world = int(result.get("world_size") or 1)
+    model = build_model(
+        name, data.feature_spec(), make_config(name, model_config), world_size=world
+    )
     checkpoints = Checkpointer(run_dir / "checkpoints")
     latest = checkpoints.latest()  # verified against its checksums before anything is unpickled
     if latest is None:

@@ -16,7 +16,7 @@ coerced (a float id is rejected, not truncated). Reasons:
 | `no_candidates` | an empty candidate list |
 | `null_id` | a null inside hist_items or candidates |
 | `padding_id` | id 0 (padding, never a real id) as user, history item or candidate |
-| `id_out_of_range` | an id outside the artifact's tables (map unknown raw ids to 1, OOV) |
+| `id_out_of_range` | an id outside the artifact's tables (map unknown raw ids to 1, OOV); for an artifact with managed collisions a user id at or above its `input_id_space` (2^62) |
 | `history_too_long` | more history items than the model was trained with (`max_history`) |
 | `missing_times` | the artifact reads behaviour times (serving.json `needs_times`: DMAE) and the row has no `hist_ts_delta` (no such column: every row) |
 | `bad_time` | `hist_ts_delta` not list<integer or float>, or a null, NaN, infinite or negative value |
@@ -29,6 +29,12 @@ column per sparse one (its prepared index, 1 for unknown) and one float column p
 one (the raw value; the scorer applies the schema's transform). They are set in the state
 (`state["context"]`, `state["context_dense"]`) between `encode_user` and `score`; the
 user's features come from the artifact's tables, the candidates' per candidate.
+
+Managed collisions (an artifact whose serving.json has `managed_collisions`): `user` is a
+raw id, any integer in [1, input_id_space), looked up in the artifact's user id map (ids
+never admitted at training score with the table's miss row); history items and
+candidates are raw item ids too, mapped likewise, and must be below `num_items` (the
+multimodal table is indexed by them).
 
 Behaviour times (only for an artifact with `needs_times`; ignored otherwise): the column
 `hist_ts_delta`, list<integer or float>, aligned with hist_items, the request's time minus
@@ -73,6 +79,13 @@ from pipeline.artifact import (
 REQUEST_COLUMNS = ("request_id", "user", "hist_items", "candidates")
 TIMES_COLUMN = "hist_ts_delta"  # read when the artifact's model reads times (DMAE)
 PAD = 0
+OOV_HINT = "map unknown raw ids to 1 (out of vocabulary) with the prepared data's vocab"
+# An artifact with managed collisions (serving.json `managed_collisions`) maps raw ids.
+MC_USER_HINT = "raw user ids of this artifact (managed collisions) lie below its input_id_space"
+MC_ITEM_HINT = (
+    "raw item ids of this artifact (managed collisions) index its multimodal table: an item "
+    "without a multimodal vector cannot be scored"
+)
 
 __all__ = [
     "METADATA",
@@ -132,7 +145,13 @@ class _Rejects:
 
 
 def _check_ids(
-    rejects: _Rejects, name: str, flat, parents, nulls, size: int, lengths=None, rows=None
+    rejects: _Rejects,
+    name: str,
+    flat,
+    parents,
+    nulls,
+    size: int,
+    hint: str = OOV_HINT,
 ) -> None:
     rejects.add(parents[nulls], "null_id", f"a null {name}")
     ok = ~nulls
@@ -145,10 +164,7 @@ def _check_ids(
     rejects.add(
         parents[out],
         "id_out_of_range",
-        lambda row: (
-            f"{name} id {first_bad[row]} is outside the table [0, {size}); map unknown raw ids "
-            "to 1 (out of vocabulary) with the prepared data's vocab"
-        ),
+        lambda row: f"{name} id {first_bad[row]} is outside the table [0, {size}); {hint}",
     )
 
 
@@ -200,9 +216,11 @@ def validate(
     num_items: int,
     max_history: int | None = None,
     needs_times: bool = False,
+    raw_user_ids: bool = False,
 ) -> tuple[_Rejects, dict[str, Any]]:
     """Check every request row; returns the rejects and the parsed columns (`times`, the
-    behaviour times aligned with `hist`, when `needs_times`)."""
+    behaviour times aligned with `hist`, when `needs_times`). raw_user_ids: `num_users`
+    is the raw id space of an artifact with managed collisions, not a table's rows."""
     missing = set(REQUEST_COLUMNS) - set(requests.column_names)
     if missing:
         raise RequestError(f"requests lack columns {sorted(missing)}")
@@ -236,10 +254,11 @@ def validate(
     if users.dtype == np.uint64:
         users = np.where(users > np.iinfo(np.int64).max, -1, users)
     users = users.astype(np.int64)
-    _check_ids(rejects, "user", users, everyone, user_null, num_users)
+    user_hint, item_hint = (MC_USER_HINT, MC_ITEM_HINT) if raw_user_ids else (OOV_HINT, OOV_HINT)
+    _check_ids(rejects, "user", users, everyone, user_null, num_users, user_hint)
     hist, hist_rows, hist_nulls, hist_lengths = _flat(columns["hist_items"])
-    _check_ids(rejects, "history item", hist, hist_rows, hist_nulls, num_items)
-    _check_ids(rejects, "candidate", cands, cand_rows, cand_nulls, num_items)
+    _check_ids(rejects, "history item", hist, hist_rows, hist_nulls, num_items, item_hint)
+    _check_ids(rejects, "candidate", cands, cand_rows, cand_nulls, num_items, item_hint)
     if max_history is not None:
         long = np.flatnonzero(hist_lengths > max_history)
         rejects.add(
@@ -316,15 +335,23 @@ def score_table(
     max_history: int | None = None,
     context: dict[str, Any] | None = None,
     needs_times: bool = False,
+    user_id_space: int | None = None,
 ) -> pa.Table:
     """Score every valid request of `requests`; returns (request_id, candidate, score).
     needs_times: the artifact's model reads the behaviour times (serving.json; DMAE).
+    user_id_space: serving.json's `managed_collisions.input_id_space`: users are raw ids
+    below it (the scorer maps them), not rows of the user table.
 
     A request that cannot be scored is appended to `rejects` (row, request_id, reason,
     detail); without a `rejects` list the first one raises RequestError naming it.
     """
     num_items, num_users = table_sizes(scorer)
-    found, parsed = validate(requests, num_users, num_items, max_history, needs_times)
+    raw_users = user_id_space is not None
+    if raw_users:
+        num_users = int(user_id_space)
+    found, parsed = validate(
+        requests, num_users, num_items, max_history, needs_times, raw_user_ids=raw_users
+    )
     context_sparse, context_dense = context_arrays(requests, context, found)
     with_context = bool(context) and bool(context["sparse"] or context["dense"])
     for row in np.flatnonzero(found.bad):
@@ -408,6 +435,7 @@ def run(
         metadata.get("max_history"),
         metadata.get("context"),
         bool(metadata.get("needs_times")),
+        (metadata.get("managed_collisions") or {}).get("input_id_space"),
     )
     elapsed = time.perf_counter() - start
     rejected = rejected or []

@@ -1,0 +1,112 @@
+"""Raw ids -> table rows with a trained managed collision module's map, torch only.
+
+    maps = id_maps_of(model)                              # {"user": IdMap, "item": ..., ...}
+    rows = remap_bucketed_ids(raw_ids, *maps["user"])     # (N,) int64 -> (N,) int64
+
+The home of the serving-side lookup of models/collisions.py (torchrec's
+`MCHManagedCollisionModule`): the scorer (models/scorer.py) and its exported artifacts use
+it, and import no torchrec, so an artifact still loads with torch only. `remap_ids` is the
+same lookup as torchrec's `_mch_remap`: an id the module admitted gets its row, any other
+id the table's last row (the miss row).
+
+Trained on several ranks, a table's map is split in `buckets` (one per rank): bucket b
+takes the raw ids of [b * width, (b + 1) * width), width = ceil(2^62 / buckets) (torchrec's
+row-wise input distribution), keeps them sorted in its own rows' range and sends the
+others to its own last row. `id_map_of` turns that into one sorted map and a miss row
+per bucket (`remap_bucketed_ids`), which is what training did.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+INPUT_ID_SPACE = 2**62  # raw ids must be below this (torchrec reserves int64 max)
+
+
+class IdMap(NamedTuple):
+    """One table's map: sorted_raw_ids (A + 1,) int64 ascending, the A admitted ids and
+    int64 max; rows (A + 1,) int64, the row of each; miss_rows (buckets,) int64, the row of
+    every other id of each bucket; bucket_width: the raw ids per bucket."""
+
+    sorted_raw_ids: Tensor
+    rows: Tensor
+    miss_rows: Tensor
+    bucket_width: int
+
+
+def admitted(sorted_raw_ids: Tensor) -> int:
+    """How many raw ids of a map (R,) have a row of their own (the rest: unused slots)."""
+    return int((sorted_raw_ids < INPUT_ID_SPACE).sum())
+
+
+def remap_ids(ids: Tensor, sorted_raw_ids: Tensor, rows: Tensor, miss_row: int) -> Tensor:
+    """Raw ids (N,) -> table rows (N,) with a trained MCH module's map (its
+    `_mch_sorted_raw_ids` and `_mch_remapped_ids_mapping` buffers, in the state dict): the
+    serving-side lookup. Ids the module never admitted go to `miss_row` (the table's last
+    row), as in training.
+
+    >>> remap_ids(torch.tensor([7, 3, 9]), torch.tensor([3, 7, 2**63 - 1]), torch.tensor([5, 0, 1]), 9)
+    tensor([0, 5, 9])
+    """
+    return remap_bucketed_ids(
+        ids, sorted_raw_ids, rows, torch.full((1,), miss_row, dtype=ids.dtype), INPUT_ID_SPACE
+    )
+
+
+def remap_bucketed_ids(
+    ids: Tensor, sorted_raw_ids: Tensor, rows: Tensor, miss_rows: Tensor, bucket_width: int
+) -> Tensor:
+    """`remap_ids` of a map split in buckets: raw ids (N,) -> rows (N,), a never-admitted id
+    to its bucket's miss row, miss_rows (buckets,) (bucket = id // bucket_width).
+
+    >>> remap_bucketed_ids(torch.tensor([7, 3, 12, 25]), torch.tensor([3, 7, 2**63 - 1]),
+    ...                    torch.tensor([5, 0, 9]), torch.tensor([4, 9]), 20)
+    tensor([0, 5, 4, 9])
+    """
+    position = torch.searchsorted(sorted_raw_ids, ids).clamp(max=sorted_raw_ids.numel() - 1)
+    hit = sorted_raw_ids[position] == ids
+    bucket = torch.div(ids, bucket_width, rounding_mode="floor").clamp(0, miss_rows.numel() - 1)
+    return torch.where(hit, rows[position], miss_rows.to(ids.dtype)[bucket])
+
+
+def id_map_of(module: Any, name: str) -> IdMap:
+    """The map of one unsharded `MCHManagedCollisionModule` named `name` (a table), its
+    buckets' admitted ids merged into one sorted map (module docstring).
+
+    ValueError when a bucket's ids are not sorted, or lie outside the bucket's range."""
+    buckets = int(module.buckets())
+    size, offset = int(module.output_size()), int(module._output_global_offset)
+    if size % buckets:
+        raise ValueError(f"table {name}: {size} rows are not {buckets} equal buckets")
+    per_bucket = size // buckets
+    width = -(-int(module.input_size()) // buckets)
+    raw = module._mch_sorted_raw_ids.detach().reshape(buckets, per_bucket)
+    rows = module._mch_remapped_ids_mapping.detach().reshape(buckets, per_bucket)
+    if per_bucket > 1 and bool((raw[:, 1:] < raw[:, :-1]).any()):
+        raise ValueError(f"table {name}: its id map (_mch_sorted_raw_ids) is not sorted")
+    admitted_ = raw < INPUT_ID_SPACE
+    bucket_of = torch.arange(buckets).unsqueeze(1).expand(buckets, per_bucket)
+    if bool((torch.div(raw, width, rounding_mode="floor") != bucket_of)[admitted_].any()):
+        raise ValueError(f"table {name}: an admitted id lies outside its bucket's range")
+    ids, order = raw[admitted_].sort()
+    end = torch.tensor([torch.iinfo(torch.int64).max])
+    miss_rows = offset + torch.arange(1, buckets + 1) * per_bucket - 1
+    return IdMap(
+        torch.cat([ids, end]),
+        torch.cat([rows[admitted_][order], miss_rows[-1:]]),
+        miss_rows,
+        width,
+    )
+
+
+def id_maps_of(model: Any) -> dict[str, IdMap] | None:
+    """{table name without its `t_` prefix: IdMap} of a CTRModel (models/ctr.py) with
+    managed collisions, None without them."""
+    collection = model.sparse_arch.embedding_collection
+    if not getattr(model.sparse_arch, "managed", False):
+        return None
+    modules = collection._managed_collision_collection._managed_collision_modules
+    return {name.removeprefix("t_"): id_map_of(module, name) for name, module in modules.items()}
