@@ -127,6 +127,12 @@ class TrainConfig:
         "constant", help="dense learning-rate schedule after the warmup", choices=LR_SCHEDULES
     )
     warmup_steps: int = setting(0, help="linear learning-rate warmup steps")
+    lr_plateau_factor: float | None = setting(
+        None,
+        help="on a validation without a better AUC, multiply every learning rate (dense and "
+        "embedding) by this, down to 1e-6 (reduce on plateau; FuxiCTR's default is 0.1)",
+        metavar="F",
+    )
     grad_clip: float | None = setting(
         None, help="clip the dense gradient norm to this", metavar="NORM"
     )
@@ -219,6 +225,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {list(choices)}")
+        if self.lr_plateau_factor is not None and not 0 < self.lr_plateau_factor < 1:
+            raise ConfigError(f"lr_plateau_factor: must be in (0, 1), got {self.lr_plateau_factor}")
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting, JSON-ready (`from_dict(to_dict())` gives an equal config)."""

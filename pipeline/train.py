@@ -112,6 +112,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)  # validation records
     best_step: int | None = None  # the step of `best`
     best_checkpoint: str | None = None  # its weights (restore_best), a folder of best/
+    lr_scale: float = 1.0  # product of the plateau reductions so far (lr_plateau_factor)
 
 
 @dataclass
@@ -297,7 +298,11 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
     total_steps = len(train_reader) * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(dense_optimizer, lr_lambda(config, total_steps))
+    state = TrainState()
+    schedule = lr_lambda(config, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        dense_optimizer, lambda step: schedule(step) * state.lr_scale
+    )
     run = Run(
         config=config,
         env=env,
@@ -321,7 +326,7 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         eval_readers=eval_readers,
         total_steps=total_steps,
         writer=SummaryWriter(str(output_dir / "tb")) if env.is_main else None,
-        state=TrainState(),
+        state=state,
     )
     if config.resume:
         restore(run)
@@ -410,19 +415,23 @@ def restore(run: Run) -> None:
     saved = run.checkpointer.load(
         latest, run.dmp, run.optimizer, lazy_optimizers=run.lazy_optimizers
     )
-    run.state = TrainState(
+    restored = TrainState(
         saved["step"],
         saved["best"],
         saved["bad_evals"],
         saved["history"],
         saved.get("best_step"),  # absent from checkpoints written before restore_best
         saved.get("best_checkpoint"),
+        saved.get("lr_scale", 1.0),  # absent from checkpoints written before the plateau
     )
+    for f in dataclasses.fields(TrainState):  # in place: the scheduler's lambda reads it
+        setattr(run.state, f.name, getattr(restored, f.name))
     run.checkpointed_best = run.state.best_checkpoint
     run.scheduler.load_state_dict(saved["scheduler"])
     # load_state_dict restores the schedule's position, not the groups' current lr.
     for group, lr in zip(run.dense_optimizer.param_groups, run.scheduler.get_last_lr()):
         group["lr"] = lr
+    scale_embedding_lrs(run)
     log.info("resumed from %s at step %d", latest, run.state.step)
 
 
@@ -435,6 +444,7 @@ def save_checkpoint(run: Run) -> None:
         "history": state.history,
         "best_step": state.best_step,
         "best_checkpoint": state.best_checkpoint,
+        "lr_scale": state.lr_scale,
         "scheduler": run.scheduler.state_dict(),
     }
     run.checkpointer.save(state.step, run.dmp, run.optimizer, saved)
@@ -611,10 +621,14 @@ def validate(run: Run, epoch: int) -> None:
             save_best(run)
     else:
         state.bad_evals += 1
+        if config.lr_plateau_factor:
+            reduce_on_plateau(run)
         patience = config.early_stopping_patience
         if patience and state.bad_evals >= patience:
             run.stopped_early, run.stopped_by = True, "early_stopping"
             log.info("early stopping at step %d (best valid AUC %.4f)", state.step, state.best)
+    if config.lr_plateau_factor:
+        record["lr_scale"] = state.lr_scale  # the scale from this evaluation on
     if run.on_eval is not None:
         metrics = {**record, "epochs_done": state.step / run.steps_per_epoch}
         decision = [bool(run.on_eval(state.step, metrics))]
@@ -622,6 +636,32 @@ def validate(run: Run, epoch: int) -> None:
         if decision[0] and not run.stopped_early:
             run.stopped_early, run.stopped_by = True, "on_eval"
             log.info("stopped by on_eval at step %d", state.step)
+
+
+MIN_PLATEAU_LR = 1e-6
+
+
+def reduce_on_plateau(run: Run) -> None:
+    """A validation without a better AUC: every learning rate times lr_plateau_factor
+    (the dense one through the scheduler's lambda from the next step on, the embedding
+    ones now), none below MIN_PLATEAU_LR."""
+    base = max(run.config.lr, run.config.embedding_lr or 0.0)
+    run.state.lr_scale = max(
+        run.state.lr_scale * run.config.lr_plateau_factor, MIN_PLATEAU_LR / base
+    )
+    scale_embedding_lrs(run)
+    log.info("validation plateau at step %d: learning rates x%.3g of their base",
+             run.state.step, run.state.lr_scale)  # fmt: skip
+
+
+def scale_embedding_lrs(run: Run) -> None:
+    """The embedding optimizers' groups (fused ones read param_groups' lr on every step)
+    at their first lr times state.lr_scale; the dense groups follow the scheduler."""
+    dense = {id(group) for group in run.dense_optimizer.param_groups}
+    for group in run.optimizer.param_groups:
+        if id(group) not in dense:
+            base = group.setdefault("plateau_base_lr", group["lr"])
+            group["lr"] = base * run.state.lr_scale
 
 
 # ------------------------------------------------------------------------- evaluation

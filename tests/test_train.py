@@ -121,6 +121,39 @@ def test_evals_per_epoch_sets_the_validation_interval(data: Path, tmp_path: Path
 
 
 @pytest.mark.slow
+def test_plateau_reduces_every_lr_and_resumes_exactly(data: Path, tmp_path: Path):
+    """--lr-plateau-factor 0.5: each validation without a better AUC halves the learning
+    rates (recorded as lr_scale), the run differs from the constant-rate one, and a run
+    killed after some plateaus and resumed ends with the uninterrupted run's metrics
+    (the scale and the embedding optimizer's rate come back from the checkpoint)."""
+    args = ["--model", "dnn", "--eval-every", "2", "--lr", "0.01", "--embedding-optimizer",
+            "adagrad", "--checkpoint-every", "2", "--no-restore-best"]  # fmt: skip
+    _train(data, tmp_path / "flat", *args)
+    _train(data, tmp_path / "straight", *args, "--lr-plateau-factor", "0.5")
+    history = _metrics(tmp_path / "straight")["valid_history"]
+    best, plateaus = -1.0, 0
+    for record in history:
+        if record["auc"] > best:
+            best = record["auc"]
+        else:
+            plateaus += 1
+        assert record["lr_scale"] == pytest.approx(max(0.5**plateaus, 1e-6 / 0.01))
+    assert history[-1]["lr_scale"] < 1, "the fixture's run should plateau at least once"
+    flat = _metrics(tmp_path / "flat")["test"]["auc"]
+    assert _metrics(tmp_path / "straight")["test"]["auc"] != flat
+    crashed = _train(data, tmp_path / "crash", *args, "--lr-plateau-factor", "0.5",
+                     "--fail-at-step", "31", check=False)  # fmt: skip
+    assert crashed.returncode != 0
+    _train(data, tmp_path / "crash", *args, "--lr-plateau-factor", "0.5", "--resume")
+    resumed = _metrics(tmp_path / "crash")
+    assert [h["lr_scale"] for h in resumed["valid_history"]] == [h["lr_scale"] for h in history]
+    for key in ("auc", "gauc", "logloss"):
+        assert resumed["test"][key] == pytest.approx(
+            _metrics(tmp_path / "straight")["test"][key], abs=1e-6
+        )
+
+
+@pytest.mark.slow
 def test_resume_after_a_crash_ends_with_the_uninterrupted_metrics(data: Path, tmp_path: Path):
     args = ["--model", "dmf", "--checkpoint-every", "7", "--lr-schedule", "cosine"]
     _train(data, tmp_path / "straight", *args)
