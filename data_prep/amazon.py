@@ -521,7 +521,8 @@ class AmazonScatterTask:
     limits: Limits = field(default_factory=Limits)
 
     def run(self) -> dict[str, Any]:
-        items = Vocab(np.load(self.work / "candidates.npy"))
+        # The candidates are sorted and unique (ItemSide.load): mapped read-only, not rebuilt.
+        items = Vocab.of_sorted(np.load(self.work / "candidates.npy", mmap_mode="r"))
         writer = ScatterWriter(self.work, self.partitions, "reviews")
         try:
             with RejectLog(

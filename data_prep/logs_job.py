@@ -231,7 +231,8 @@ class LogsScatterTask:
     features: SchemaPrep | None = None
 
     def run(self) -> dict[str, Any]:
-        items = Vocab(np.load(self.work / "candidates.npy"))
+        # The candidates are sorted and unique (ItemSide.load): mapped read-only, not rebuilt.
+        items = Vocab.of_sorted(np.load(self.work / "candidates.npy", mmap_mode="r"))
         writer = ScatterWriter(self.work, self.partitions, f"s{self.source:05d}")
         rejects_path = self.work / "rejects" / f"b-scatter-{self.source:05d}.jsonl"
         file = self.files[self.source]
