@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.columns import ColumnTypeError, as_ids
-from data_prep.coordination import Coordinator, make_coordinator
+from data_prep.coordination import Coordinator, add_engine_argument, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, embed_settings, embed_titles, fuse
 from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.features import SchemaPrep
@@ -381,6 +381,7 @@ class AmazonConfig:
     partitions: int = 1
     workers: int = 1
     distributed: bool | None = False
+    engine: str = "local"  # coordination.ENGINES
     strict: bool = False
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
     created_by: str = ""
@@ -539,7 +540,12 @@ def run_amazon(
     config: AmazonConfig, coordinator: Coordinator | None = None
 ) -> dict[str, Any] | None:
     """Run the job; returns the manifest (None on ranks other than the leader)."""
-    coordinator = coordinator or make_coordinator(config.workers, config.distributed)
+    if coordinator is None:
+        coordinator = make_coordinator(config.workers, config.distributed, config.engine)
+        try:
+            return run_amazon(config, coordinator)
+        finally:
+            coordinator.close()
     for path in (config.reviews, config.meta, config.item_vectors):
         if path is not None and not path.is_file():
             raise InputError(f"{path}: no such file")
@@ -601,6 +607,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
     )
+    add_engine_argument(parser)
     parser.add_argument("--row-group-size", type=positive_int, default=DEFAULT_ROW_GROUP_SIZE)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
     parser.add_argument(
@@ -633,6 +640,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         partitions=args.partitions,
         workers=args.workers,
         distributed=args.distributed or None,
+        engine=args.engine,
         strict=args.strict,
         row_group_size=args.row_group_size,
         created_by=command,

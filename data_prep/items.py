@@ -110,7 +110,9 @@ def vectors_from_column(
     ok = lengths == dim
     value_type = kind.value_type
     dtype = (
-        np.float32 if pa.types.is_float32(value_type) or pa.types.is_float16(value_type) else np.float64
+        np.float32
+        if pa.types.is_float32(value_type) or pa.types.is_float16(value_type)
+        else np.float64
     )
     values = column.filter(pa.array(ok)) if not ok.all() else column
     flat = values.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)

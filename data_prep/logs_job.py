@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.columns import ColumnTypeError, as_ids, as_int64
-from data_prep.coordination import Coordinator, make_coordinator
+from data_prep.coordination import Coordinator, add_engine_argument, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, add_title_vectors, embed_settings
 from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.features import SchemaPrep
@@ -65,6 +65,7 @@ class LogsConfig:
     embedding: EmbedSettings = field(default_factory=EmbedSettings)
     partitions: int = 1
     workers: int = 1
+    engine: str = "local"  # coordination.ENGINES
     batch_rows: int = 1_000_000
     block_events: int = DEFAULT_BLOCK_EVENTS
     distributed: bool | None = False
@@ -268,7 +269,12 @@ def run_logs(
     coordinator: Coordinator | None = None,
 ) -> dict[str, Any] | None:
     """Run the job; returns the manifest (None on ranks other than the leader)."""
-    coordinator = coordinator or make_coordinator(config.workers, config.distributed)
+    if coordinator is None:
+        coordinator = make_coordinator(config.workers, config.distributed, config.engine)
+        try:
+            return run_logs(config, extra_protocol, coordinator)
+        finally:
+            coordinator.close()
     paths = expand_inputs(config.interactions)
     items_path = Path(config.items)
     if not items_path.is_file():
@@ -348,6 +354,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
     )
+    add_engine_argument(parser)
     parser.add_argument("--row-group-size", type=positive_int, default=DEFAULT_ROW_GROUP_SIZE)
 
 
@@ -431,6 +438,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         embedding=embed_settings(args),
         partitions=args.partitions,
         workers=args.workers,
+        engine=args.engine,
         block_events=args.block_events,
         batch_rows=args.batch_rows,
         distributed=args.distributed or None,

@@ -135,7 +135,8 @@ class BuildTask:
         folder = self.work / "clean"
         stored = np.load(folder / f"p{self.partition:05d}.npz")
         user_index = np.load(folder / f"p{self.partition:05d}-user-index.npy")
-        remap = np.load(self.work / "item-remap.npy", mmap_mode="r")  # read at this partition's items
+        # Mapped: only the rows of this partition's items are read.
+        remap = np.load(self.work / "item-remap.npy", mmap_mode="r")
         events = Events(
             user_index[stored["user"]],
             np.asarray(remap[stored["item"]]),
@@ -143,7 +144,9 @@ class BuildTask:
             stored["click"],
             {k[2:]: stored[k] for k in stored.files if k.startswith("x_")},
         )
-        names = sorted(p.name[len("item_mm_") : -len(".npy")] for p in self.out.glob("item_mm_*.npy"))
+        names = sorted(
+            p.name[len("item_mm_") : -len(".npy")] for p in self.out.glob("item_mm_*.npy")
+        )
         items = ItemStore(self.out, names)  # read by block, never whole (data_prep/item_rows.py)
         histogram = SimilarityHistogram()
         writers = {
