@@ -16,6 +16,7 @@ cosine is the mean of the modalities' cosines (items with a vector in every moda
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,30 +176,11 @@ def read_item_table(
             )
         _check_vector_type(table, column, file)
     lines = np.arange(1, table.num_rows + 1) if lines is None else lines
-    rejects.add_read(table.num_rows)
-    try:
-        ids = as_ids(table.column(id_column), max_id_length)
-        category = (
-            as_ids(table.column(category_column), max_id_length)
-            if category_column in table.column_names
-            else None
-        )
-    except ColumnTypeError as error:
-        raise InputError(f"{file}: {error}") from None
-    keep = np.ones(table.num_rows, dtype=bool)
-    category_too_long = category.too_long if category is not None else np.zeros_like(keep)
-    for reason, mask in (
-        ("not_utf8", ids.not_utf8),
-        ("missing_field", ids.missing),
-        ("id_too_long", ids.too_long | category_too_long),
-    ):
-        for row in np.flatnonzero(keep & mask):
-            rejects.reject(file, int(lines[row]), reason, _row(table, row))
-        keep &= ~mask
-    duplicate = keep & ~first_occurrences(np.where(keep, ids.values, ""))
-    for row in np.flatnonzero(duplicate):
-        rejects.reject(file, int(lines[row]), "duplicate_item", _row(table, row))
-    keep &= ~duplicate
+    keys = item_keys(
+        table, file, rejects, lines, id_column, category_column, max_id_length,
+        lambda row: _row(table, row),
+    )  # fmt: skip
+    keep = keys.keep
     per_modality = {}
     for name, column in modality_columns.items():
         vectors_k, bad_k = vectors_from_column(table.column(column), file)
@@ -219,17 +201,11 @@ def read_item_table(
     del vectors  # only the normalised float32 rows are kept
     rejects.add_used(int(keep.sum()))
 
-    rows = np.flatnonzero(keep)
-    vocab = Vocab(ids.values[rows])
-    order = rows[np.argsort(ids.values[rows], kind="stable")]  # rows in vocab order
+    vocab, order = keys.vocab, keys.order
     mm = np.zeros((len(vocab), normed.shape[1]), dtype=np.float32)
     take_rows(normed, order, mm[FIRST_ID:])
     mm[FIRST_ID:][bad[order]] = 0.0
-    raw_category = None
-    if category is not None:
-        usable = category.missing | category.not_utf8 | category.too_long
-        raw_category = np.where(usable, "", category.values)[order]
-    category_vocab, category_index = category_table(vocab, raw_category)
+    category_vocab, category_index = category_table(vocab, keys.raw_category)
     modalities = {}
     for name, (normed_k, _) in per_modality.items():
         modalities[name] = np.zeros((len(vocab), normed_k.shape[1]), dtype=np.float32)
@@ -245,6 +221,71 @@ def take_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray, chunk: int 
     """out[k] = source[rows[k]] for (R, d) tables, in chunks: no whole-table temporary."""
     for start in range(0, len(rows), chunk):
         out[start : start + chunk] = source[rows[start : start + chunk]]
+
+
+@dataclass
+class ItemKeys:
+    """The id side of an item table of N rows: keep (N,) bool, the rows used (a valid id, its
+    first occurrence); order (V,) int64, the kept rows in vocabulary order; vocab; the raw
+    category (V,) str of each vocabulary item ("" = none), or None without the column."""
+
+    keep: np.ndarray
+    order: np.ndarray
+    vocab: Vocab
+    raw_category: np.ndarray | None
+
+
+def item_keys(
+    table: pa.Table,
+    file: str,
+    rejects: RejectLog,
+    lines: np.ndarray,
+    id_column: str,
+    category_column: str,
+    max_id_length: int,
+    excerpt: Callable[[int], object],
+) -> ItemKeys:
+    """Read ids and categories of `table` (its other columns are not read): counts the N
+    records read, rejects bad ids (not_utf8, missing_field, id_too_long) and repeated ids
+    (duplicate_item, the first row wins), each with `excerpt(row)`."""
+    rejects.add_read(table.num_rows)
+    try:
+        ids = as_ids(table.column(id_column), max_id_length)
+        category = (
+            as_ids(table.column(category_column), max_id_length)
+            if category_column in table.column_names
+            else None
+        )
+    except ColumnTypeError as error:
+        raise InputError(f"{file}: {error}") from None
+    keep = np.ones(table.num_rows, dtype=bool)
+    category_too_long = category.too_long if category is not None else np.zeros_like(keep)
+    for reason, mask in (
+        ("not_utf8", ids.not_utf8),
+        ("missing_field", ids.missing),
+        ("id_too_long", ids.too_long | category_too_long),
+    ):
+        for row in np.flatnonzero(keep & mask):
+            rejects.reject(file, int(lines[row]), reason, excerpt(row))
+        keep &= ~mask
+    # One stable sort by id: a repeated id follows its first row, so it is a duplicate, and
+    # the kept rows come out in vocabulary order (no second sort, no np.unique).
+    values = np.where(keep, ids.values, "")
+    by_id = np.argsort(values, kind="stable")
+    by_id = by_id[keep[by_id]]
+    repeated = np.zeros(len(by_id), dtype=bool)
+    repeated[1:] = values[by_id[1:]] == values[by_id[:-1]]
+    duplicate = np.zeros(table.num_rows, dtype=bool)
+    duplicate[by_id[repeated]] = True
+    for row in np.flatnonzero(duplicate):
+        rejects.reject(file, int(lines[row]), "duplicate_item", excerpt(row))
+    keep &= ~duplicate
+    order = by_id[~repeated]
+    raw_category = None
+    if category is not None:
+        usable = category.missing | category.not_utf8 | category.too_long
+        raw_category = np.where(usable, "", category.values)[order]
+    return ItemKeys(keep, order, Vocab.of_sorted(values[order]), raw_category)
 
 
 def _check_vector_type(table: pa.Table, column: str, file: str) -> None:

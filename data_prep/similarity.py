@@ -36,8 +36,10 @@ def normalize_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         chunk = np.asarray(vectors[start:stop], dtype=np.float64)
         norms = np.linalg.norm(chunk, axis=1)
         chunk_bad = ~np.isfinite(chunk).all(axis=1) | ~np.isfinite(norms) | (norms == 0)
-        good = ~chunk_bad
-        out[start:stop][good] = chunk[good] / norms[good, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:stop] = chunk / norms[:, None]
+        if chunk_bad.any():
+            out[start:stop][chunk_bad] = 0.0
         bad[start:stop] = chunk_bad
     return out, bad
 
