@@ -15,6 +15,7 @@ cosine is the mean of the modalities' cosines (items with a vector in every moda
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ def read_item_table(
             raise InputError(
                 f"{file}: no modality column {column!r} (columns: {table.column_names})"
             )
-        _check_vector_type(table, column, file)
+        check_vector_type(table, column, file)
     lines = np.arange(1, table.num_rows + 1) if lines is None else lines
     keys = item_keys(
         table, file, rejects, lines, id_column, category_column, max_id_length,
@@ -288,7 +289,7 @@ def item_keys(
     return ItemKeys(keep, order, Vocab.of_sorted(values[order]), raw_category)
 
 
-def _check_vector_type(table: pa.Table, column: str, file: str) -> None:
+def check_vector_type(table: pa.Table, column: str, file: str) -> None:
     kind = table.schema.field(column).type
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
         pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
@@ -304,7 +305,12 @@ def save_item_arrays(out_dir: Path, items: ItemTable) -> None:
     """Write vocab/item.parquet, item_mm.npy, item_mm_<name>.npy per modality and the
     category files when present."""
     items.vocab.save(out_dir / "vocab" / "item.parquet")
-    np.save(out_dir / "item_mm.npy", items.mm.astype(np.float32))
+    if isinstance(items.mm, np.memmap) and items.mm.dtype == np.float32 and items.mm.filename:
+        # A table written to disk by item_stream.py (a .npy, as np.save writes it): moved
+        # into place, not read back into memory.
+        os.replace(items.mm.filename, out_dir / "item_mm.npy")
+    else:
+        np.save(out_dir / "item_mm.npy", items.mm.astype(np.float32))
     for name, table in items.modalities.items():
         np.save(out_dir / modality_file(name), table.astype(np.float32))
     if items.category_vocab is not None and items.category is not None:

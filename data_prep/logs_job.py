@@ -23,12 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data_prep.columns import ColumnTypeError, as_ids, as_int64
 from data_prep.coordination import Coordinator, add_engine_argument, make_coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, add_title_vectors, embed_settings
 from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.features import SchemaPrep
+from data_prep.item_stream import read_item_parquet
 from data_prep.items import ItemTable, read_item_table
 from data_prep.limits import (
     Limits,
@@ -90,10 +93,24 @@ def load_items(
     limits: Limits | None = None,
     modalities: dict[str, str] | None = None,
     features: SchemaPrep | None = None,
+    spill: Path | None = None,
 ) -> ItemTable:
     """The item table; titles are embedded when it has no mm_vector column (nor modalities).
-    `features`: the schema's item columns are read first (rows with a bad value rejected)."""
+    `features`: the schema's item columns are read first (rows with a bad value rejected).
+    `spill`: a folder for the vector table: a Parquet table with mm_vector (and neither
+    modalities nor features) is then read in batches and its `mm` is a memory-mapped file
+    there (data_prep/item_stream.py); other tables are read whole."""
     limits = limits or Limits()
+    if spill is not None and path.suffix == ".parquet" and not modalities and features is None:
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as error:
+            raise InputError(f"{path.name}: not a readable Parquet file: {error}") from None
+        if "mm_vector" in names:  # the case that scales: read in batches (item_stream.py)
+            spill.mkdir(parents=True, exist_ok=True)
+            return read_item_parquet(
+                path, spill / "item_mm.npy", rejects, max_id_length=limits.max_id_length
+            )
 
     def bad_row(line: int, reason: str, excerpt: str) -> None:
         rejects.add_read(1)
@@ -129,7 +146,9 @@ class LogsItems:
         limits: Limits | None = None,
         modalities: dict[str, str] | None = None,
         features: SchemaPrep | None = None,
+        spill: Path | None = None,
     ) -> None:
+        self.spill = spill
         self.features = features
         self.path = path
         self.embedding = embedding
@@ -139,8 +158,9 @@ class LogsItems:
 
     def load(self, rejects: RejectLog) -> np.ndarray:
         self.items = load_items(
-            self.path, self.embedding, rejects, self.limits, self.modalities, self.features
-        )
+            self.path, self.embedding, rejects, self.limits, self.modalities, self.features,
+            self.spill,
+        )  # fmt: skip
         return self.items.vocab.raw_ids
 
     def finalize(self, used: np.ndarray, rejects: RejectLog) -> tuple[ItemTable, np.ndarray]:
@@ -313,7 +333,14 @@ def run_logs(
     manifest = run_pipeline(
         settings,
         coordinator,
-        LogsItems(items_path, config.embedding, config.limits, config.modalities, features),
+        LogsItems(
+            items_path,
+            config.embedding,
+            config.limits,
+            config.modalities,
+            features,
+            work / "items",
+        ),  # fmt: skip
         tasks,
         files,
         inputs,

@@ -16,7 +16,7 @@ CHUNK_VALUES = 1 << 22  # floats gathered per block (16 MiB per operand): bounds
 HISTOGRAM_BINS = 1 << 16
 
 
-NORMALIZE_ROWS = 1 << 16  # rows normalised at a time (float64 temporaries of one chunk)
+NORMALIZE_ROWS = 1 << 13  # rows normalised at a time: small float64 temporaries, reused by malloc
 
 
 def normalize_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +35,7 @@ def normalize_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         stop = start + NORMALIZE_ROWS
         chunk = np.asarray(vectors[start:stop], dtype=np.float64)
         norms = np.linalg.norm(chunk, axis=1)
-        chunk_bad = ~np.isfinite(chunk).all(axis=1) | ~np.isfinite(norms) | (norms == 0)
+        chunk_bad = ~np.isfinite(norms) | (norms == 0)  # a NaN or inf value makes the norm so
         with np.errstate(invalid="ignore", divide="ignore"):
             out[start:stop] = chunk / norms[:, None]
         if chunk_bad.any():
