@@ -169,6 +169,8 @@ def _normalised_by_window(
 
 
 def _append_by_window(files, scratch: Path, rows: np.ndarray, to: np.ndarray, window: int) -> None:
+    if len(to) == 0:
+        return
     which = (to - FIRST_ID) // window
     order = np.argsort(which, kind="stable")
     which, rows, to = which[order], rows[order], to[order]
