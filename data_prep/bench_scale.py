@@ -30,32 +30,37 @@ from data_prep.synthetic_industrial import IndustrialConfig, write_raw
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def process_rss() -> tuple[dict[int, int], dict[int, list[int]]]:
-    """(pid -> resident bytes, parent pid -> child pids) of every process, from /proc."""
+def process_memory() -> tuple[dict[int, tuple[int, int]], dict[int, list[int]]]:
+    """(pid -> (resident bytes now, peak resident bytes VmHWM), parent pid -> child pids)
+    of every process, from /proc."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    memory: dict[int, tuple[int, int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            statm = Path(f"/proc/{entry}/statm").read_text()
+            status = Path(f"/proc/{entry}/status").read_text()
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = int(statm.split()[1]) * PAGE
-    return rss, children
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        kib = [int(fields.get(k, "0 kB").split()[0]) * 1024 for k in ("VmRSS", "VmHWM")]
+        memory[int(entry)] = (kib[0], kib[1])
+    return memory, children
 
 
 def tree_rss(root: int) -> tuple[int, int]:
-    """(resident bytes of `root` and all its descendants, of the largest one of them)."""
-    rss, children = process_rss()
+    """(resident bytes of `root` and all its descendants now, the largest peak (VmHWM) of
+    one of them)."""
+    memory, children = process_memory()
     total, largest, todo = 0, 0, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
-        largest = max(largest, rss.get(pid, 0))
+        now, peak = memory.get(pid, (0, 0))
+        total += now
+        largest = max(largest, peak)
         todo.extend(children.get(pid, []))
     return total, largest
 
@@ -64,10 +69,11 @@ def run_measured(command: list[str]) -> dict[str, float]:
     """Run a command; wall time, CPU time (user + system of it and its reaped descendants),
     peak RSS of its largest process and of its whole process tree.
 
-    The largest process's peak is the larger of the kernel's figure (ru_maxrss of the child,
-    which covers its reaped descendants) and the 0.2 s samples of every process in the tree
-    (a worker that is still running when sampled). RSS counts the pages a process has mapped,
-    file pages included.
+    Sampled every 0.2 s from /proc: the largest process's figure is the largest VmHWM (the
+    kernel's peak resident size of a process since it started its program) seen in the
+    tree, the tree's is the largest sum of VmRSS. Not ru_maxrss: a child's counts the
+    resident size of this process at the fork (the generated data), not only its own. RSS
+    counts the pages a process has mapped, file pages included.
     """
     start = time.perf_counter()
     process = subprocess.Popen(command)
@@ -90,7 +96,7 @@ def run_measured(command: list[str]) -> dict[str, float]:
         raise RuntimeError(f"{' '.join(command)} failed with status {status}")
     return {
         "wall_s": time.perf_counter() - start,
-        "peak_rss_largest_process_gb": max(usage.ru_maxrss * 1024, peak_process) / 1e9,
+        "peak_rss_largest_process_gb": peak_process / 1e9,
         "peak_rss_tree_gb": peak_tree / 1e9,
         "cpu_s": usage.ru_utime + usage.ru_stime,
     }
