@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data_prep.columns import ColumnTypeError, as_ids
+from data_prep.columns import ColumnTypeError, as_ids_in_chunks
 from data_prep.limits import DEFAULT_MAX_ID_LENGTH
 from data_prep.rejects import InputError, RejectLog
 from data_prep.similarity import normalize_rows
@@ -251,9 +251,9 @@ def item_keys(
     (duplicate_item, the first row wins), each with `excerpt(row)`."""
     rejects.add_read(table.num_rows)
     try:
-        ids = as_ids(table.column(id_column), max_id_length)
+        ids = as_ids_in_chunks(table.column(id_column), max_id_length)
         category = (
-            as_ids(table.column(category_column), max_id_length)
+            as_ids_in_chunks(table.column(category_column), max_id_length)
             if category_column in table.column_names
             else None
         )
@@ -271,11 +271,14 @@ def item_keys(
         keep &= ~mask
     # One stable sort by id: a repeated id follows its first row, so it is a duplicate, and
     # the kept rows come out in vocabulary order (no second sort, no np.unique).
-    values = np.where(keep, ids.values, "")
+    values = ids.values if keep.all() else np.where(keep, ids.values, "")
+    del ids
     by_id = np.argsort(values, kind="stable")
     by_id = by_id[keep[by_id]]
     repeated = np.zeros(len(by_id), dtype=bool)
-    repeated[1:] = values[by_id[1:]] == values[by_id[:-1]]
+    for start in range(1, len(by_id), 1 << 20):  # in chunks: no (N,) string temporaries
+        stop = min(start + (1 << 20), len(by_id))
+        repeated[start:stop] = values[by_id[start:stop]] == values[by_id[start - 1 : stop - 1]]
     duplicate = np.zeros(table.num_rows, dtype=bool)
     duplicate[by_id[repeated]] = True
     for row in np.flatnonzero(duplicate):
