@@ -3,7 +3,8 @@
     leader: item side -> candidate item ids          (job-specific ItemSide.load)
     scatter tasks: parse inputs -> user partitions   (job-specific, one task per input part)
     clean tasks, one per partition: duplicates, too-few-events, sort
-    leader: global user vocabulary; final item table (ItemSide.finalize)
+    user range tasks: the global user vocabulary, sample-sorted (user_vocab.py)
+    leader: vocab/user.parquet streamed from the ranges; final item table (ItemSide.finalize)
     build tasks, one per partition, in blocks of whole users: protocol -> samples ->
         similarities -> shards; each returns its histogram of training similarities
     leader: merged histogram -> bucket boundaries; rejects.jsonl; checksums of every
@@ -51,6 +52,13 @@ from data_prep.rejects import InputError, RejectLog, check_records, merge_record
 from data_prep.samples import Samples
 from data_prep.scatter import read_partition
 from data_prep.similarity import SimilarityHistogram, history_similarities
+from data_prep.user_vocab import (
+    partition_index,
+    partition_slices,
+    range_tasks,
+    splitters,
+    write_vocab,
+)
 from data_prep.vocab import Vocab
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE, ShardWriter
 
@@ -130,11 +138,12 @@ class BuildTask:
     row_group_size: int
     block_events: int
     features: SchemaPrep | None = None
+    user_slices: tuple[tuple[int, int, int, int], ...] = ()  # user_vocab.partition_slices
 
     def run(self) -> dict[str, Any]:
         folder = self.work / "clean"
         stored = np.load(folder / f"p{self.partition:05d}.npz")
-        user_index = np.load(folder / f"p{self.partition:05d}-user-index.npy")
+        user_index = partition_index(self.work, self.user_slices)
         # Mapped: only the rows of this partition's items are read.
         remap = np.load(self.work / "item-remap.npy", mmap_mode="r")
         events = Events(
@@ -285,11 +294,16 @@ def _run_pipeline(
         for p in range(settings.partitions)
     ]
     cleaned = coordinator.map(run_task, clean_tasks)
+    cuts = (
+        splitters(work, settings.partitions, settings.partitions) if coordinator.is_leader else []
+    )
+    cuts = coordinator.broadcast(cuts)
+    user_ranges = coordinator.map(run_task, range_tasks(work, settings.partitions, cuts))
 
     last_ts = 0
     if coordinator.is_leader:
         last_ts = max((c["max_ts"] for c in cleaned if c["max_ts"] is not None), default=0)
-        user_vocab = _save_user_vocab(out, work, settings.partitions)
+        user_vocab_size = write_vocab(work, len(user_ranges), out / "vocab" / "user.parquet")
         candidates = np.load(work / "candidates.npy", mmap_mode="r")  # for its length
         used = np.zeros(len(candidates) + 2, dtype=bool)
         for c in cleaned:
@@ -302,6 +316,8 @@ def _run_pipeline(
         if settings.features is not None:
             feature_files += settings.features.save_items(items.vocab, out)
             with RejectLog(work / "rejects" / "a-users.jsonl", settings.strict) as user_rejects:
+                # The schema's user table is joined on the whole vocabulary (driver).
+                user_vocab = Vocab.load(out / "vocab" / "user.parquet")
                 feature_files += settings.features.save_users(user_vocab, out, user_rejects)
             user_records = user_rejects.as_manifest()
     last_ts = coordinator.broadcast(last_ts)
@@ -317,6 +333,7 @@ def _run_pipeline(
             settings.row_group_size,
             settings.block_events,
             settings.features,
+            tuple(partition_slices(user_ranges, p)),
         )
         for p in range(settings.partitions)
     ]
@@ -347,7 +364,7 @@ def _run_pipeline(
     _concat_rejects(work / "rejects", out / "rejects.jsonl")
     boundaries = histogram.equal_frequency_boundaries(settings.num_buckets)
     splits = settings.protocol.splits
-    vocab_sizes = {"user": len(user_vocab), "item": len(items.vocab)}
+    vocab_sizes = {"user": user_vocab_size, "item": len(items.vocab)}
     if items.category_vocab is not None:
         vocab_sizes["category"] = len(items.category_vocab)
     if settings.features is not None:
@@ -427,17 +444,6 @@ def modality_entries(items: ItemTable, checksums: dict[str, dict[str, Any]]) -> 
             }
         )
     return {"modalities": entries}
-
-
-def _save_user_vocab(out: Path, work: Path, partitions: int) -> Vocab:
-    """Global user vocabulary from the partitions' users; saves each partition's index map."""
-    folder = work / "clean"
-    local = [np.load(folder / f"p{p:05d}-users.npy") for p in range(partitions)]
-    vocab = Vocab(np.concatenate(local) if local else np.array([], dtype=str))
-    vocab.save(out / "vocab" / "user.parquet")
-    for p, users in enumerate(local):
-        np.save(folder / f"p{p:05d}-user-index.npy", vocab.encode(users))
-    return vocab
 
 
 def _concat_rejects(folder: Path, target: Path) -> None:
