@@ -32,6 +32,7 @@ import argparse
 import ast
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -210,6 +211,9 @@ def _records(
             continue
         except (ValueError, MemoryError, TypeError) as error:
             message = getattr(error, "msg", None) or str(error) or type(error).__name__
+            # ast's message names the node by its memory address ("<ast.Call object at
+            # 0x7f...>"): dropped, so that rejects.jsonl is the same from run to run.
+            message = re.sub(r" object at 0x[0-9a-f]+>", ">", message)
             rejects.reject(path.name, number, "malformed", f"{message}: {text}")
             continue
         openers = text.count("[") + text.count("{") + text.count("(")
