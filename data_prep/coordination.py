@@ -25,6 +25,7 @@ class Coordinator:
 
     def __init__(self, workers: int = 1) -> None:
         self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -35,11 +36,12 @@ class Coordinator:
         if self.workers == 1 or len(mine) <= 1:
             results = [fn(tasks[i]) for i in mine]
         else:
-            context = multiprocessing.get_context(
-                "spawn"
-            )  # pyarrow thread pools and fork do not mix
-            with ProcessPoolExecutor(min(self.workers, len(mine)), mp_context=context) as pool:
-                results = list(pool.map(fn, [tasks[i] for i in mine]))
+            if self._pool is None:  # one pool for every stage: workers start (imports) once
+                context = multiprocessing.get_context(
+                    "spawn"
+                )  # pyarrow threads and fork do not mix
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            results = list(self._pool.map(fn, [tasks[i] for i in mine]))
         return self._merge(mine, results, len(tasks))
 
     def _merge(self, mine: list[int], results: list[Any], n: int) -> list[Any]:
@@ -56,7 +58,10 @@ class Coordinator:
         return value
 
     def close(self) -> None:
-        """Release what the coordinator started (the Ray engine's local Ray)."""
+        """Release what the coordinator started (the process pool, the Ray engine's Ray)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 class TorchCoordinator(Coordinator):

@@ -68,6 +68,7 @@ class RayCoordinator(Coordinator):
             raise (cause if isinstance(cause, BaseException) else error) from None
 
     def close(self) -> None:
+        super().close()
         if self._started:
             self._ray.shutdown()
             self._started = False
