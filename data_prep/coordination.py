@@ -3,6 +3,11 @@
 A job runs the same driver code on every rank. `map` runs the tasks whose position
 i % world_size == rank (in a local process pool when `workers` > 1) and returns every
 rank's results in task order; `barrier` and `broadcast` synchronise the ranks.
+
+This is the `--engine local` scheduler. `--engine ray` (data_prep/ray_engine.py) runs the
+same tasks on Ray; this one is kept as the default because it needs nothing started and
+no extra process (the tests, `make data`, a laptop), and for the torchrun/Slurm replicas
+that existing launch scripts use.
 """
 
 from __future__ import annotations
