@@ -44,8 +44,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.columns import ColumnTypeError, as_ids
-from data_prep.coordination import Coordinator, add_engine_argument, make_coordinator
+from data_prep.coordination import Coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, embed_settings, embed_titles, fuse
+from data_prep.engines import add_engine_argument, make_coordinator
 from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.features import SchemaPrep
 from data_prep.history import TIE_ORDERS

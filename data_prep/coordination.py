@@ -13,7 +13,6 @@ that existing launch scripts use.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -98,36 +97,3 @@ class TorchCoordinator(Coordinator):
         box = [value]
         self._dist.broadcast_object_list(box, src=0)
         return box[0]
-
-
-ENGINES = ("local", "ray")
-
-
-def add_engine_argument(parser: Any) -> None:
-    """--engine of the partitioned jobs (argparse parser)."""
-    parser.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="local",
-        help="who runs the tasks: local (this process, or a process pool with --workers, or "
-        "torch.distributed ranks with --distributed) or ray (Ray tasks: Ray started inside "
-        "the job with --workers CPUs, or the cluster named by RAY_ADDRESS; docs/data-prep.md)",
-    )
-
-
-def make_coordinator(
-    workers: int, distributed: bool | None = None, engine: str = "local"
-) -> Coordinator:
-    """The Ray engine when `engine` is "ray" (data_prep/ray_engine.py); else
-    TorchCoordinator when asked or when launched with WORLD_SIZE > 1, else local."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if engine == "ray":
-        if distributed:
-            raise ValueError("--engine ray schedules the tasks itself: drop --distributed")
-        from data_prep.ray_engine import RayCoordinator
-
-        return RayCoordinator(workers)
-    if distributed is None:
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return TorchCoordinator(workers) if distributed else Coordinator(workers)

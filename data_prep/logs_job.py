@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.columns import ColumnTypeError, as_ids, as_int64
-from data_prep.coordination import Coordinator, add_engine_argument, make_coordinator
+from data_prep.coordination import Coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, add_title_vectors, embed_settings
+from data_prep.engines import add_engine_argument, make_coordinator
 from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.features import SchemaPrep
 from data_prep.item_stream import read_item_parquet

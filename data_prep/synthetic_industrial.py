@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_prep.coordination import add_engine_argument
+from data_prep.engines import add_engine_argument
 from data_prep.integrity import atomic_file
 from data_prep.limits import fraction, positive_int
 
