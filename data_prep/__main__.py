@@ -64,6 +64,8 @@ def _leave_process_group() -> None:
     """Tear down the gloo group of a `--distributed` run before the interpreter exits:
     a live group at exit races gloo's threads and aborts ("terminate called without an
     active exception"), failing a job whose output is already complete."""
+    if "torch.distributed" not in sys.modules:  # no group without it; importing torch costs 2 s
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

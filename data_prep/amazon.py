@@ -32,6 +32,7 @@ import argparse
 import ast
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,8 +44,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep.columns import ColumnTypeError, as_ids
-from data_prep.coordination import Coordinator, make_coordinator
+from data_prep.coordination import Coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, embed_settings, embed_titles, fuse
+from data_prep.engines import add_engine_argument, make_coordinator
 from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.features import SchemaPrep
 from data_prep.history import TIE_ORDERS
@@ -210,6 +212,9 @@ def _records(
             continue
         except (ValueError, MemoryError, TypeError) as error:
             message = getattr(error, "msg", None) or str(error) or type(error).__name__
+            # ast's message names the node by its memory address ("<ast.Call object at
+            # 0x7f...>"): dropped, so that rejects.jsonl is the same from run to run.
+            message = re.sub(r" object at 0x[0-9a-f]+>", ">", message)
             rejects.reject(path.name, number, "malformed", f"{message}: {text}")
             continue
         openers = text.count("[") + text.count("{") + text.count("(")
@@ -381,6 +386,7 @@ class AmazonConfig:
     partitions: int = 1
     workers: int = 1
     distributed: bool | None = False
+    engine: str = "local"  # coordination.ENGINES
     strict: bool = False
     row_group_size: int = DEFAULT_ROW_GROUP_SIZE
     created_by: str = ""
@@ -521,7 +527,8 @@ class AmazonScatterTask:
     limits: Limits = field(default_factory=Limits)
 
     def run(self) -> dict[str, Any]:
-        items = Vocab(np.load(self.work / "candidates.npy"))
+        # The candidates are sorted and unique (ItemSide.load): mapped read-only, not rebuilt.
+        items = Vocab.of_sorted(np.load(self.work / "candidates.npy", mmap_mode="r"))
         writer = ScatterWriter(self.work, self.partitions, "reviews")
         try:
             with RejectLog(
@@ -538,7 +545,12 @@ def run_amazon(
     config: AmazonConfig, coordinator: Coordinator | None = None
 ) -> dict[str, Any] | None:
     """Run the job; returns the manifest (None on ranks other than the leader)."""
-    coordinator = coordinator or make_coordinator(config.workers, config.distributed)
+    if coordinator is None:
+        coordinator = make_coordinator(config.workers, config.distributed, config.engine)
+        try:
+            return run_amazon(config, coordinator)
+        finally:
+            coordinator.close()
     for path in (config.reviews, config.meta, config.item_vectors):
         if path is not None and not path.is_file():
             raise InputError(f"{path}: no such file")
@@ -600,6 +612,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
     )
+    add_engine_argument(parser)
     parser.add_argument("--row-group-size", type=positive_int, default=DEFAULT_ROW_GROUP_SIZE)
     parser.add_argument("--strict", action="store_true", help="fail at the first bad record")
     parser.add_argument(
@@ -632,6 +645,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         partitions=args.partitions,
         workers=args.workers,
         distributed=args.distributed or None,
+        engine=args.engine,
         strict=args.strict,
         row_group_size=args.row_group_size,
         created_by=command,

@@ -24,45 +24,72 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_prep.integrity import atomic_file
 from data_prep.synthetic_industrial import IndustrialConfig, write_raw
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of `root` and all its descendants, from /proc."""
+def process_memory() -> tuple[dict[int, tuple[int, int, float]], dict[int, list[int]]]:
+    """(pid -> (resident bytes now, peak resident bytes VmHWM, CPU seconds so far), parent
+    pid -> child pids) of every process, from /proc."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    memory: dict[int, tuple[int, int, float]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            statm = Path(f"/proc/{entry}/statm").read_text()
+            status = Path(f"/proc/{entry}/status").read_text()
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = int(statm.split()[1]) * PAGE
-    total, todo = 0, [root]
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        kib = [int(fields.get(k, "0 kB").split()[0]) * 1024 for k in ("VmRSS", "VmHWM")]
+        ticks = stat.rsplit(")", 1)[1].split()
+        cpu = (int(ticks[11]) + int(ticks[12])) / TICKS  # utime + stime of the process
+        memory[int(entry)] = (kib[0], kib[1], cpu)
+    return memory, children
+
+
+def tree_rss(root: int, cpu: dict[int, float] | None = None) -> tuple[int, int]:
+    """(resident bytes of `root` and all its descendants now, the largest peak (VmHWM) of
+    one of them); `cpu` gets each one's CPU seconds so far."""
+    memory, children = process_memory()
+    total, largest, todo = 0, 0, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        now, peak, seconds = memory.get(pid, (0, 0, 0.0))
+        total += now
+        largest = max(largest, peak)
+        if cpu is not None and pid in memory:
+            cpu[pid] = max(cpu.get(pid, 0.0), seconds)
         todo.extend(children.get(pid, []))
-    return total
+    return total, largest
 
 
 def run_measured(command: list[str]) -> dict[str, float]:
-    """Run a command; wall time, peak RSS of its largest process and of its process tree."""
+    """Run a command; wall time, CPU time (user + system of it and its reaped descendants),
+    peak RSS of its largest process and of its whole process tree.
+
+    Sampled every 0.2 s from /proc: the largest process's figure is the largest VmHWM (the
+    kernel's peak resident size of a process since it started its program) seen in the
+    tree, the tree's is the largest sum of VmRSS. Not ru_maxrss: a child's counts the
+    resident size of this process at the fork (the generated data), not only its own. RSS
+    counts the pages a process has mapped, file pages included.
+    """
     start = time.perf_counter()
     process = subprocess.Popen(command)
-    peak_tree = 0
+    peak_tree = peak_process = 0
+    cpu: dict[int, float] = {}
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak_tree
+        nonlocal peak_tree, peak_process
         while not done.wait(0.2):
-            peak_tree = max(peak_tree, tree_rss(process.pid))
+            total, largest = tree_rss(process.pid, cpu)
+            peak_tree, peak_process = max(peak_tree, total), max(peak_process, largest)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -74,9 +101,14 @@ def run_measured(command: list[str]) -> dict[str, float]:
         raise RuntimeError(f"{' '.join(command)} failed with status {status}")
     return {
         "wall_s": time.perf_counter() - start,
-        "peak_rss_largest_process_gb": usage.ru_maxrss * 1024 / 1e9,
+        "peak_rss_largest_process_gb": peak_process / 1e9,
         "peak_rss_tree_gb": peak_tree / 1e9,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        # The larger of: the job and the children it waited for (exact, but Ray's worker
+        # processes are not its children to wait for), and the sum over every process seen
+        # in the tree (misses each one's last 0.2 s).
+        "cpu_s": max(usage.ru_utime + usage.ru_stime, sum(cpu.values())),
+        "cpu_s_waited": usage.ru_utime + usage.ru_stime,
+        "cpu_s_sampled": sum(cpu.values()),
     }
 
 
@@ -98,6 +130,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--target-samples", type=int, default=469_000_000)
     parser.add_argument("--target-cores", type=int, default=64)
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="the logs job's engine (--engine of python -m data_prep logs)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the report to this file")
     parser.add_argument("--keep", action="store_true", help="keep the generated and prepared data")
     args = parser.parse_args(argv)
 
@@ -117,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "--max-history", str(args.history),
         "--partitions", str(args.partitions),
         "--workers", str(args.workers),
+        "--engine", args.engine,
     ]  # fmt: skip
     measured = run_measured(command)
     manifest = json.loads((args.out / "prepared" / "manifest.json").read_text())
@@ -128,6 +168,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     cores = min(args.workers, os.cpu_count() or 1)
     rows_per_s = rows / measured["wall_s"]
     report = {
+        "engine": args.engine,
+        "workers": args.workers,
+        "rows_per_cpu_s": round(rows / measured["cpu_s"]),
+        "wall_s": round(measured["wall_s"], 1),
+        "peak_rss_gb": {
+            "worker": round(measured["peak_rss_largest_process_gb"], 2),
+            "tree": round(measured["peak_rss_tree_gb"], 2),
+        },
         "command": " ".join(command),
         "generator": asdict(config),
         "rows": rows,
@@ -136,11 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "generate_s": round(generate_s, 1),
         "prepare_s": round(measured["wall_s"], 1),
         "cpu_s": round(measured["cpu_s"], 1),
+        "cpu_s_waited": round(measured["cpu_s_waited"], 1),
+        "cpu_s_sampled": round(measured["cpu_s_sampled"], 1),
         "mean_history": round(pc.mean(lengths).as_py(), 1),
         "rows_per_s": round(rows_per_s),
-        "rows_per_cpu_s": round(rows / measured["cpu_s"]),
-        "peak_rss_largest_process_gb": round(measured["peak_rss_largest_process_gb"], 2),
-        "peak_rss_tree_gb": round(measured["peak_rss_tree_gb"], 2),
         "output_gb": round(
             sum(f.stat().st_size for f in (args.out / "prepared").rglob("*") if f.is_file()) / 1e9,
             2,
@@ -153,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ),
     }
     print(json.dumps(report, indent=2))
+    if args.json is not None:
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2) + "\n")
     if not args.keep:
         shutil.rmtree(args.out, ignore_errors=True)
     return report

@@ -3,12 +3,16 @@
 A job runs the same driver code on every rank. `map` runs the tasks whose position
 i % world_size == rank (in a local process pool when `workers` > 1) and returns every
 rank's results in task order; `barrier` and `broadcast` synchronise the ranks.
+
+This is the `--engine local` scheduler. `--engine ray` (data_prep/ray_engine.py) runs the
+same tasks on Ray; this one is kept as the default because it needs nothing started and
+no extra process (the tests, `make data`, a laptop), and for the torchrun/Slurm replicas
+that existing launch scripts use.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -25,6 +29,7 @@ class Coordinator:
 
     def __init__(self, workers: int = 1) -> None:
         self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -35,11 +40,12 @@ class Coordinator:
         if self.workers == 1 or len(mine) <= 1:
             results = [fn(tasks[i]) for i in mine]
         else:
-            context = multiprocessing.get_context(
-                "spawn"
-            )  # pyarrow thread pools and fork do not mix
-            with ProcessPoolExecutor(min(self.workers, len(mine)), mp_context=context) as pool:
-                results = list(pool.map(fn, [tasks[i] for i in mine]))
+            if self._pool is None:  # one pool for every stage: workers start (imports) once
+                context = multiprocessing.get_context(
+                    "spawn"
+                )  # pyarrow threads and fork do not mix
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            results = list(self._pool.map(fn, [tasks[i] for i in mine]))
         return self._merge(mine, results, len(tasks))
 
     def _merge(self, mine: list[int], results: list[Any], n: int) -> list[Any]:
@@ -54,6 +60,12 @@ class Coordinator:
     def broadcast(self, value: Any) -> Any:
         """The leader's `value` on every rank."""
         return value
+
+    def close(self) -> None:
+        """Release what the coordinator started (the process pool, the Ray engine's Ray)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 class TorchCoordinator(Coordinator):
@@ -85,10 +97,3 @@ class TorchCoordinator(Coordinator):
         box = [value]
         self._dist.broadcast_object_list(box, src=0)
         return box[0]
-
-
-def make_coordinator(workers: int, distributed: bool | None = None) -> Coordinator:
-    """TorchCoordinator when asked or when launched with WORLD_SIZE > 1, else local."""
-    if distributed is None:
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return TorchCoordinator(workers) if distributed else Coordinator(workers)

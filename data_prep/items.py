@@ -15,14 +15,16 @@ cosine is the mean of the modalities' cosines (items with a vector in every moda
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from data_prep.columns import ColumnTypeError, as_ids
+from data_prep.columns import ColumnTypeError, as_ids_in_chunks
 from data_prep.limits import DEFAULT_MAX_ID_LENGTH
 from data_prep.rejects import InputError, RejectLog
 from data_prep.similarity import normalize_rows
@@ -90,7 +92,12 @@ def category_table(
 def vectors_from_column(
     column: pa.ChunkedArray, file: str = "item table"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """list<float> column (N,) -> (float64 (N, d), bad (N,)); d is the most common length."""
+    """list<float> column (N,) -> (vectors (N, d), bad (N,)); d is the most common length.
+
+    vectors are float32 for float16/float32 values (exact), float64 otherwise (float64 or
+    integer values, so no value is rounded): a 20.9M x 64 float32 table is 5.4 GB, not
+    the 10.7 GB a float64 copy would be. normalize_rows computes in float64 per chunk.
+    """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
@@ -103,8 +110,17 @@ def vectors_from_column(
     if dim == 0:
         raise InputError(f"{file}: no item has a vector")
     ok = lengths == dim
-    flat = column.filter(pa.array(ok)).flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    vectors = np.zeros((len(column), dim), dtype=np.float64)
+    value_type = kind.value_type
+    dtype = (
+        np.float32
+        if pa.types.is_float32(value_type) or pa.types.is_float16(value_type)
+        else np.float64
+    )
+    values = column.filter(pa.array(ok)) if not ok.all() else column
+    flat = values.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    if ok.all():
+        return flat.reshape(-1, dim), ~ok
+    vectors = np.zeros((len(column), dim), dtype=dtype)
     vectors[ok] = flat.reshape(-1, dim)
     return vectors, ~ok
 
@@ -159,13 +175,85 @@ def read_item_table(
             raise InputError(
                 f"{file}: no modality column {column!r} (columns: {table.column_names})"
             )
-        _check_vector_type(table, column, file)
+        check_vector_type(table, column, file)
     lines = np.arange(1, table.num_rows + 1) if lines is None else lines
+    keys = item_keys(
+        table, file, rejects, lines, id_column, category_column, max_id_length,
+        lambda row: _row(table, row),
+    )  # fmt: skip
+    keep = keys.keep
+    per_modality = {}
+    for name, column in modality_columns.items():
+        vectors_k, bad_k = vectors_from_column(table.column(column), file)
+        normed_k, bad_norm_k = normalize_rows(vectors_k)
+        bad_k |= bad_norm_k
+        for row in np.flatnonzero(keep & bad_k):
+            rejects.repair(file, int(lines[row]), f"bad_vector_{name}", _row(table, row))
+        per_modality[name] = (normed_k, bad_k)  # normalize_rows leaves bad rows zero
+    if fused:  # the concatenation of the normalised modality vectors
+        vectors = np.concatenate([v for v, _ in per_modality.values()], axis=1)
+        normed, bad = normalize_rows(vectors)
+    else:
+        vectors, bad = vectors_from_column(table.column(vector_column), file)
+        normed, bad_norm = normalize_rows(vectors)
+        bad |= bad_norm
+        for row in np.flatnonzero(keep & bad):
+            rejects.repair(file, int(lines[row]), bad_vector_reason, _row(table, row))
+    del vectors  # only the normalised float32 rows are kept
+    rejects.add_used(int(keep.sum()))
+
+    vocab, order = keys.vocab, keys.order
+    mm = np.zeros((len(vocab), normed.shape[1]), dtype=np.float32)
+    take_rows(normed, order, mm[FIRST_ID:])
+    mm[FIRST_ID:][bad[order]] = 0.0
+    category_vocab, category_index = category_table(vocab, keys.raw_category)
+    modalities = {}
+    for name, (normed_k, _) in per_modality.items():
+        modalities[name] = np.zeros((len(vocab), normed_k.shape[1]), dtype=np.float32)
+        take_rows(normed_k, order, modalities[name][FIRST_ID:])
+    sources = {name: f"{file}:{column}" for name, column in modality_columns.items()}
+    if fused:
+        source = source or "concat(" + ", ".join(sources.values()) + ")"
+    source = source or f"{file}:{vector_column}"
+    return ItemTable(vocab, mm, source, category_vocab, category_index, modalities, sources)
+
+
+def take_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray, chunk: int = 1 << 16) -> None:
+    """out[k] = source[rows[k]] for (R, d) tables, in chunks: no whole-table temporary."""
+    for start in range(0, len(rows), chunk):
+        out[start : start + chunk] = source[rows[start : start + chunk]]
+
+
+@dataclass
+class ItemKeys:
+    """The id side of an item table of N rows: keep (N,) bool, the rows used (a valid id, its
+    first occurrence); order (V,) int64, the kept rows in vocabulary order; vocab; the raw
+    category (V,) str of each vocabulary item ("" = none), or None without the column."""
+
+    keep: np.ndarray
+    order: np.ndarray
+    vocab: Vocab
+    raw_category: np.ndarray | None
+
+
+def item_keys(
+    table: pa.Table,
+    file: str,
+    rejects: RejectLog,
+    lines: np.ndarray,
+    id_column: str,
+    category_column: str,
+    max_id_length: int,
+    excerpt: Callable[[int], object],
+) -> ItemKeys:
+    """Read ids and categories of `table` (its other columns are not read): counts the N
+    records read, rejects bad ids (not_utf8, missing_field, id_too_long) and repeated ids
+    (duplicate_item, the first row wins), each with `excerpt(row)`."""
     rejects.add_read(table.num_rows)
     try:
-        ids = as_ids(table.column(id_column), max_id_length)
+        ids = as_ids_in_chunks(table.column(id_column), max_id_length)
         category = (
-            as_ids(table.column(category_column), max_id_length)
+            as_ids_in_chunks(table.column(category_column), max_id_length)
             if category_column in table.column_names
             else None
         )
@@ -179,53 +267,32 @@ def read_item_table(
         ("id_too_long", ids.too_long | category_too_long),
     ):
         for row in np.flatnonzero(keep & mask):
-            rejects.reject(file, int(lines[row]), reason, _row(table, row))
+            rejects.reject(file, int(lines[row]), reason, excerpt(row))
         keep &= ~mask
-    duplicate = keep & ~first_occurrences(np.where(keep, ids.values, ""))
+    # One stable sort by id: a repeated id follows its first row, so it is a duplicate, and
+    # the kept rows come out in vocabulary order (no second sort, no np.unique).
+    values = ids.values if keep.all() else np.where(keep, ids.values, "")
+    del ids
+    by_id = np.argsort(values, kind="stable")
+    by_id = by_id[keep[by_id]]
+    repeated = np.zeros(len(by_id), dtype=bool)
+    for start in range(1, len(by_id), 1 << 20):  # in chunks: no (N,) string temporaries
+        stop = min(start + (1 << 20), len(by_id))
+        repeated[start:stop] = values[by_id[start:stop]] == values[by_id[start - 1 : stop - 1]]
+    duplicate = np.zeros(table.num_rows, dtype=bool)
+    duplicate[by_id[repeated]] = True
     for row in np.flatnonzero(duplicate):
-        rejects.reject(file, int(lines[row]), "duplicate_item", _row(table, row))
+        rejects.reject(file, int(lines[row]), "duplicate_item", excerpt(row))
     keep &= ~duplicate
-    per_modality = {}
-    for name, column in modality_columns.items():
-        vectors_k, bad_k = vectors_from_column(table.column(column), file)
-        normed_k, bad_norm_k = normalize_rows(vectors_k)
-        bad_k |= bad_norm_k
-        for row in np.flatnonzero(keep & bad_k):
-            rejects.repair(file, int(lines[row]), f"bad_vector_{name}", _row(table, row))
-        per_modality[name] = (np.where(bad_k[:, None], 0.0, normed_k), bad_k)
-    if fused:  # the concatenation of the normalised modality vectors
-        vectors = np.concatenate([v for v, _ in per_modality.values()], axis=1)
-        normed, bad = normalize_rows(vectors)
-    else:
-        vectors, bad = vectors_from_column(table.column(vector_column), file)
-        normed, bad_norm = normalize_rows(vectors)
-        bad |= bad_norm
-        for row in np.flatnonzero(keep & bad):
-            rejects.repair(file, int(lines[row]), bad_vector_reason, _row(table, row))
-    rejects.add_used(int(keep.sum()))
-
-    rows = np.flatnonzero(keep)
-    vocab = Vocab(ids.values[rows])
-    order = rows[np.argsort(ids.values[rows], kind="stable")]  # rows in vocab order
-    mm = np.zeros((len(vocab), vectors.shape[1]), dtype=np.float32)
-    mm[FIRST_ID:] = np.where(bad[order, None], 0.0, normed[order])
+    order = by_id[~repeated]
     raw_category = None
     if category is not None:
         usable = category.missing | category.not_utf8 | category.too_long
         raw_category = np.where(usable, "", category.values)[order]
-    category_vocab, category_index = category_table(vocab, raw_category)
-    modalities = {}
-    for name, (normed_k, _) in per_modality.items():
-        modalities[name] = np.zeros((len(vocab), normed_k.shape[1]), dtype=np.float32)
-        modalities[name][FIRST_ID:] = normed_k[order]
-    sources = {name: f"{file}:{column}" for name, column in modality_columns.items()}
-    if fused:
-        source = source or "concat(" + ", ".join(sources.values()) + ")"
-    source = source or f"{file}:{vector_column}"
-    return ItemTable(vocab, mm, source, category_vocab, category_index, modalities, sources)
+    return ItemKeys(keep, order, Vocab.of_sorted(values[order]), raw_category)
 
 
-def _check_vector_type(table: pa.Table, column: str, file: str) -> None:
+def check_vector_type(table: pa.Table, column: str, file: str) -> None:
     kind = table.schema.field(column).type
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
         pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
@@ -241,7 +308,12 @@ def save_item_arrays(out_dir: Path, items: ItemTable) -> None:
     """Write vocab/item.parquet, item_mm.npy, item_mm_<name>.npy per modality and the
     category files when present."""
     items.vocab.save(out_dir / "vocab" / "item.parquet")
-    np.save(out_dir / "item_mm.npy", items.mm.astype(np.float32))
+    if isinstance(items.mm, np.memmap) and items.mm.dtype == np.float32 and items.mm.filename:
+        # A table written to disk by item_stream.py (a .npy, as np.save writes it): moved
+        # into place, not read back into memory.
+        os.replace(items.mm.filename, out_dir / "item_mm.npy")
+    else:
+        np.save(out_dir / "item_mm.npy", items.mm.astype(np.float32))
     for name, table in items.modalities.items():
         np.save(out_dir / modality_file(name), table.astype(np.float32))
     if items.category_vocab is not None and items.category is not None:

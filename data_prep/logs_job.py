@@ -23,12 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from data_prep.columns import ColumnTypeError, as_ids, as_int64
-from data_prep.coordination import Coordinator, make_coordinator
+from data_prep.coordination import Coordinator
 from data_prep.embed import EmbedSettings, add_embed_arguments, add_title_vectors, embed_settings
+from data_prep.engines import add_engine_argument, make_coordinator
 from data_prep.events import RawEvents, drop_unknown_items
 from data_prep.features import SchemaPrep
+from data_prep.item_stream import read_item_parquet
 from data_prep.items import ItemTable, read_item_table
 from data_prep.limits import (
     Limits,
@@ -65,6 +69,7 @@ class LogsConfig:
     embedding: EmbedSettings = field(default_factory=EmbedSettings)
     partitions: int = 1
     workers: int = 1
+    engine: str = "local"  # coordination.ENGINES
     batch_rows: int = 1_000_000
     block_events: int = DEFAULT_BLOCK_EVENTS
     distributed: bool | None = False
@@ -89,10 +94,24 @@ def load_items(
     limits: Limits | None = None,
     modalities: dict[str, str] | None = None,
     features: SchemaPrep | None = None,
+    spill: Path | None = None,
 ) -> ItemTable:
     """The item table; titles are embedded when it has no mm_vector column (nor modalities).
-    `features`: the schema's item columns are read first (rows with a bad value rejected)."""
+    `features`: the schema's item columns are read first (rows with a bad value rejected).
+    `spill`: a folder for the vector table: a Parquet table with mm_vector (and neither
+    modalities nor features) is then read in batches and its `mm` is a memory-mapped file
+    there (data_prep/item_stream.py); other tables are read whole."""
     limits = limits or Limits()
+    if spill is not None and path.suffix == ".parquet" and not modalities and features is None:
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as error:
+            raise InputError(f"{path.name}: not a readable Parquet file: {error}") from None
+        if "mm_vector" in names:  # the case that scales: read in batches (item_stream.py)
+            spill.mkdir(parents=True, exist_ok=True)
+            return read_item_parquet(
+                path, spill / "item_mm.npy", rejects, max_id_length=limits.max_id_length
+            )
 
     def bad_row(line: int, reason: str, excerpt: str) -> None:
         rejects.add_read(1)
@@ -128,7 +147,9 @@ class LogsItems:
         limits: Limits | None = None,
         modalities: dict[str, str] | None = None,
         features: SchemaPrep | None = None,
+        spill: Path | None = None,
     ) -> None:
+        self.spill = spill
         self.features = features
         self.path = path
         self.embedding = embedding
@@ -138,8 +159,9 @@ class LogsItems:
 
     def load(self, rejects: RejectLog) -> np.ndarray:
         self.items = load_items(
-            self.path, self.embedding, rejects, self.limits, self.modalities, self.features
-        )
+            self.path, self.embedding, rejects, self.limits, self.modalities, self.features,
+            self.spill,
+        )  # fmt: skip
         return self.items.vocab.raw_ids
 
     def finalize(self, used: np.ndarray, rejects: RejectLog) -> tuple[ItemTable, np.ndarray]:
@@ -231,7 +253,8 @@ class LogsScatterTask:
     features: SchemaPrep | None = None
 
     def run(self) -> dict[str, Any]:
-        items = Vocab(np.load(self.work / "candidates.npy"))
+        # The candidates are sorted and unique (ItemSide.load): mapped read-only, not rebuilt.
+        items = Vocab.of_sorted(np.load(self.work / "candidates.npy", mmap_mode="r"))
         writer = ScatterWriter(self.work, self.partitions, f"s{self.source:05d}")
         rejects_path = self.work / "rejects" / f"b-scatter-{self.source:05d}.jsonl"
         file = self.files[self.source]
@@ -267,7 +290,12 @@ def run_logs(
     coordinator: Coordinator | None = None,
 ) -> dict[str, Any] | None:
     """Run the job; returns the manifest (None on ranks other than the leader)."""
-    coordinator = coordinator or make_coordinator(config.workers, config.distributed)
+    if coordinator is None:
+        coordinator = make_coordinator(config.workers, config.distributed, config.engine)
+        try:
+            return run_logs(config, extra_protocol, coordinator)
+        finally:
+            coordinator.close()
     paths = expand_inputs(config.interactions)
     items_path = Path(config.items)
     if not items_path.is_file():
@@ -306,7 +334,14 @@ def run_logs(
     manifest = run_pipeline(
         settings,
         coordinator,
-        LogsItems(items_path, config.embedding, config.limits, config.modalities, features),
+        LogsItems(
+            items_path,
+            config.embedding,
+            config.limits,
+            config.modalities,
+            features,
+            work / "items",
+        ),  # fmt: skip
         tasks,
         files,
         inputs,
@@ -347,6 +382,7 @@ def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--distributed", action="store_true", help="torch.distributed ranks (torchrun/TorchX)"
     )
+    add_engine_argument(parser)
     parser.add_argument("--row-group-size", type=positive_int, default=DEFAULT_ROW_GROUP_SIZE)
 
 
@@ -430,6 +466,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         embedding=embed_settings(args),
         partitions=args.partitions,
         workers=args.workers,
+        engine=args.engine,
         block_events=args.block_events,
         batch_rows=args.batch_rows,
         distributed=args.distributed or None,

@@ -3,7 +3,8 @@
     leader: item side -> candidate item ids          (job-specific ItemSide.load)
     scatter tasks: parse inputs -> user partitions   (job-specific, one task per input part)
     clean tasks, one per partition: duplicates, too-few-events, sort
-    leader: global user vocabulary; final item table (ItemSide.finalize)
+    user range tasks: the global user vocabulary, sample-sorted (user_vocab.py)
+    leader: vocab/user.parquet streamed from the ranges; final item table (ItemSide.finalize)
     build tasks, one per partition, in blocks of whole users: protocol -> samples ->
         similarities -> shards; each returns its histogram of training similarities
     leader: merged histogram -> bucket boundaries; rejects.jsonl; checksums of every
@@ -42,6 +43,7 @@ from data_prep.integrity import (
     fresh_staging_folder,
     staging_folder,
 )
+from data_prep.item_rows import BlockItems, ItemStore
 from data_prep.items import ItemTable, modality_file, save_item_arrays
 from data_prep.limits import Limits
 from data_prep.manifest import MANIFEST, write_manifest
@@ -50,11 +52,17 @@ from data_prep.rejects import InputError, RejectLog, check_records, merge_record
 from data_prep.samples import Samples
 from data_prep.scatter import read_partition
 from data_prep.similarity import SimilarityHistogram, history_similarities
+from data_prep.user_vocab import (
+    partition_index,
+    partition_slices,
+    range_tasks,
+    splitters,
+    write_vocab,
+)
 from data_prep.vocab import Vocab
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE, ShardWriter
 
 DEFAULT_BLOCK_EVENTS = 200_000
-IN_MEMORY_ITEM_BYTES = 1 << 30
 # What a job writes in its folder; a rerun removes those it no longer produces (a split).
 OUTPUTS = (
     MANIFEST, "vocab", "item_mm.npy", "item_category.npy", "rejects.jsonl",
@@ -97,7 +105,7 @@ class CleanTask:
     tie_order: str = "file"
 
     def run(self) -> dict[str, Any]:
-        item_ids = np.load(self.work / "candidates.npy")
+        item_ids = np.load(self.work / "candidates.npy", mmap_mode="r")  # read at rejects only
         path = self.work / "rejects" / f"c-clean-{self.partition:05d}.jsonl"
         with RejectLog(path, self.strict) as rejects:
             raw = read_partition(self.work, self.partition, self.files)
@@ -130,20 +138,25 @@ class BuildTask:
     row_group_size: int
     block_events: int
     features: SchemaPrep | None = None
+    user_slices: tuple[tuple[int, int, int, int], ...] = ()  # user_vocab.partition_slices
 
     def run(self) -> dict[str, Any]:
         folder = self.work / "clean"
         stored = np.load(folder / f"p{self.partition:05d}.npz")
-        user_index = np.load(folder / f"p{self.partition:05d}-user-index.npy")
-        remap = np.load(self.work / "item-remap.npy")
+        user_index = partition_index(self.work, self.user_slices)
+        # Mapped: only the rows of this partition's items are read.
+        remap = np.load(self.work / "item-remap.npy", mmap_mode="r")
         events = Events(
             user_index[stored["user"]],
-            remap[stored["item"]],
+            np.asarray(remap[stored["item"]]),
             stored["ts"],
             stored["click"],
             {k[2:]: stored[k] for k in stored.files if k.startswith("x_")},
         )
-        items = _open_items(self.out)
+        names = sorted(
+            p.name[len("item_mm_") : -len(".npy")] for p in self.out.glob("item_mm_*.npy")
+        )
+        items = ItemStore(self.out, names)  # read by block, never whole (data_prep/item_rows.py)
         histogram = SimilarityHistogram()
         writers = {
             s: ShardWriter(self.out, s, self.partition, self.row_group_size)
@@ -153,9 +166,13 @@ class BuildTask:
         before_valid: dict[str, int] = {}
         users = dict.fromkeys(self.protocol.splits, 0)
         for block in user_blocks(events, self.block_events):
-            splits, protocol_counts = self.protocol.samples(block, len(items.vocab), self.last_ts)
+            splits, protocol_counts = self.protocol.samples(block, items.size, self.last_ts)
+            # Histories are earlier events of the block's users: the block's items and the
+            # samples' targets (negatives included) are every row the block reads.
+            wanted = [block.item, *(samples.item for samples in splits.values())]
+            block_items = items.block(np.unique(np.concatenate(wanted)))
             for name, samples in splits.items():
-                fill_item_features(samples, items)
+                fill_item_features(samples, block_items)
                 if self.features is not None:
                     self.features.fill_samples(samples, self.out, samples.event_extra or {})
                 if name == "train":
@@ -177,23 +194,6 @@ class BuildTask:
         }
 
 
-def _open_items(out: Path) -> ItemTable:
-    """The saved item arrays; a large multimodal table stays memory-mapped (shared page cache)."""
-    vocab = Vocab.load(out / "vocab" / "item.parquet")
-    mm = _open_table(out / "item_mm.npy")
-    category = np.load(out / "item_category.npy") if (out / "item_category.npy").exists() else None
-    names = sorted(p.name[len("item_mm_") : -len(".npy")] for p in out.glob("item_mm_*.npy"))
-    modalities = {name: _open_table(out / modality_file(name)) for name in names}
-    return ItemTable(vocab, mm, "", None, category, modalities)
-
-
-def _open_table(path: Path) -> np.ndarray:
-    table = np.load(path, mmap_mode="r")
-    if table.nbytes <= IN_MEMORY_ITEM_BYTES:
-        table = np.array(table)  # random row gathers are much faster from memory than a memmap
-    return table
-
-
 def user_blocks(events: Events, block_events: int) -> Iterator[Events]:
     """Consecutive slices of `events` holding whole users, about `block_events` events each."""
     n = len(events)
@@ -208,22 +208,20 @@ def user_blocks(events: Events, block_events: int) -> Iterator[Events]:
         begin = end
 
 
-def fill_item_features(samples: Samples, items: ItemTable) -> None:
+def fill_item_features(samples: Samples, items: BlockItems) -> None:
     """Fill hist_sims, the per-modality similarities when items have modalities, and the
-    categories when items have them, in place."""
-    samples.hist_sims = history_similarities(
-        items.mm, samples.item, samples.hist_offsets, samples.hist_items
-    )
+    categories when items have them, in place, from the block's item rows."""
+    target = items.local(samples.item)
+    hist = items.local(samples.hist_items)
+    samples.hist_sims = history_similarities(items.mm, target, samples.hist_offsets, hist)
     if items.modalities:
         samples.hist_modality_sims = {
-            name: history_similarities(
-                table, samples.item, samples.hist_offsets, samples.hist_items
-            )
+            name: history_similarities(table, target, samples.hist_offsets, hist)
             for name, table in items.modalities.items()
         }
     if items.category is not None:
-        samples.category = items.category[samples.item]
-        samples.hist_categories = items.category[samples.hist_items]
+        samples.category = items.category[target]
+        samples.hist_categories = items.category[hist]
 
 
 @dataclass
@@ -282,7 +280,11 @@ def _run_pipeline(
         fresh_staging_folder(settings.out)
         (work / "rejects").mkdir(parents=True)
         with RejectLog(work / "rejects" / "a-items.jsonl", settings.strict) as item_rejects:
-            np.save(work / "candidates.npy", item_side.load(item_rejects))
+            candidates = item_side.load(item_rejects)
+            if len(candidates) > 1 and not np.all(candidates[1:] > candidates[:-1]):
+                raise ValueError("ItemSide.load must return sorted unique ids")  # Vocab.of_sorted
+            np.save(work / "candidates.npy", candidates)
+            del candidates
         item_records = item_rejects.as_manifest()
     coordinator.barrier()
 
@@ -292,12 +294,17 @@ def _run_pipeline(
         for p in range(settings.partitions)
     ]
     cleaned = coordinator.map(run_task, clean_tasks)
+    cuts = (
+        splitters(work, settings.partitions, settings.partitions) if coordinator.is_leader else []
+    )
+    cuts = coordinator.broadcast(cuts)
+    user_ranges = coordinator.map(run_task, range_tasks(work, settings.partitions, cuts))
 
     last_ts = 0
     if coordinator.is_leader:
         last_ts = max((c["max_ts"] for c in cleaned if c["max_ts"] is not None), default=0)
-        user_vocab = _save_user_vocab(out, work, settings.partitions)
-        candidates = np.load(work / "candidates.npy")
+        user_vocab_size = write_vocab(work, len(user_ranges), out / "vocab" / "user.parquet")
+        candidates = np.load(work / "candidates.npy", mmap_mode="r")  # for its length
         used = np.zeros(len(candidates) + 2, dtype=bool)
         for c in cleaned:
             used[c["items"]] = True
@@ -309,6 +316,8 @@ def _run_pipeline(
         if settings.features is not None:
             feature_files += settings.features.save_items(items.vocab, out)
             with RejectLog(work / "rejects" / "a-users.jsonl", settings.strict) as user_rejects:
+                # The schema's user table is joined on the whole vocabulary (driver).
+                user_vocab = Vocab.load(out / "vocab" / "user.parquet")
                 feature_files += settings.features.save_users(user_vocab, out, user_rejects)
             user_records = user_rejects.as_manifest()
     last_ts = coordinator.broadcast(last_ts)
@@ -324,6 +333,7 @@ def _run_pipeline(
             settings.row_group_size,
             settings.block_events,
             settings.features,
+            tuple(partition_slices(user_ranges, p)),
         )
         for p in range(settings.partitions)
     ]
@@ -354,7 +364,7 @@ def _run_pipeline(
     _concat_rejects(work / "rejects", out / "rejects.jsonl")
     boundaries = histogram.equal_frequency_boundaries(settings.num_buckets)
     splits = settings.protocol.splits
-    vocab_sizes = {"user": len(user_vocab), "item": len(items.vocab)}
+    vocab_sizes = {"user": user_vocab_size, "item": len(items.vocab)}
     if items.category_vocab is not None:
         vocab_sizes["category"] = len(items.category_vocab)
     if settings.features is not None:
@@ -434,17 +444,6 @@ def modality_entries(items: ItemTable, checksums: dict[str, dict[str, Any]]) -> 
             }
         )
     return {"modalities": entries}
-
-
-def _save_user_vocab(out: Path, work: Path, partitions: int) -> Vocab:
-    """Global user vocabulary from the partitions' users; saves each partition's index map."""
-    folder = work / "clean"
-    local = [np.load(folder / f"p{p:05d}-users.npy") for p in range(partitions)]
-    vocab = Vocab(np.concatenate(local) if local else np.array([], dtype=str))
-    vocab.save(out / "vocab" / "user.parquet")
-    for p, users in enumerate(local):
-        np.save(folder / f"p{p:05d}-user-index.npy", vocab.encode(users))
-    return vocab
 
 
 def _concat_rejects(folder: Path, target: Path) -> None:

@@ -16,16 +16,31 @@ CHUNK_VALUES = 1 << 22  # floats gathered per block (16 MiB per operand): bounds
 HISTOGRAM_BINS = 1 << 16
 
 
+NORMALIZE_ROWS = 1 << 13  # rows normalised at a time: small float64 temporaries, reused by malloc
+
+
 def normalize_rows(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """L2-normalise rows (N, d) -> (float32 (N, d), bad (N,) bool).
 
     Rows with a non-finite value or zero norm become zero vectors and are flagged bad.
+    Computed in float64, `NORMALIZE_ROWS` rows at a time, so the temporaries are bounded
+    by a chunk whatever N is (each row's result does not depend on the chunking).
     """
-    vectors = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(vectors, axis=1)
-    bad = ~np.isfinite(vectors).all(axis=1) | ~np.isfinite(norms) | (norms == 0)
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        vectors = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
     out = np.zeros(vectors.shape, dtype=np.float32)
-    out[~bad] = vectors[~bad] / norms[~bad, None]
+    bad = np.zeros(len(vectors), dtype=bool)
+    for start in range(0, len(vectors), NORMALIZE_ROWS):
+        stop = start + NORMALIZE_ROWS
+        chunk = np.asarray(vectors[start:stop], dtype=np.float64)
+        norms = np.linalg.norm(chunk, axis=1)
+        chunk_bad = ~np.isfinite(norms) | (norms == 0)  # a NaN or inf value makes the norm so
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:stop] = chunk / norms[:, None]
+        if chunk_bad.any():
+            out[start:stop][chunk_bad] = 0.0
+        bad[start:stop] = chunk_bad
     return out, bad
 
 

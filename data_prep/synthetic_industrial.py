@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_prep.engines import add_engine_argument
 from data_prep.integrity import atomic_file
 from data_prep.limits import fraction, positive_int
 
@@ -140,6 +141,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partitions", type=positive_int, default=16)
     parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--raw-only", action="store_true", help="only write the raw logs")
+    add_engine_argument(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> IndustrialConfig:
@@ -164,6 +166,7 @@ def main(args: argparse.Namespace, command: str) -> None:
         protocol=Protocol(name="temporal", max_history=args.history),
         partitions=args.partitions,
         workers=args.workers,
+        engine=args.engine,
         job="synthetic",
         created_by=command,
     )

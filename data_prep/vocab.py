@@ -25,6 +25,15 @@ class Vocab:
         # (V,) sorted unique raw ids; the index of raw_ids[k] is k + 2.
         self.raw_ids: np.ndarray = np.unique(np.asarray(raw_ids, dtype=str))
 
+    @classmethod
+    def of_sorted(cls, raw_ids: np.ndarray) -> Vocab:
+        """A vocabulary over ids that are already sorted and unique (a saved vocabulary's
+        `raw_ids`, possibly memory-mapped: one read-only copy in the page cache shared by
+        every task of a node), without sorting them again."""
+        vocab = cls.__new__(cls)
+        vocab.raw_ids = raw_ids
+        return vocab
+
     def __len__(self) -> int:
         """Rows of an embedding table for this vocabulary: padding and OOV included."""
         return len(self.raw_ids) + FIRST_ID
@@ -53,7 +62,7 @@ class Vocab:
     @classmethod
     def load(cls, path: Path) -> Vocab:
         table = pq.read_table(path)
-        raw = np.asarray(table.column("raw_id").to_pylist(), dtype=str)
+        raw = table.column("raw_id").to_numpy(zero_copy_only=False).astype(str)
         index = table.column("index").to_numpy()
         if not np.array_equal(index, np.arange(FIRST_ID, FIRST_ID + len(raw))):
             raise ValueError(f"{path}: indices are not 2..N in order")

@@ -133,3 +133,19 @@ def test_local_default_keeps_one_thread_per_worker() -> None:
     assert role.env["OMP_NUM_THREADS"] == "1"
     assert "NCCL_DEBUG" not in role.env
     assert role.resource.gpu == 0
+
+
+def test_prep_component_on_the_ray_engine() -> None:
+    """launch/prep.py:prep --engine ray: one driver replica running the job with --engine ray
+    and --workers CPU, under local_cwd and under TorchX's Ray scheduler (one Ray actor)."""
+    job = ["--", "amazon", "--reviews", "r.json.gz", "--meta", "m.json.gz", "--out", "out"]
+    local = dryrun(["torchx", "run", "-s", "local_cwd", "launch/prep.py:prep", "--engine", "ray",
+                    "--cpu", "2", *job])  # fmt: skip
+    assert "'num_replicas': 1" in local and "--distributed" not in local
+    assert re.search(r"'amazon',.*'--engine',\s*'ray',\s*'--workers',\s*'2'", local, re.S)
+    ray_job = dryrun(["torchx", "run", "-s", "ray", "-cfg", "dashboard_address=localhost:8265",
+                      "launch/prep.py:prep", "--engine", "ray", "--cpu", "1", *job])  # fmt: skip
+    request = ray_job[ray_job.index("=== SCHEDULER REQUEST ===") :]
+    assert request.count("RayActor(") == 1
+    assert "command=['python', '-m', 'data_prep', 'amazon'" in request
+    assert "'--engine', 'ray', '--workers', '1'" in request
