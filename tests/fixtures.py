@@ -140,3 +140,12 @@ def write_prepared(
     manifest["checksum"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
+
+
+def write_serving_data(root: Path) -> Path:
+    """The serving tests' prepared folder: 40 items with categories, each item's category
+    drawn in 2..5 (seed 3)."""
+    root = write_prepared(root, num_items=40, categories=True)
+    rng = np.random.default_rng(3)
+    np.save(root / "item_category.npy", rng.integers(2, 6, size=40).astype(np.int64))
+    return root

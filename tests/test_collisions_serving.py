@@ -23,7 +23,7 @@ from models.id_map import INPUT_ID_SPACE, id_map_of, remap_bucketed_ids
 from models.scorer import scorer_from_model
 from pipeline import artifact, export, score_requests
 from pipeline.data import PreparedData
-from tests.fixtures import write_prepared
+from tests.fixtures import write_serving_data
 from tests.test_collisions import NEW, ROOT, _new_id_stream, _train
 from tests.test_export_formats import run_fresh
 from tests.test_serving import random_model, spec_of, training_ctr
@@ -37,10 +37,7 @@ NEVER_USER = 10**12  # never admitted: the user table's miss row
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    root = write_prepared(tmp_path_factory.mktemp("prepared"), num_items=40, categories=True)
-    rng = np.random.default_rng(3)
-    np.save(root / "item_category.npy", rng.integers(2, 6, size=40).astype(np.int64))
-    return PreparedData(root)
+    return PreparedData(write_serving_data(tmp_path_factory.mktemp("prepared")))
 
 
 def _admission_batch(users: list[int], items: list[int], cats: np.ndarray) -> KeyedJaggedTensor:

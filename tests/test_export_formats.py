@@ -34,7 +34,7 @@ from models.scorer import TABLE_DTYPES, lookup, quantize_table, scorer_from_mode
 from models.zoo import MODELS, build_model, make_config
 from pipeline import artifact, bench_serving, export, score_requests
 from pipeline.data import PreparedData
-from tests.fixtures import write_prepared
+from tests.fixtures import write_prepared, write_serving_data
 from tests.test_serving import SMALL, random_model, spec_of, training_ctr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,10 +67,7 @@ def served(spec) -> list[tuple[str, dict]]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    root = write_prepared(tmp_path_factory.mktemp("prepared"), num_items=40, categories=True)
-    rng = np.random.default_rng(3)
-    np.save(root / "item_category.npy", rng.integers(2, 6, size=40).astype(np.int64))
-    return PreparedData(root)
+    return PreparedData(write_serving_data(tmp_path_factory.mktemp("prepared")))
 
 
 def requests(num_items: int, num_users: int) -> list[tuple[list[int], int, list[int]]]:

@@ -23,7 +23,7 @@ from pipeline import bench_serving, export, score_requests
 from pipeline.checkpoint import write_checksums
 from pipeline.data import PreparedData, table_to_batch
 from pipeline.export import export_model
-from tests.fixtures import write_prepared
+from tests.fixtures import write_serving_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"embedding_dim": 8, "hidden_dim": 16, "num_heads": 4, "mlp_dims": [12]}
@@ -41,10 +41,7 @@ def random_model(name: str, spec: FeatureSpec, seed: int, **overrides: object) -
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
-    root = write_prepared(tmp_path_factory.mktemp("prepared"), num_items=40, categories=True)
-    rng = np.random.default_rng(3)
-    np.save(root / "item_category.npy", rng.integers(2, 6, size=40).astype(np.int64))
-    return PreparedData(root)
+    return PreparedData(write_serving_data(tmp_path_factory.mktemp("prepared")))
 
 
 def spec_of(data: PreparedData, categories: bool) -> FeatureSpec:
