@@ -645,7 +645,7 @@ def reduce_on_plateau(run: Run) -> None:
     """A validation without a better AUC: every learning rate times lr_plateau_factor
     (the dense one through the scheduler's lambda from the next step on, the embedding
     ones now), none below MIN_PLATEAU_LR."""
-    base = max(run.config.lr, run.config.embedding_lr or 0.0)
+    base = min(run.config.lr, run.config.embedding_lr or run.config.lr)  # the smallest rate
     run.state.lr_scale = max(
         run.state.lr_scale * run.config.lr_plateau_factor, MIN_PLATEAU_LR / base
     )
