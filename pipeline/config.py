@@ -163,6 +163,13 @@ class TrainConfig:
         "added to the loss",
         metavar="LAMBDA",
     )
+    embedding_weight_decay: float = setting(
+        0.0,
+        help="L2 on every row of the embedding tables at every step (adam_dense only): torch "
+        "Adam's coupled weight_decay, the gradient of WD/2 x the whole tables' squared norm, "
+        "as FuxiCTR's embedding_regularizer",
+        metavar="WD",
+    )
     sharding_type: str = setting(
         "auto",
         help="force one sharding type for every table, or let the planner choose",

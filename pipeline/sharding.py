@@ -84,6 +84,9 @@ class ShardingSettings:
     embedding_optimizer: str = "auto"
     embedding_lr: float | None = None  # None: the dense learning rate (adam) or 0.05 (others)
     sharding_type: str = "auto"
+    # Coupled L2 on every row of the tables at every step (adam_dense only, see
+    # `resolve_embedding_weight_decay`).
+    embedding_weight_decay: float = 0.0
 
 
 def resolve_embedding_optimizer(name: str, device: torch.device) -> str:
@@ -101,6 +104,25 @@ def resolve_embedding_optimizer(name: str, device: torch.device) -> str:
             f"use one of {CPU_EMBEDDING_OPTIMIZERS}"
         )
     return name
+
+
+def resolve_embedding_weight_decay(weight_decay: float, opt_name: str) -> float:
+    """The embedding weight decay, checked against the optimizer.
+
+    It is torch Adam's coupled `weight_decay`: weight_decay x row is added to every row's
+    gradient at every step, the gradient of (weight_decay / 2) x the whole table's squared
+    norm, FuxiCTR's `embedding_regularizer` (nn.Embedding + torch Adam, every row updated
+    every step). Only `adam_dense` updates every row; the sparse and fused optimizers
+    update the rows a batch touched, where `embedding_l2` (models/ctr.py) is the penalty."""
+    if weight_decay < 0:
+        raise ValueError(f"embedding_weight_decay must be >= 0, got {weight_decay}")
+    if weight_decay and opt_name != "adam_dense":
+        raise ValueError(
+            f"embedding_weight_decay (every row every step) needs embedding optimizer "
+            f"'adam_dense', not {opt_name!r}; use embedding_l2 to penalise the rows a batch "
+            "touches"
+        )
+    return float(weight_decay)
 
 
 def plan_sharding(
@@ -151,6 +173,7 @@ def shard_model(
     opt_name = resolve_embedding_optimizer(settings.embedding_optimizer, env.device)
     adam_like = opt_name in ("adam", *DENSE_EMBEDDING_OPTIMIZERS)
     embedding_lr = settings.embedding_lr or (dense_lr if adam_like else 0.05)
+    weight_decay = resolve_embedding_weight_decay(settings.embedding_weight_decay, opt_name)
     sparse = task.model.sparse_arch
     if is_dense_embedding_optimizer(opt_name):
         if managed_tables(task):
@@ -158,7 +181,9 @@ def shard_model(
                 f"embedding optimizer {opt_name!r} replicates the tables unsharded; managed "
                 "collisions need sharded tables: use a fused embedding optimizer"
             )
-        return _replicate_model(task, env, opt_name, embedding_lr, dense_optimizer)
+        return _replicate_model(
+            task, env, opt_name, embedding_lr, dense_optimizer, weight_decay
+        )
     tables = list(sparse.parameters())
     pooled = getattr(task.model, "pooled_arch", None)
     if pooled is not None:  # the EmbeddingBagCollection's tables: the same fused optimizer
@@ -181,11 +206,13 @@ def _replicate_model(
     opt_name: str,
     embedding_lr: float,
     dense_optimizer: Callable[[Any], torch.optim.Optimizer],
+    weight_decay: float = 0.0,
 ) -> tuple[DistributedModelParallel, CombinedOptimizer, KeyedOptimizerWrapper, str]:
     """The dense embedding optimizers: DMP with an empty plan (nothing sharded; its DDP
     wraps the whole task, tables included: DDP's static graph tolerates a table the head
     does not use, as the user table with use_user_embedding=false), a regular optimizer
-    for the tables and the dense optimizer for the rest."""
+    for the tables (with `weight_decay`, adam_dense's coupled L2) and the dense optimizer
+    for the rest."""
     sparse = task.model.sparse_arch
     if getattr(task.model, "pooled_arch", None) is not None:
         raise ValueError(
@@ -227,7 +254,8 @@ def _replicate_model(
         if opt_name in SPARSE_GRADIENT_OPTIMIZERS
         else KeyedOptimizerWrapper
     )
-    embeddings = wrapper(tables, lambda params: optimizer_cls(params, lr=embedding_lr))
+    extra = {"weight_decay": weight_decay} if weight_decay else {}
+    embeddings = wrapper(tables, lambda params: optimizer_cls(params, lr=embedding_lr, **extra))
     combined = CombinedOptimizer([embeddings, dense])
     return model, combined, dense, opt_name
 

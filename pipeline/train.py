@@ -271,7 +271,12 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
     dmp, optimizer, dense_optimizer, embedding_optimizer = shard_model(
         task,
         env,
-        ShardingSettings(config.embedding_optimizer, config.embedding_lr, config.sharding_type),
+        ShardingSettings(
+            config.embedding_optimizer,
+            config.embedding_lr,
+            config.sharding_type,
+            config.embedding_weight_decay,
+        ),
         dense_optimizer=lambda params: ClippedAdam(
             params, config.lr, config.grad_clip, config.weight_decay
         ),

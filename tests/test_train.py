@@ -518,3 +518,69 @@ def test_adam_on_two_ranks_equals_the_unsharded_model(tmp_path: Path, optimizer:
         worst = max(result["diffs"].values())
         assert worst < 1e-5, {k: v for k, v in result["diffs"].items() if v >= 1e-5}
         assert any("t_item" in k for k in result["diffs"]), "the tables are compared"
+
+
+def _one_rank_group(tmp_path: Path):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    return dist
+
+
+def test_embedding_weight_decay_moves_every_row_and_only_with_adam_dense(tmp_path: Path):
+    """adam_dense with embedding_weight_decay adds wd x row to every row's gradient at every
+    step (FuxiCTR's whole-table L2): after one step a row no sample touched has taken Adam's
+    first step on that gradient alone (w - lr x sign(w)); without it the row stays put."""
+    import torch
+
+    from models.ctr import CTRTask
+    from models.zoo import build_model, make_config
+    from pipeline.data import PreparedData
+    from pipeline.distributed import DistEnv
+    from pipeline.sharding import ShardingSettings, shard_model
+
+    data = PreparedData(write_prepared(tmp_path / "data", seed=4))
+    config = make_config("dnn", {"embedding_dim": 8, "mlp_dims": [16],
+                                 "use_user_embedding": False})  # fmt: skip
+    batch = next(iter(data.reader("train", 16).iter_batches()))
+    touched = torch.cat(
+        [batch.sparse_features[name].values() for name in ("item", "hist_item")]
+    ).unique()
+    dist = _one_rank_group(tmp_path)
+    try:
+        after = {}
+        for wd in (0.0, 0.1):
+            torch.manual_seed(0)
+            task = CTRTask(build_model("dnn", data.feature_spec(), config))
+            table = task.model.sparse_arch.embedding_collection.embeddings["t_item"].weight
+            before = table.detach().clone()
+            dmp, combined, *_ = shard_model(
+                task, DistEnv(0, 1, 0, 1, torch.device("cpu")),
+                ShardingSettings("adam_dense", 0.01, embedding_weight_decay=wd),
+                dense_optimizer=lambda params: torch.optim.Adam(params, lr=0.01),
+                dense_lr=0.01, batch_size=16,
+            )  # fmt: skip
+            combined.zero_grad()
+            dmp(batch)[0].backward()
+            combined.step()
+            after[wd] = table.detach().clone()
+        untouched = torch.ones(before.shape[0], dtype=torch.bool)
+        untouched[touched] = False
+        assert untouched.sum() > 0 and (~untouched).sum() > 0
+        torch.testing.assert_close(after[0.0][untouched], before[untouched], rtol=0, atol=0)
+        expected = before[untouched] - 0.01 * torch.sign(before[untouched])
+        torch.testing.assert_close(after[0.1][untouched], expected, rtol=1e-4, atol=1e-6)
+        assert not torch.equal(after[0.0][touched], before[touched])  # the batch's rows train
+        for name in ("adam_sparse", "adagrad"):
+            task = CTRTask(build_model("dnn", data.feature_spec(), config))
+            with pytest.raises(ValueError, match="needs embedding optimizer 'adam_dense'"):
+                shard_model(
+                    task, DistEnv(0, 1, 0, 1, torch.device("cpu")),
+                    ShardingSettings(name, 0.01, embedding_weight_decay=0.1),
+                    dense_optimizer=lambda params: torch.optim.Adam(params, lr=0.01),
+                    dense_lr=0.01, batch_size=16,
+                )  # fmt: skip
+    finally:
+        dist.destroy_process_group()
