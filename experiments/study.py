@@ -20,7 +20,7 @@
    setting in it read from the configs the runs recorded.
 
 Every run is a `pipeline.config.TrainConfig`: one base config (the trainer's defaults, the
-`amazon` preset (the paper's settings, Sec. V-D, global batch 128), the study's data and
+`amazon` preset (the recipe chosen on validation, docs/tuning.md), the study's data and
 device, then --train-config FILE and --lr), and per run `dataclasses.replace` of the model,
 seed, length, evaluation and output folder. Runs live in
 runs/study/<phase>/<name>/seed<k>/ (runs/study-quick with --quick), each with its
@@ -62,7 +62,7 @@ TUNE_MODELS = [*TABLE2_MODELS, "dmf", *ABLATION_MODELS]
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 CASE_MODELS = ("ta", "dta")
 CASE_SEED = 0  # the seed whose TA and DTA runs keep a checkpoint for the case study
-PRESET = "amazon"  # the paper's Amazon settings (pipeline/config.py PRESETS)
+PRESET = "amazon"  # the Amazon recipe chosen on validation (pipeline/config.py PRESETS)
 REVIEWS, META = "reviews_Electronics_5.json.gz", "meta_Electronics.json.gz"
 LAST_K, RARE_BELOW = 10, 5  # data facts: similarity to the last K items; rare = < N positives
 

@@ -119,8 +119,8 @@ def resolve_embedding_weight_decay(weight_decay: float, opt_name: str) -> float:
     if weight_decay and opt_name != "adam_dense":
         raise ValueError(
             f"embedding_weight_decay (every row every step) needs embedding optimizer "
-            f"'adam_dense', not {opt_name!r}; use embedding_l2 to penalise the rows a batch "
-            "touches"
+            f"'adam_dense', not {opt_name!r}: set embedding_weight_decay to 0 (the amazon "
+            "preset sets it) and use embedding_l2 to penalise the rows a batch touches"
         )
     return float(weight_decay)
 

@@ -80,9 +80,11 @@ def test_yaml_exponent_floats_are_read_as_floats(tmp_path: Path):
 
 def test_a_preset_key_is_not_overridden_by_a_flag_the_user_did_not_type():
     amazon = resolve(["--preset", "amazon"])
-    assert amazon.batch_size == PRESETS["amazon"]["batch_size"] == 128
-    assert amazon.lr == PRESETS["amazon"]["lr"]
-    assert amazon.model_args["embedding_dim"] == 32
+    assert amazon.batch_size == PRESETS["amazon"]["batch_size"] != TrainConfig.batch_size
+    assert amazon.lr == PRESETS["amazon"]["lr"] != TrainConfig.lr
+    assert amazon.model_args["embedding_dim"] == PRESETS["amazon"]["model_args"]["embedding_dim"]
+    paper = resolve(["--preset", "amazon-paper"])  # the paper's settings (Sec. V-D)
+    assert (paper.batch_size, paper.lr, paper.model_args["embedding_dim"]) == (128, 1e-3, 32)
     # Settings the preset does not name keep the defaults.
     assert amazon.seed == TrainConfig.seed and amazon.eval_batch_size == TrainConfig.eval_batch_size
 
@@ -98,7 +100,7 @@ def test_precedence_defaults_preset_file_flags(tmp_path: Path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"preset": "amazon", "lr": 0.01, "seed": 3}))
     from_file = resolve(["--config", str(path)])
-    assert (from_file.preset, from_file.batch_size) == ("amazon", 128)  # preset named by file
+    assert (from_file.preset, from_file.batch_size) == ("amazon", 1024)  # preset named by file
     assert (from_file.lr, from_file.seed) == (0.01, 3)  # file over preset
     flags = resolve(["--config", str(path), "--seed", "4", "--preset", "industrial"])
     assert (flags.seed, flags.lr) == (4, 0.01)  # typed flag over file
@@ -199,9 +201,10 @@ def test_a_preset_entry_applies_to_its_model_only(tuned_amazon: dict):
     assert (ta.lr, ta.embedding_l2) == (5e-3, 1e-4)
     # The entry's model_args merge over the preset's, key by key.
     assert ta.model_args == {**PRESETS["amazon"]["model_args"], "dropout": 0.2}
-    assert ta.batch_size == 128  # the preset's shared setting stays
+    assert ta.batch_size == PRESETS["amazon"]["batch_size"]  # the preset's shared setting stays
     din = resolve(["--preset", "amazon", "--model", "din"])
-    assert (din.lr, din.embedding_l2) == (1e-3, 0.0) and "dropout" not in din.model_args
+    assert (din.lr, din.embedding_l2) == (PRESETS["amazon"]["lr"], 0.0)
+    assert "dropout" not in din.model_args
 
 
 def test_precedence_defaults_preset_entry_file_flags(tuned_amazon: dict, tmp_path: Path):
@@ -213,7 +216,7 @@ def test_precedence_defaults_preset_entry_file_flags(tuned_amazon: dict, tmp_pat
     typed = resolve(["--config", str(path), "--embedding-l2", "0.25", "--lr", "0.01"])
     assert (typed.embedding_l2, typed.lr) == (0.25, 0.01), "typed flags win over everything"
     other = resolve(["--config", str(path), "--model", "din"])
-    assert other.lr == 1e-3, "--model picks the entry (here: none)"
+    assert other.lr == PRESETS["amazon"]["lr"], "--model picks the entry (here: none)"
 
 
 def test_presets_and_their_entries_are_valid(tuned_amazon: dict, monkeypatch):

@@ -316,9 +316,9 @@ def test_unknown_model_arg_is_an_error() -> None:
 def test_model_table_counts_ta_exactly() -> None:
     from scripts.model_table import Setting, measure
 
-    setting = Setting("tiny", 10, 20, 0, history=7, num_buckets=4, preset="amazon")
+    setting = Setting("tiny", 10, 20, 0, history=7, num_buckets=4, preset="amazon-paper")
     row = measure("ta", setting)
-    d = d_h = 32  # amazon preset, no categories
+    d = d_h = 32  # amazon-paper preset, no categories
     length, head_in = 7, d_h + d + d
     projections = 2 * (2 * length * d * d_h) + 2 * d * d_h  # K, V, q
     attention = 2 * (2 * length * d_h)  # scores and weighted sum

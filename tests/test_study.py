@@ -20,7 +20,7 @@ from experiments import report, runs, study
 from experiments.paper import LABELS, PAPER_AMAZON, TABLE2, TABLE4
 from experiments.worker import run_status
 from models.zoo import make_config
-from pipeline.config import TrainConfig
+from pipeline.config import PRESETS, TrainConfig
 from pipeline.data import PreparedData
 from tests.fixtures import write_prepared
 
@@ -326,7 +326,7 @@ def test_plan_covers_the_paper_with_configs(tmp_path: Path):
         per_run = {"model", "seed", "output_dir", "epochs", "max_steps", "eval_every"}
         per_run |= {"early_stopping_patience", "checkpoint_every"}
         assert settings - {"model_args"} - same <= per_run, run.key
-        assert run.config.batch_size == 128  # the preset's GLOBAL batch, on any world size
+        assert run.config.batch_size == PRESETS["amazon"]["batch_size"]  # GLOBAL, any world size
         assert run.config.eval_every and run.config.max_steps
         assert run.out == tmp_path / run.key
         assert base.model_args.items() <= run.config.model_args.items()
@@ -350,8 +350,8 @@ def test_study_settings_layer_over_the_preset(tmp_path: Path):
     file.write_text(json.dumps({"embedding_optimizer": "sgd", "lr": 0.01}))
     config = study.parse_args(["--train-config", str(file), "--lr", "0.02"])
     base = study.base_config(config)
-    assert (base.embedding_optimizer, base.lr, base.batch_size) == ("sgd", 0.02, 128)
-    with pytest.raises(SystemExit):  # the global batch 128 does not split over 3 workers
+    assert (base.embedding_optimizer, base.lr, base.batch_size) == ("sgd", 0.02, 1024)
+    with pytest.raises(SystemExit):  # the global batch 1024 does not split over 3 workers
         study.parse_args(["--workers", "3"])
 
 
@@ -379,7 +379,9 @@ def test_a_run_whose_recorded_config_differs_is_not_done(fake_runs: Path, tmp_pa
 
     assert status_with(embedding_lr=0.1) == "stale"
     assert status_with(batch_size=64) == "stale"  # a per-rank batch of the old trainer
-    assert status_with(model_args={**metrics["config"]["model_args"], "hidden_dim": 64}) == "stale"
+    recorded_args = metrics["config"]["model_args"]
+    other_width = {**recorded_args, "hidden_dim": recorded_args["hidden_dim"] + 16}
+    assert status_with(model_args=other_width) == "stale"
     assert status_with(not_a_setting_any_more=1) == "done"  # a setting the trainer dropped
     del metrics["config"]["warmup_steps"]  # a setting the trainer gained: its default
     assert status_with() == "done"
