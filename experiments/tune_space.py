@@ -102,6 +102,10 @@ def shared_space(device: str = "cpu") -> dict[str, Param]:
             1e-4, 3e-3, log=True, setting="embedding_lr", when=("embedding_optimizer", ADAM_LIKE)
         ),
         "embedding_l2": Float(1e-7, 1e-1, log=True),
+        # L2 on every row every step: only adam_dense updates every row (pipeline/sharding.py).
+        "embedding_weight_decay": Float(
+            1e-4, 5e-2, log=True, when=("embedding_optimizer", ("adam_dense",))
+        ),
         "weight_decay": Float(1e-6, 1e-1, log=True),
         "dropout": Float(0.0, 0.5, step=0.1, target="model_args"),
         "use_user_embedding": Choice(True, False, target="model_args"),
@@ -193,6 +197,9 @@ def settings_of(model: str, params: dict[str, Any], device: str = "cpu") -> dict
             settings["model_args"][key] = value
         else:
             settings[key] = value
+    if settings.get("embedding_optimizer", "adam_dense") != "adam_dense":
+        # The other optimizers refuse a whole-table weight decay (the amazon preset sets one).
+        settings["embedding_weight_decay"] = 0.0
     return settings
 
 

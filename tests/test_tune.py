@@ -52,10 +52,14 @@ def test_every_zoo_model_has_a_family_and_a_space():
 
 def test_conditional_embedding_lr_and_decoded_choices():
     trial = optuna.trial.FixedTrial({**GOOD, "embedding_optimizer": "adam_dense",
-                                     "embedding_lr_adam": 1e-3})  # fmt: skip
+                                     "embedding_lr_adam": 1e-3,
+                                     "embedding_weight_decay": 0.005})  # fmt: skip
     settings = suggest(trial, MODEL)
     assert settings["embedding_optimizer"] == "adam_dense"
     assert settings["embedding_lr"] == 1e-3 and "embedding_lr_adagrad" not in trial.params
+    assert settings["embedding_weight_decay"] == 0.005
+    adagrad = settings_of(MODEL, {"embedding_optimizer": "adagrad", "embedding_lr_adagrad": 0.05})
+    assert adagrad["embedding_weight_decay"] == 0.0  # not drawn: off, whatever the preset says
     assert settings["model_args"] == {
         "dropout": 0.0, "use_user_embedding": False, "embedding_dim": 32, "mlp_dims": [80, 40],
         "pooling": "mean",
