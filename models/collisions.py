@@ -5,8 +5,9 @@ Without them an id unseen at prep time collapses into the out-of-vocabulary row.
 `ManagedCollisionEmbeddingCollection`, one `MCHManagedCollisionModule` per table: input
 ids are raw ids from an open space (any int64 below 2^62: vocabulary indices, or ids
 beyond them, or 62-bit hashes of raw id strings), each table has a fixed number of rows,
-and the module keeps a sorted map raw id -> row. Every `eviction_interval` training steps
-it admits the ids seen since the last time, evicting the least recently used ones when
+and the module keeps a sorted map id -> row, of the ids spread over [0, 2^62) by
+`spread_ids` (models/id_map.py) so that every bucket gets its share. Every
+`eviction_interval` training steps it admits the ids seen since the last time, evicting the least recently used ones when
 the table is full (LRU; an evicted row is reinitialised); until an id is admitted it is
 looked up in the table's last row (a shared miss row). The map is a buffer of the model,
 saved with its checkpoints, so serving looks ids up the same way (`remap_ids`,
@@ -34,9 +35,9 @@ from torchrec.modules.mc_modules import (
 )
 
 # The serving-side lookup lives in models/id_map.py (torch only, for the scorer).
-from models.id_map import INPUT_ID_SPACE, remap_ids
+from models.id_map import INPUT_ID_SPACE, remap_ids, spread_ids
 
-__all__ = ["INPUT_ID_SPACE", "ManagedCollisions", "managed_collection", "remap_ids"]
+__all__ = ["INPUT_ID_SPACE", "ManagedCollisions", "managed_collection", "remap_ids", "spread_ids"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def managed_collection(
             eviction_policy=LRU_EvictionPolicy(),
             eviction_interval=settings.eviction_interval,
             input_hash_size=INPUT_ID_SPACE,
+            # Applied before the row-wise input distribution: ids from a small space spread
+            # over every rank's bucket (models/id_map.py).
+            input_hash_func=spread_ids,
             buckets=settings.buckets,
             name=table.name,
         )

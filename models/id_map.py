@@ -1,7 +1,7 @@
 """Raw ids -> table rows with a trained managed collision module's map, torch only.
 
-    maps = id_maps_of(model)                              # {"user": IdMap, "item": ..., ...}
-    rows = remap_bucketed_ids(raw_ids, *maps["user"])     # (N,) int64 -> (N,) int64
+    maps = id_maps_of(model)                                        # {"user": IdMap, ...}
+    rows = remap_bucketed_ids(spread_ids(raw_ids), *maps["user"])   # (N,) int64 -> (N,)
 
 The home of the serving-side lookup of models/collisions.py (torchrec's
 `MCHManagedCollisionModule`): the scorer (models/scorer.py) and its exported artifacts use
@@ -14,6 +14,11 @@ takes the raw ids of [b * width, (b + 1) * width), width = ceil(2^62 / buckets) 
 row-wise input distribution), keeps them sorted in its own rows' range and sends the
 others to its own last row. `id_map_of` turns that into one sorted map and a miss row
 per bucket (`remap_bucketed_ids`), which is what training did.
+
+The modules see raw ids through `spread_ids` (their `input_hash_func`), a bijection of
+[0, 2^62) that scatters ids from a small space over all the buckets: without it, ids such
+as vocabulary indices all fall in bucket 0, and on N ranks a table uses 1/N of its rows.
+The maps therefore hold spread ids; the lookup is `remap_bucketed_ids(spread_ids(raw), ...)`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,26 @@ import torch
 from torch import Tensor
 
 INPUT_ID_SPACE = 2**62  # raw ids must be below this (torchrec reserves int64 max)
+# Odd, so that x -> x * SPREAD_MULTIPLIER mod 2^62 is a bijection of [0, 2^62): the
+# golden-ratio (Fibonacci hashing) constant 0x9E3779B97F4A7C15 cut to 61 bits.
+SPREAD_MULTIPLIER = 0x9E3779B97F4A7C15 & (2**61 - 1)
+ID_SPREAD = "fibonacci62"  # serving.json's name for `spread_ids`
+
+
+def spread_ids(ids: Tensor, input_id_space: int = INPUT_ID_SPACE) -> Tensor:
+    """Raw ids (N,) in [0, 2^62) -> spread ids (N,) in [0, 2^62): ids * SPREAD_MULTIPLIER
+    mod 2^62 (int64 products wrap; the mask keeps the low 62 bits). A bijection (the
+    multiplier is odd), so no two raw ids meet; consecutive ids land far apart in the high
+    bits that choose a bucket (Fibonacci hashing). The signature of torchrec's
+    `input_hash_func` (ids, input_hash_size); only the 2^62 space is supported.
+
+    >>> spread_ids(torch.tensor([0, 1, 2])).tolist()
+    [0, 2177342782468422677, 4354685564936845354]
+    """
+    # INPUT_ID_SPACE and SPREAD_MULTIPLIER as literals: TorchScript reads no global int
+    # (tests/test_collisions.py checks them against the constants).
+    assert input_id_space == 4611686018427387904, "spread_ids maps [0, 2^62) only"
+    return (ids * 2177342782468422677) & 4611686018427387903
 
 
 class IdMap(NamedTuple):

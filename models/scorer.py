@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from models import cpu_ops
 from models.buckets import Bucketizer
-from models.id_map import IdMap, id_maps_of, remap_bucketed_ids
+from models.id_map import IdMap, id_maps_of, remap_bucketed_ids, spread_ids
 from models.interest import InterestArch, InterestInputs, State
 from models.side_features import SideFeatures, side_features_from_model
 
@@ -354,7 +354,7 @@ class CTRScorer(nn.Module):
         if not self.managed_ids:
             return ids
         return remap_bucketed_ids(
-            ids,
+            spread_ids(ids),
             tables["item_raw_ids"],
             tables["item_id_rows"],
             tables["item_miss_rows"],
@@ -366,7 +366,7 @@ class CTRScorer(nn.Module):
         if not self.managed_ids:
             return users
         return remap_bucketed_ids(
-            users,
+            spread_ids(users),
             tables["user_raw_ids"],
             tables["user_id_rows"],
             tables["user_miss_rows"],
@@ -603,7 +603,7 @@ def scorer_from_model(
     if over.has_categories:
         category = torch.as_tensor(np.asarray(item_category), dtype=torch.long)
         if id_maps is not None:  # each item's category row, by the category id map
-            category = remap_bucketed_ids(category, *id_maps["category"])
+            category = remap_bucketed_ids(spread_ids(category), *id_maps["category"])
     schema = getattr(over, "schema", None)
     if id_maps is not None and schema is not None and schema.extended:
         raise ValueError(

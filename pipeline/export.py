@@ -50,7 +50,7 @@ from torch.export import Dim, ExportedProgram
 from data_prep.integrity import atomic_file
 from models import cpu_ops
 from models.ctr import CTRModel, CTRTask
-from models.id_map import INPUT_ID_SPACE, admitted
+from models.id_map import ID_SPREAD, INPUT_ID_SPACE, admitted
 from models.scorer import (
     TABLE_DTYPES,
     CandidateProgram,
@@ -286,6 +286,9 @@ def _id_map_metadata(scorer: CTRScorer) -> dict[str, Any]:
     return {
         "managed_collisions": {
             "input_id_space": INPUT_ID_SPACE,
+            # Raw ids pass through models.id_map.spread_ids before the maps (inside the
+            # programs); the maps hold spread ids.
+            "id_spread": ID_SPREAD,
             "id_maps": {
                 kind: {
                     "raw_ids": f"{kind}_raw_ids",

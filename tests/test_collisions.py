@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-from models.collisions import ManagedCollisions, remap_ids
+from models.collisions import ManagedCollisions, remap_ids, spread_ids
 from models.ctr import SparseArch
+from models.id_map import SPREAD_MULTIPLIER
 from models.features import FeatureSpec
 from tests.fixtures import write_prepared
 
@@ -51,13 +52,13 @@ def test_new_ids_get_their_own_rows() -> None:
         arch(_batch(new, [2, 3, 4, 5]))
     sorted_ids, rows = _user_map(arch)
     miss = spec.num_users - 1
-    got = remap_ids(torch.tensor(old + new), sorted_ids, rows, miss)
+    got = remap_ids(spread_ids(torch.tensor(old + new)), sorted_ids, rows, miss)
     assert miss not in got.tolist()  # none collapsed into the shared miss row
     assert len(set(got.tolist())) == len(old + new)  # a row each
     arch.eval()  # serving: admitted ids are looked up, not admitted again
     emb = arch(_batch(new, [2, 3, 4, 5]))["user"].values()
     assert len({tuple(r) for r in emb.tolist()}) == len(new)
-    never = remap_ids(torch.tensor([9999]), sorted_ids, rows, miss)
+    never = remap_ids(spread_ids(torch.tensor([9999])), sorted_ids, rows, miss)
     assert never.tolist() == [miss]
 
 
@@ -138,5 +139,31 @@ def test_trainer_trains_a_new_id_stream_with_managed_collisions(tmp_path: Path) 
     ]
     ids, rows = model[prefix + "_mch_sorted_raw_ids"], model[prefix + "_mch_remapped_ids_mapping"]
     admitted = ids < 2**62
-    assert int((ids[admitted] >= NEW).sum()) > 0  # new users were given rows at training
+    new_users = spread_ids(torch.arange(NEW, NEW + 40))  # the map holds spread ids
+    assert int(torch.isin(ids[admitted], new_users).sum()) > 0  # new users got rows in training
     assert rows[admitted].unique().numel() == int(admitted.sum())  # one row each
+    # Both ranks' buckets (each its half of the map) hold users: the ids, all below 41 + NEW,
+    # are spread over the 62-bit space (without it they all fall in bucket 0).
+    half = ids.numel() // 2
+    assert int(admitted[:half].sum()) > 0 and int(admitted[half:].sum()) > 0, admitted
+
+
+def test_spread_ids_is_a_bijection_that_fills_every_bucket() -> None:
+    ids = torch.cat([torch.arange(100_000), torch.tensor([2**62 - 1, 2**40 + 7])])
+    spread = spread_ids(ids)
+    assert spread_ids(torch.tensor([1, 2**62 - 1])).tolist() == [
+        SPREAD_MULTIPLIER, (-SPREAD_MULTIPLIER) % 2**62
+    ]  # the function's literals are the constants
+    assert torch.jit.script(spread_ids)(ids).tolist() == spread.tolist()  # served as trained
+    assert spread.unique().numel() == ids.numel()  # no two ids meet
+    assert int(spread.min()) >= 0 and int(spread.max()) < 2**62
+    for buckets in (2, 8, 64):  # torchrec's row-wise buckets: id // ceil(2^62 / buckets)
+        counts = torch.bincount(spread[:100_000] // -(-(2**62) // buckets), minlength=buckets)
+        assert counts.numel() == buckets
+        assert counts.min() > 0.9 * 100_000 / buckets, counts  # vocabulary ids: every bucket
+    spec = FeatureSpec(num_users=16, num_items=16, num_categories=0, bucket_boundaries=(0.0,))
+    arch = SparseArch(spec, 4, managed_collisions=ManagedCollisions(eviction_interval=1))
+    modules = arch.embedding_collection._managed_collision_collection._managed_collision_modules
+    jt = JaggedTensor(values=ids[:5], lengths=torch.ones(5, dtype=torch.int32))
+    seen = modules["t_user"].preprocess({"user": jt})["user"].values()
+    assert seen.tolist() == spread[:5].tolist()  # what the MCH module is given

@@ -19,7 +19,7 @@ from torchrec.modules.mc_modules import _mch_remap
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from models.ctr import CTRModel
-from models.id_map import INPUT_ID_SPACE, id_map_of, remap_bucketed_ids
+from models.id_map import INPUT_ID_SPACE, id_map_of, remap_bucketed_ids, spread_ids
 from models.scorer import scorer_from_model
 from pipeline import artifact, export, score_requests
 from pipeline.data import PreparedData
@@ -116,6 +116,7 @@ def test_the_model_admitted_new_ids(mc: dict) -> None:
     info = artifact.read_metadata(mc["paths"]["pt2"])
     maps = info["managed_collisions"]["id_maps"]
     assert info["managed_collisions"]["input_id_space"] == INPUT_ID_SPACE
+    assert info["managed_collisions"]["id_spread"] == "fibonacci62"
     assert maps["user"]["admitted"] == len(OLD_USERS + NEW_USERS)
     assert maps["item"]["admitted"] == len(SEEN_ITEMS)
     scorer, _ = artifact.load_artifact(mc["paths"]["pt2"])
@@ -152,7 +153,7 @@ def test_eager_scorer_maps_ids_to_the_models_rows(mc: dict, data: PreparedData) 
     ):
         module = modules._managed_collision_modules[f"t_{kind}"]
         jt = JaggedTensor(values=ids, lengths=torch.ones_like(ids, dtype=torch.int32))
-        theirs = module.remap({kind: jt})[kind].values()
+        theirs = module.remap(module.preprocess({kind: jt}))[kind].values()
         assert rows_with(scorer.tables(), ids).tolist() == theirs.tolist()
     assert scorer.user_rows_with(scorer.tables(), torch.tensor([NEVER_USER])).tolist() == [
         scorer.user_table.shape[0] - 1
@@ -295,7 +296,8 @@ def test_a_run_exports_and_evaluates_as_the_trainer(tmp_path: Path, world: int) 
     assert served["auc"] == pytest.approx(trained["auc"], abs=1e-6)
     assert served["logloss"] == pytest.approx(trained["logloss"], abs=1e-6)
     scorer, info = artifact.load_artifact(out / "scorer.pt2")
-    assert int((scorer.tables["user_raw_ids"] >= NEW).sum()) > 0
+    new_users = spread_ids(torch.arange(NEW, NEW + 40))  # the maps hold spread ids
+    assert int(torch.isin(scorer.tables["user_raw_ids"], new_users).sum()) > 0
     rows_per_bucket = info["num_users"] // world
     misses = [(b + 1) * rows_per_bucket - 1 for b in range(world)]
     assert scorer.tables["user_miss_rows"].tolist() == misses
