@@ -66,7 +66,7 @@ from data_prep.limits import (
     positive_int,
 )
 from data_prep.manifest import input_record
-from data_prep.partitions import PipelineSettings, run_pipeline, work_dir
+from data_prep.partitions import PipelineSettings, load_candidates, run_pipeline, work_dir
 from data_prep.protocols import Protocol
 from data_prep.rejects import InputError, RejectLog, excerpt, summary
 from data_prep.scatter import ScatterWriter
@@ -527,8 +527,7 @@ class AmazonScatterTask:
     limits: Limits = field(default_factory=Limits)
 
     def run(self) -> dict[str, Any]:
-        # The candidates are sorted and unique (ItemSide.load): mapped read-only, not rebuilt.
-        items = Vocab.of_sorted(np.load(self.work / "candidates.npy", mmap_mode="r"))
+        items = load_candidates(self.work)
         writer = ScatterWriter(self.work, self.partitions, "reviews")
         try:
             with RejectLog(

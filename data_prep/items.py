@@ -285,11 +285,16 @@ def item_keys(
         rejects.reject(file, int(lines[row]), "duplicate_item", excerpt(row))
     keep &= ~duplicate
     order = by_id[~repeated]
+    del by_id, repeated, duplicate
+    vocab = Vocab.of_sorted(values[order])
+    del values  # before the categories: one (N,) id array alive at a time, not two
     raw_category = None
     if category is not None:
-        usable = category.missing | category.not_utf8 | category.too_long
-        raw_category = np.where(usable, "", category.values)[order]
-    return ItemKeys(keep, order, Vocab.of_sorted(values[order]), raw_category)
+        unusable = category.missing | category.not_utf8 | category.too_long
+        raw_category = category.values[order]
+        del category
+        raw_category[unusable[order]] = ""
+    return ItemKeys(keep, order, vocab, raw_category)
 
 
 def check_vector_type(table: pa.Table, column: str, file: str) -> None:

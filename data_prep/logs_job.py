@@ -44,7 +44,13 @@ from data_prep.limits import (
     positive_int,
 )
 from data_prep.manifest import input_record
-from data_prep.partitions import DEFAULT_BLOCK_EVENTS, PipelineSettings, run_pipeline, work_dir
+from data_prep.partitions import (
+    DEFAULT_BLOCK_EVENTS,
+    PipelineSettings,
+    load_candidates,
+    run_pipeline,
+    work_dir,
+)
 from data_prep.protocols import Protocol
 from data_prep.rejects import InputError, RejectLog, summary
 from data_prep.scatter import ScatterWriter
@@ -253,8 +259,7 @@ class LogsScatterTask:
     features: SchemaPrep | None = None
 
     def run(self) -> dict[str, Any]:
-        # The candidates are sorted and unique (ItemSide.load): mapped read-only, not rebuilt.
-        items = Vocab.of_sorted(np.load(self.work / "candidates.npy", mmap_mode="r"))
+        items = load_candidates(self.work)
         writer = ScatterWriter(self.work, self.partitions, f"s{self.source:05d}")
         rejects_path = self.work / "rejects" / f"b-scatter-{self.source:05d}.jsonl"
         file = self.files[self.source]

@@ -59,7 +59,7 @@ from data_prep.user_vocab import (
     splitters,
     write_vocab,
 )
-from data_prep.vocab import Vocab
+from data_prep.vocab import Vocab, hash_index
 from data_prep.writer import DEFAULT_ROW_GROUP_SIZE, ShardWriter
 
 DEFAULT_BLOCK_EVENTS = 200_000
@@ -77,6 +77,21 @@ def work_dir(out: Path) -> Path:
 
 class Task(TypingProtocol):
     def run(self) -> Any: ...
+
+
+def save_candidates(work: Path, candidates: np.ndarray) -> None:
+    """The candidate item ids (sorted, unique) and their hash index, for `load_candidates`."""
+    np.save(work / "candidates.npy", candidates)
+    np.save(work / "candidates-index.npy", hash_index(candidates))
+
+
+def load_candidates(work: Path) -> Vocab:
+    """The candidates as a Vocab (the scatter tasks' item lookups), both files memory-mapped
+    read-only: one copy in the page cache shared by the tasks of a node, not rebuilt."""
+    return Vocab.of_sorted(
+        np.load(work / "candidates.npy", mmap_mode="r"),
+        np.load(work / "candidates-index.npy", mmap_mode="r"),
+    )
 
 
 def run_task(task: Task) -> Any:
@@ -283,7 +298,7 @@ def _run_pipeline(
             candidates = item_side.load(item_rejects)
             if len(candidates) > 1 and not np.all(candidates[1:] > candidates[:-1]):
                 raise ValueError("ItemSide.load must return sorted unique ids")  # Vocab.of_sorted
-            np.save(work / "candidates.npy", candidates)
+            save_candidates(work, candidates)
             del candidates
         item_records = item_rejects.as_manifest()
     coordinator.barrier()

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from data_prep import vocab as vocab_module
 from data_prep.history import clicked_windows, sequence_windows, sort_order
 from data_prep.integrity import IntegrityError, checksum_files, safe_path
 from data_prep.manifest import checksum, read_manifest, verify_folder, write_manifest
@@ -42,6 +43,28 @@ def test_vocab_sorted_stable_and_oov(tmp_path):
     table = pq.read_table(tmp_path / "v.parquet")
     assert table.column("index").to_pylist() == [2, 3, 4]
     assert Vocab([]).encode(["x"]).tolist() == [OOV]
+
+
+@pytest.mark.parametrize("degenerate", [False, True])
+def test_vocab_hash_index_encodes_as_the_binary_search(monkeypatch, degenerate):
+    # The hash index (the scatter tasks' item lookups) gives the binary search's indices,
+    # known and unknown ids alike; with a hash of two values nearly every id shares its
+    # hash with others, so the fallback to the binary search is what answers.
+    if degenerate:
+        real = vocab_module.id_hashes
+        monkeypatch.setattr(vocab_module, "id_hashes", lambda raw: real(raw) % np.uint64(2))
+    rng = np.random.default_rng(0)
+    ids = [f"i{x}" for x in rng.integers(0, 10**4, 5000)] + ["", "é", "日本", "a\x00b", "zz"]
+    plain = Vocab(ids)
+    hashed = Vocab.of_sorted(plain.raw_ids, vocab_module.hash_index(plain.raw_ids))
+    queries = np.array(
+        [f"i{x}" for x in rng.integers(0, 2 * 10**4, 20000)] + ["", "é", "日本x", "a\x00b", "a"]
+    )
+    expected = plain.encode(queries)
+    assert (expected != OOV).sum() > 1000 and (expected == OOV).sum() > 1000
+    assert np.array_equal(hashed.encode(queries), expected)
+    assert np.array_equal(hashed.encode(queries.astype("<U40")), expected)  # any width
+    assert hashed.encode(np.array([], dtype=str)).tolist() == []
 
 
 def test_range_indices():
