@@ -101,30 +101,30 @@ def id_map_of(module: Any, name: str) -> IdMap:
     """The map of one unsharded `MCHManagedCollisionModule` named `name` (a table), its
     buckets' admitted ids merged into one sorted map (module docstring).
 
-    ValueError when a bucket's ids are not sorted, or lie outside the bucket's range."""
+    Trained on N ranks, bucket b's ids were given rows of bucket b's range [b R/N,
+    (b + 1) R/N). Where they sit in the buffer does not matter: a module filled by a
+    sharded run keeps them in their bucket's rows, and torchrec re-sorts the whole buffer,
+    ids and rows together, when a state dict is loaded (`validate_state`). The pairs
+    (id, row) are what the map is made of.
+
+    ValueError when an admitted id has a row outside its bucket's range."""
     buckets = int(module.buckets())
     size, offset = int(module.output_size()), int(module._output_global_offset)
     if size % buckets:
         raise ValueError(f"table {name}: {size} rows are not {buckets} equal buckets")
     per_bucket = size // buckets
     width = -(-int(module.input_size()) // buckets)
-    raw = module._mch_sorted_raw_ids.detach().reshape(buckets, per_bucket)
-    rows = module._mch_remapped_ids_mapping.detach().reshape(buckets, per_bucket)
-    if per_bucket > 1 and bool((raw[:, 1:] < raw[:, :-1]).any()):
-        raise ValueError(f"table {name}: its id map (_mch_sorted_raw_ids) is not sorted")
+    raw = module._mch_sorted_raw_ids.detach()
+    rows = module._mch_remapped_ids_mapping.detach()
     admitted_ = raw < INPUT_ID_SPACE
-    bucket_of = torch.arange(buckets).unsqueeze(1).expand(buckets, per_bucket)
-    if bool((torch.div(raw, width, rounding_mode="floor") != bucket_of)[admitted_].any()):
-        raise ValueError(f"table {name}: an admitted id lies outside its bucket's range")
     ids, order = raw[admitted_].sort()
+    id_rows = rows[admitted_][order]
+    bucket_of_row = torch.div(id_rows - offset, per_bucket, rounding_mode="floor")
+    if bool((torch.div(ids, width, rounding_mode="floor") != bucket_of_row).any()):
+        raise ValueError(f"table {name}: an admitted id lies outside its bucket's range")
     end = torch.tensor([torch.iinfo(torch.int64).max])
     miss_rows = offset + torch.arange(1, buckets + 1) * per_bucket - 1
-    return IdMap(
-        torch.cat([ids, end]),
-        torch.cat([rows[admitted_][order], miss_rows[-1:]]),
-        miss_rows,
-        width,
-    )
+    return IdMap(torch.cat([ids, end]), torch.cat([id_rows, miss_rows[-1:]]), miss_rows, width)
 
 
 def id_maps_of(model: Any) -> dict[str, IdMap] | None:

@@ -242,6 +242,13 @@ def test_a_map_split_in_buckets_maps_as_each_bucket_did(data: PreparedData) -> N
     module._buckets = 2
     id_map = id_map_of(module, "t_user")
     assert id_map.miss_rows.tolist() == [half - 1, rows - 1] and id_map.bucket_width == width
+    module.validate_state()  # what loading a state dict does: the whole buffer re-sorted
+    assert not torch.equal(module._mch_sorted_raw_ids, raw)  # bucket 1's ids moved up
+    for resorted, merged in zip(id_map_of(module, "t_user"), id_map):
+        assert torch.equal(torch.as_tensor(resorted), torch.as_tensor(merged))  # the same map
+    with torch.no_grad():
+        module._mch_sorted_raw_ids.copy_(raw)
+        module._mch_remapped_ids_mapping.copy_(mapping)
     queries = [[4, 1023, 5, 0, 2**40], [width + 3, width + 5000, width, width + 4, 2 * width - 1]]
     for b, ids in enumerate(queries):
         jt = JaggedTensor(values=torch.tensor(ids), lengths=torch.ones(len(ids), dtype=torch.int32))
