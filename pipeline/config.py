@@ -75,7 +75,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "mlp_dims": [1024, 512, 256],
             "use_user_embedding": False,
         },
-        "models": {"dnn": {"model_args": {"pooling": "sum"}}},
+        # The DNN: sum pooling (mean collapses under the whole-table decay) and a lighter
+        # decay, 0.001 (valid AUC 0.7809 against 0.7779 at 0.005; on Toys 0.005 collapses).
+        "models": {"dnn": {"embedding_weight_decay": 0.001, "model_args": {"pooling": "sum"}}},
     },
     # The paper's Amazon Electronics settings (Sec. V-D): ID embeddings 32-d, 4 heads,
     # hidden 32, MLP 80x40x1, global batch 128, Adam.
