@@ -181,9 +181,7 @@ def shard_model(
                 f"embedding optimizer {opt_name!r} replicates the tables unsharded; managed "
                 "collisions need sharded tables: use a fused embedding optimizer"
             )
-        return _replicate_model(
-            task, env, opt_name, embedding_lr, dense_optimizer, weight_decay
-        )
+        return _replicate_model(task, env, opt_name, embedding_lr, dense_optimizer, weight_decay)
     tables = list(sparse.parameters())
     pooled = getattr(task.model, "pooled_arch", None)
     if pooled is not None:  # the EmbeddingBagCollection's tables: the same fused optimizer

@@ -19,8 +19,8 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from models.collisions import ManagedCollisions, remap_ids, spread_ids
 from models.ctr import SparseArch
-from models.id_map import SPREAD_MULTIPLIER
 from models.features import FeatureSpec
+from models.id_map import SPREAD_MULTIPLIER
 from tests.fixtures import write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,8 @@ def test_spread_ids_is_a_bijection_that_fills_every_bucket() -> None:
     ids = torch.cat([torch.arange(100_000), torch.tensor([2**62 - 1, 2**40 + 7])])
     spread = spread_ids(ids)
     assert spread_ids(torch.tensor([1, 2**62 - 1])).tolist() == [
-        SPREAD_MULTIPLIER, (-SPREAD_MULTIPLIER) % 2**62
+        SPREAD_MULTIPLIER,
+        (-SPREAD_MULTIPLIER) % 2**62,
     ]  # the function's literals are the constants
     assert torch.jit.script(spread_ids)(ids).tolist() == spread.tolist()  # served as trained
     assert spread.unique().numel() == ids.numel()  # no two ids meet
