@@ -336,7 +336,13 @@ def settings_rows(ctx: Context) -> list[list[str]]:
             lr = f"unset: {FIELDS['embedding_lr'].metadata['help']}"
         else:
             lr = f"lr {show(lr)}"
-        return f"fused {name}, {lr}"
+        from pipeline.sharding import is_dense_embedding_optimizer
+
+        if not is_dense_embedding_optimizer(str(name)):
+            return f"fused {name}, {lr}"
+        text = f"{name} (replicated tables, a torch optimizer), {lr}"
+        decay = c.get("embedding_weight_decay")
+        return text + (f", L2 {show(decay)} on every row every step" if decay else "")
 
     def embedding_source(m: dict[str, Any]) -> str:
         c = config_of(m)

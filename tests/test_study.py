@@ -240,12 +240,18 @@ def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
     # resolved embedding optimizer, the data manifest.
     settings = _settings(text)
     assert settings["ID embeddings, heads, hidden, MLP"][:2] == [
-        "32, 4, 32, 80x40x1",
+        "64, 4, 64, 1024x512x256x1",
         "preset `amazon`",
     ]
-    assert settings["batch size"][:2] == ["128 global = 64 per rank x 2 ranks", "preset `amazon`"]
-    assert settings["dense optimizer"][0] == "Adam, lr 0.001, constant"
-    assert settings["embedding optimizer"][0].startswith("fused adagrad, unset: ")
+    assert settings["batch size"][:2] == [
+        "1024 global = 512 per rank x 2 ranks",
+        "preset `amazon`",
+    ]
+    assert settings["dense optimizer"][0] == "Adam, lr 0.0005, constant"
+    assert settings["embedding optimizer"][0] == (
+        "adam_dense (replicated tables, a torch optimizer), lr 0.0005, L2 0.005 on every row "
+        "every step"
+    )
     assert settings["history / buckets"][0].startswith("last 50 behaviours; 35 equal-frequency")
     assert settings["DMF alpha (main table)"][0] == "0.4"
     assert settings["activity gate"][0].endswith("initialised at α = 0.4")
@@ -278,7 +284,7 @@ def test_report_settings_follow_the_configs(tmp_path: Path):
         "lr: study; lr_schedule: trainer default",
     ]
     emb = settings["embedding optimizer"][0]
-    assert emb.startswith("fused sgd, lr 0.2 (TA); fused adagrad, unset: ")
+    assert emb.startswith("fused sgd, lr 0.2 (TA); adam_dense (replicated tables")
     assert emb.endswith("(the other runs)")
     assert "`embedding_optimizer: sgd` on cpu (TA)" in settings["embedding optimizer"][1]
     assert settings["metrics"][0].endswith("activity split at L ≤ 5")
