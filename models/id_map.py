@@ -10,8 +10,8 @@ same lookup as torchrec's `_mch_remap`: an id the module admitted gets its row, 
 id the table's last row (the miss row).
 
 Trained on several ranks, a table's map is split in `buckets` (one per rank): bucket b
-takes the raw ids of [b * width, (b + 1) * width), width = ceil(2^62 / buckets) (torchrec's
-row-wise input distribution), keeps them sorted in its own rows' range and sends the
+takes the (spread, below) ids of [b * width, (b + 1) * width), width = ceil(2^62 / buckets) (torchrec's
+row-wise input distribution), gives them rows of its own range and sends the
 others to its own last row. `id_map_of` turns that into one sorted map and a miss row
 per bucket (`remap_bucketed_ids`), which is what training did.
 
