@@ -1,7 +1,7 @@
 """Raw ids -> table rows with a trained managed collision module's map, torch only.
 
     maps = id_maps_of(model)                                        # {"user": IdMap, ...}
-    rows = remap_bucketed_ids(spread_ids(raw_ids), *maps["user"])   # (N,) int64 -> (N,)
+    rows = rows_of(raw_ids, *maps["user"])   # (N,) int64 -> (N,)
 
 The home of the serving-side lookup of models/collisions.py (torchrec's
 `MCHManagedCollisionModule`): the scorer (models/scorer.py) and its exported artifacts use
@@ -18,7 +18,7 @@ per bucket (`remap_bucketed_ids`), which is what training did.
 The modules see raw ids through `spread_ids` (their `input_hash_func`), a bijection of
 [0, 2^62) that scatters ids from a small space over all the buckets: without it, ids such
 as vocabulary indices all fall in bucket 0, and on N ranks a table uses 1/N of its rows.
-The maps therefore hold spread ids; the lookup is `remap_bucketed_ids(spread_ids(raw), ...)`.
+The maps therefore hold spread ids; the lookup of raw ids is `rows_of`.
 """
 
 from __future__ import annotations
@@ -95,6 +95,20 @@ def remap_bucketed_ids(
     hit = sorted_raw_ids[position] == ids
     bucket = torch.div(ids, bucket_width, rounding_mode="floor").clamp(0, miss_rows.numel() - 1)
     return torch.where(hit, rows[position], miss_rows.to(ids.dtype)[bucket])
+
+
+def rows_of(
+    raw_ids: Tensor, sorted_raw_ids: Tensor, rows: Tensor, miss_rows: Tensor, bucket_width: int
+) -> Tensor:
+    """Raw ids (N,) -> table rows (N,) with one table's `IdMap`: the lookup training did
+    (`spread_ids`, then `remap_bucketed_ids`). The one place serving maps raw ids.
+
+    >>> spread = spread_ids(torch.tensor([5]))
+    >>> rows_of(torch.tensor([5, 6]), torch.cat([spread, torch.tensor([2**63 - 1])]),
+    ...         torch.tensor([2, 3]), torch.tensor([3]), 2**62)
+    tensor([2, 3])
+    """
+    return remap_bucketed_ids(spread_ids(raw_ids), sorted_raw_ids, rows, miss_rows, bucket_width)
 
 
 def id_map_of(module: Any, name: str) -> IdMap:

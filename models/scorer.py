@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from models import cpu_ops
 from models.buckets import Bucketizer
-from models.id_map import IdMap, id_maps_of, remap_bucketed_ids, spread_ids
+from models.id_map import IdMap, id_maps_of, rows_of
 from models.interest import InterestArch, InterestInputs, State
 from models.side_features import SideFeatures, side_features_from_model
 
@@ -353,8 +353,8 @@ class CTRScorer(nn.Module):
         managed collisions, the ids themselves otherwise."""
         if not self.managed_ids:
             return ids
-        return remap_bucketed_ids(
-            spread_ids(ids),
+        return rows_of(
+            ids,
             tables["item_raw_ids"],
             tables["item_id_rows"],
             tables["item_miss_rows"],
@@ -365,8 +365,8 @@ class CTRScorer(nn.Module):
         """User ids (N,) -> their rows of user_table (N,), as `item_rows_with`."""
         if not self.managed_ids:
             return users
-        return remap_bucketed_ids(
-            spread_ids(users),
+        return rows_of(
+            users,
             tables["user_raw_ids"],
             tables["user_id_rows"],
             tables["user_miss_rows"],
@@ -603,7 +603,7 @@ def scorer_from_model(
     if over.has_categories:
         category = torch.as_tensor(np.asarray(item_category), dtype=torch.long)
         if id_maps is not None:  # each item's category row, by the category id map
-            category = remap_bucketed_ids(spread_ids(category), *id_maps["category"])
+            category = rows_of(category, *id_maps["category"])
     schema = getattr(over, "schema", None)
     if id_maps is not None and schema is not None and schema.extended:
         raise ValueError(
