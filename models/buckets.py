@@ -61,7 +61,6 @@ class Bucketizer(nn.Module):
         self.register_buffer("thresholds", thresholds.contiguous())
         self.cpu_kernels = False  # models/cpu_ops.py bucketize_cells (one pass), serving
 
-
     @staticmethod
     def _tables(boundaries: Tensor, cells: int) -> tuple[Tensor, Tensor]:
         """base (G,) long and thresholds (K, G) for G = `cells`."""

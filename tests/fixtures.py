@@ -10,9 +10,11 @@ data_prep check that the jobs write this same format.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,21 @@ def require_shared(*parts: str) -> Path:
             pytest.fail(f"{message}; CI=true, so the real-data tests must run", pytrace=False)
         pytest.skip(f"{message}; not in CI (CI=true makes this a failure)")
     return path
+
+
+@contextlib.contextmanager
+def one_rank_process_group(store_dir: Path) -> Iterator[None]:
+    """A gloo process group of one rank (its file store in `store_dir`) for the duration of
+    the block: what torchrec's sharding needs in a single-process test."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{Path(store_dir) / 'store'}", rank=0, world_size=1
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def write_prepared(

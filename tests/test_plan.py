@@ -4,7 +4,6 @@ with the trainer (pipeline/planner_inputs.py)."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from pipeline.planner_inputs import (
     pooling_factors,
     pooling_factors_for,
 )
-from tests.fixtures import write_prepared
+from tests.fixtures import one_rank_process_group, write_prepared
 
 INDUSTRIAL = ["--preset", "industrial", "--users", "8700000", "--items", "20900000"]
 
@@ -111,12 +110,6 @@ def test_device_memory_cap_is_honoured() -> None:
     assert max(tight.memory_bytes) <= 4 * GB and max(tight.host_bytes) > 4 * GB
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_trainer_plans_what_the_offline_plan_plans(tmp_path: Path) -> None:
     """The trainer's collective_plan on a live world of one and the offline plan() with
     the same inputs (this machine's memory, the data's pooling factors) agree."""
@@ -130,12 +123,7 @@ def test_trainer_plans_what_the_offline_plan_plans(tmp_path: Path) -> None:
     offline_inputs = PlannerInputs(1, 1, "cpu", 32, ddr_cap=ddr, pooling_factors=factors)
     offline, _ = plan_offline(_task(1000, 3000, "cpu"), offline_inputs)
     assert not dist.is_initialized()
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-    )
-    try:
+    with one_rank_process_group(tmp_path):
         env = DistEnv(0, 1, 0, 1, torch.device("cpu"))
         live = plan_sharding(_task(1000, 3000, "cpu"), env, "auto", 32, factors)
-    finally:
-        dist.destroy_process_group()
     assert str(live) == str(offline)

@@ -26,7 +26,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.distributed as dist
 
 from data_prep.__main__ import main as prep
 from data_prep.default_job import is_up_to_date, logs_config
@@ -38,7 +37,7 @@ from data_prep.synthetic import SyntheticConfig, write_raw
 from pipeline import export, score_requests
 from pipeline.checkpoint import Checkpointer, CheckpointError
 from pipeline.data import DataError, PreparedData, ShardReader
-from tests.fixtures import write_prepared
+from tests.fixtures import one_rank_process_group, write_prepared
 from tests.test_data_prep_amazon import META, REVIEWS, write_gz
 from tests.test_data_prep_logs import CSV_LINES, write_items
 
@@ -281,11 +280,8 @@ def test_case3_one_very_long_id_is_rejected_and_memory_stays_bounded(tmp_path):
 # ---------------------------------------------------- 4, 5, 7: checkpoints and artifacts
 @pytest.fixture
 def process_group(tmp_path):
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
-    yield
-    dist.destroy_process_group()
+    with one_rank_process_group(tmp_path):
+        yield
 
 
 def _model_and_optimizer(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:

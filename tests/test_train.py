@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.fixtures import write_prepared
+from tests.fixtures import one_rank_process_group, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -520,15 +520,6 @@ def test_adam_on_two_ranks_equals_the_unsharded_model(tmp_path: Path, optimizer:
         assert any("t_item" in k for k in result["diffs"]), "the tables are compared"
 
 
-def _one_rank_group(tmp_path: Path):
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
-    )
-    return dist
-
-
 def test_embedding_weight_decay_moves_every_row_and_only_with_adam_dense(tmp_path: Path):
     """adam_dense with embedding_weight_decay adds wd x row to every row's gradient at every
     step (FuxiCTR's whole-table L2): after one step a row no sample touched has taken Adam's
@@ -548,8 +539,7 @@ def test_embedding_weight_decay_moves_every_row_and_only_with_adam_dense(tmp_pat
     touched = torch.cat(
         [batch.sparse_features[name].values() for name in ("item", "hist_item")]
     ).unique()
-    dist = _one_rank_group(tmp_path)
-    try:
+    with one_rank_process_group(tmp_path):
         after = {}
         for wd in (0.0, 0.1):
             torch.manual_seed(0)
@@ -582,5 +572,3 @@ def test_embedding_weight_decay_moves_every_row_and_only_with_adam_dense(tmp_pat
                     dense_optimizer=lambda params: torch.optim.Adam(params, lr=0.01),
                     dense_lr=0.01, batch_size=16,
                 )  # fmt: skip
-    finally:
-        dist.destroy_process_group()
