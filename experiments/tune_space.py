@@ -122,7 +122,13 @@ def shared_space(device: str = "cpu") -> dict[str, Param]:
 # space can change without touching the other's, and the report states each.
 FAMILY_SPACES: dict[str, Any] = {"id": shared_space, "multimodal": shared_space}
 
-_DIMS = {"64-32": [64, 32], "80-40": [80, 40], "128-64": [128, 64], "256-128": [256, 128]}
+_DIMS = {
+    "64-32": [64, 32],
+    "80-40": [80, 40],
+    "128-64": [128, 64],
+    "256-128": [256, 128],
+    "512-256": [512, 256],  # FuxiCTR's published Amazon DIN
+}
 
 # Each model's own knobs (model settings), searched on top of its family's space.
 MODEL_SPACES: dict[str, dict[str, Param]] = {
@@ -130,6 +136,7 @@ MODEL_SPACES: dict[str, dict[str, Param]] = {
         "attention_dims": Choice(*_DIMS, target="model_args", decode=_DIMS),
         "activation": Choice("prelu", "dice", target="model_args"),
         "attention_dropout": Float(0.0, 0.3, step=0.1, target="model_args"),
+        "attention_softmax": Choice(False, True, target="model_args"),
     },
     "sasrec": {"num_layers": Int(1, 3, target="model_args")},
     "dnn": {"pooling": Choice("mean", "sum", target="model_args")},

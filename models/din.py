@@ -22,11 +22,16 @@ class DINConfig(ModelConfig):
     attention_dims: hidden layers of the activation unit.
     activation: "prelu" (as in the paper's Eq. 6) or "dice" (Dice-lite, below).
     attention_dropout: dropout after each hidden layer of the activation unit (training).
+    attention_softmax: normalise the weights by a softmax over the real behaviours. The
+        paper keeps them unnormalised (the intensity of interest); FuxiCTR's DIN offers
+        the softmax (`din_use_softmax`) and its published Amazon config uses it. A choice
+        the paper leaves to the data: a setting, chosen on validation.
     """
 
     attention_dims: list[int] = field(default_factory=lambda: [80, 40])
     activation: str = "prelu"
     attention_dropout: float = 0.0
+    attention_softmax: bool = False
 
 
 class DiceLite(nn.Module):
@@ -52,7 +57,8 @@ class DINInterest(InterestArch):
     """DIN's local activation unit (Zhou et al. 2018, paper Eq. 5-6).
 
     w_l = MLP([q; s_l; q * s_l; q - s_l]) with PReLU (or Dice-lite) activations, no
-    softmax (DIN keeps the intensity of interests), padding weighted 0; the interest is
+    softmax (DIN keeps the intensity of interests) unless `softmax` (over the real
+    behaviours: an empty history still weighs nothing), padding weighted 0; the interest is
     sum_l w_l s_l (B, D), projected to `hidden_dim` (no bias, so an empty history gives
     zeros) when D differs from it.
 
@@ -75,8 +81,10 @@ class DINInterest(InterestArch):
         attention_dims: list[int],
         activation: str = "prelu",
         dropout: float = 0.0,
+        softmax: bool = False,
     ) -> None:
         super().__init__()
+        self.softmax = softmax
         if activation not in self.ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(self.ACTIVATIONS)}")
         self.out_dim = hidden_dim
@@ -96,6 +104,8 @@ class DINInterest(InterestArch):
         q = x.target.unsqueeze(1).expand_as(x.history)  # (B, L, D)
         features = torch.cat([q, x.history, q * x.history, q - x.history], dim=-1)
         weights = self.activation_unit(features.flatten(0, 1)).view_as(x.mask)  # (B, L)
+        if self.softmax:  # padding scored -1e30 (exp: 0), then weighted 0 below
+            weights = weights.masked_fill(~x.mask, -1e30).softmax(-1)
         weights = weights.masked_fill(~x.mask, 0.0)
         pooled = torch.einsum("bl,bld->bd", weights, x.history)
         return self.project(pooled)
@@ -108,4 +118,5 @@ def build_din(config: DINConfig, item_dim: int, spec: FeatureSpec) -> DINInteres
         config.attention_dims,
         config.activation,
         config.attention_dropout,
+        config.attention_softmax,
     )

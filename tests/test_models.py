@@ -31,6 +31,7 @@ VARIANTS = [(name, {}) for name in sorted(MODELS)] + [
     ("dmf", {"histogram_edges": "quantile"}),
     ("simtier", {"histogram_edges": "range"}),
     ("din", {"attention_dropout": 0.1}),
+    ("din", {"attention_softmax": True}),
     ("ta", {"dropout": 0.2}),
     ("dnn", {"pooling": "sum"}),
     ("dmae", {"mifu": False, "time_encoding": "position", "encoding_combine": "sum"}),
@@ -306,6 +307,35 @@ def test_dnn_sum_pooling_keeps_the_history_length() -> None:
     torch.testing.assert_close(total[0], history[0, :3].sum(0))
     with pytest.raises(ValueError, match="pooling"):
         MeanPoolInterest(2, "max")
+
+
+def test_din_softmax_weighs_the_real_behaviours_to_one() -> None:
+    """attention_softmax: the weights of a sample's real behaviours are a softmax of the
+    activation unit's scores (summing to 1, padding 0), so the interest is their convex
+    combination; an empty history gives zeros; without it the weights are the raw scores."""
+    from models.din import DINInterest
+
+    g = torch.Generator().manual_seed(1)
+    history = torch.randn(3, 4, 6, generator=g)
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False], [False] * 4])
+    x = InterestInputs(
+        torch.randn(3, 6, generator=g), history, mask,
+        torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.long), mask.sum(1),
+    )  # fmt: skip
+    torch.manual_seed(0)
+    plain = DINInterest(6, hidden_dim=6, attention_dims=[8]).eval()
+    torch.manual_seed(0)
+    normed = DINInterest(6, hidden_dim=6, attention_dims=[8], softmax=True).eval()
+    q = x.target.unsqueeze(1).expand_as(history)
+    features = torch.cat([q, history, q * history, q - history], dim=-1)
+    with torch.no_grad():
+        scores = normed.activation_unit(features.flatten(0, 1)).view(3, 4)  # (B, L)
+        got, raw = normed(x), plain(x)
+    want0 = (scores[0, :3].softmax(0).unsqueeze(-1) * history[0, :3]).sum(0)
+    torch.testing.assert_close(got[0], want0)
+    torch.testing.assert_close(got[1], history[1, 0])  # one behaviour: weight 1
+    torch.testing.assert_close(got[2], torch.zeros(6))  # empty history
+    torch.testing.assert_close(raw[0], (scores[0, :3].unsqueeze(-1) * history[0, :3]).sum(0))
 
 
 def test_unknown_model_arg_is_an_error() -> None:
