@@ -38,9 +38,20 @@ from pipeline.data import PreparedData, table_to_batch
 DMP_PREFIX = "model."
 
 
+def checkpoint_of(run_dir: Path) -> Path | None:
+    """The DCP checkpoint of a finished run whose weights its test metrics are of: the
+    best validation step's (checkpoints/best, `--restore-best`), else the latest regular
+    checkpoint; None when it kept neither."""
+    run_dir = Path(run_dir)
+    return (
+        Checkpointer(run_dir / "checkpoints" / "best").latest()
+        or Checkpointer(run_dir / "checkpoints").latest()
+    )
+
+
 def load_unsharded(run_dir: Path, data: PreparedData | None = None) -> CTRModel:
-    """The model of a finished `pipeline.train` run, restored from its latest DCP
-    checkpoint into a plain single-process model (no process group needed)."""
+    """The model of a finished `pipeline.train` run, restored from its checkpoint
+    (`checkpoint_of`) into a plain single-process model (no process group needed)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = metrics["config"]
@@ -48,9 +59,11 @@ def load_unsharded(run_dir: Path, data: PreparedData | None = None) -> CTRModel:
     model = build_model(
         config["model"], data.feature_spec(), make_config(config["model"], config["model_args"])
     )
-    latest = Checkpointer(run_dir / "checkpoints").latest()
+    latest = checkpoint_of(run_dir)
     if latest is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint (train with --checkpoint-every)")
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoint (train with --restore-best or --checkpoint-every)"
+        )
     own = model.state_dict()
     state = {"model": {DMP_PREFIX + k: v for k, v in own.items()}}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process"

@@ -49,7 +49,11 @@ PAPER_SETTINGS = {
 TABLE2 = ["sasrec", "din", "ta", "bfs_mf", "simtier", "make", "dta", "dmf"]
 TABLE4 = ["ta_early", "ta_late", "dta_non_invasive", "dta"]
 EXTRA = ["dmf_gate"]
+# Rows of our Table II that the paper does not have: the floors every CTR benchmark reports.
+BASELINES = ["popularity", "dnn"]
 LABELS = {
+    "popularity": "Item popularity",
+    "dnn": "DNN",
     "sasrec": "SASRec",
     "din": "DIN",
     "ta": "TA",

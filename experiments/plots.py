@@ -37,6 +37,7 @@ def plot_alpha(
     selected: float | None,
     path: Path,
     dta_runs: list[dict[str, Any]] | None = None,
+    dataset: str = "Amazon Electronics",
 ) -> None:
     """Fig. 5: test AUC (and validation AUC) against alpha, mean ± std over seeds."""
     plt = _plt()
@@ -60,7 +61,7 @@ def plot_alpha(
     )
     ax.set_xlabel("α (0: modality-centric r_mc only, 1: modality-enriched r_me only)")
     ax.set_ylabel("AUC")
-    ax.set_title(f"DMF α sweep on Amazon Electronics ({len(seeds)} seed{'s' * (len(seeds) != 1)})")
+    ax.set_title(f"DMF α sweep on {dataset} ({len(seeds)} seed{'s' * (len(seeds) != 1)})")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()

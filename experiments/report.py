@@ -28,6 +28,7 @@ import numpy as np
 
 from experiments import plots
 from experiments.paper import (
+    BASELINES,
     EXTRA,
     ID_ONLY,
     LABELS,
@@ -62,6 +63,7 @@ from experiments.settings import (
     settings_rows,
     vectors_description,
 )
+from pipeline.config import PRESETS
 
 REPORT_NAME = "amazon-electronics"
 TEMPLATE = Path(__file__).parent / "templates" / "report.md"
@@ -204,7 +206,10 @@ def table2_section(ctx: Context) -> str:
         "Δ_AUC as in the paper: the difference of mean AUCs in points (0.0030 = +0.30%). "
         "GAUC here is the mean per-user AUC over test users with both labels"
         f"{_negatives(ctx)}, so it is not identical to AUC as in the paper's Amazon column.",
-        _table(header, [_model_row(k, runs, base) for k in [*TABLE2, *EXTRA] if runs.get(k)]),
+        _table(
+            header,
+            [_model_row(k, runs, base) for k in [*BASELINES, *TABLE2, *EXTRA] if runs.get(k)],
+        ),
     ]
     if ctx.selected_alpha is not None:
         parts[-1] += (
@@ -392,7 +397,7 @@ def alpha_section(ctx: Context) -> str:
     if not alpha_runs:
         return ""
     path = ctx.figure("alpha")
-    plots.plot_alpha(alpha_runs, seeds, selected, path, ctx.runs.get("dta"))
+    plots.plot_alpha(alpha_runs, seeds, selected, path, ctx.runs.get("dta"), ctx.title)
     valid_means = ctx.selection.get("alpha_valid") or select_alpha(alpha_runs, seeds)[1]
     rows = []
     for a in sorted(alpha_runs):
@@ -528,7 +533,7 @@ def case_section(ctx: Context) -> str:
 def throughput_section(ctx: Context) -> str:
     runs = ctx.runs
     rows, loads = [], []
-    for k in [*TABLE2, *EXTRA, *[t for t in TABLE4 if t != "dta"]]:
+    for k in [*BASELINES, *TABLE2, *EXTRA, *[t for t in TABLE4 if t != "dta"]]:
         r = runs.get(k, [])
         if not r:
             continue
@@ -622,7 +627,7 @@ def evidence_lines(ctx: Context) -> list[str]:
     lines = [
         f"Data scale: {ev['users']:,} users, {ev['items']:,} items, "
         f"{counts.get('train', 0):,} training samples (after carving {counts.get('valid', 0):,} "
-        "validation samples) — a random user sample of Electronics, 5-core filtered; the "
+        f"validation samples) — {ctx.title}, 5-core filtered; the "
         f"paper's set has {PAPER_DATA['users']} users, {PAPER_DATA['items']} items, "
         f"{PAPER_DATA['samples']} samples. Fewer samples per item means noisier ID embeddings "
         "and a smaller set over which the bucket tables and histograms are learned.",
@@ -706,6 +711,25 @@ def evidence_lines(ctx: Context) -> list[str]:
             "models whose best settings differ from the shared ones are at a disadvantage; "
             "the paper does not report its tuning."
         )
+    elif any(m.get("best_step") is not None for r in runs.values() for m in r):
+        presets = {config_of(m).get("preset") for _, m in ctx.labelled_runs(tune=False)}
+        entries = sorted(
+            k for p in presets if p in PRESETS for k in PRESETS[p].get("models", {}) if runs.get(k)
+        )
+        which = ", ".join(f"`{p}`" for p in sorted(filter(None, presets))) or "no"
+        lines.append(
+            f"Training recipe: the {which} preset (pipeline/config.py, docs/tuning.md), chosen "
+            "on the validation split; each run's length is chosen on its own validation curve "
+            "(early stopping, the best step's weights restored for the test metrics). "
+            + (
+                f"Models with their own preset entry: {', '.join(LABELS.get(k, k) for k in entries)}; "
+                if entries
+                else ""
+            )
+            + "the others train with the shared settings and their own defaults (no per-model "
+            "search in this study), so a model whose best settings differ from the shared ones "
+            "is at a disadvantage; the paper does not report its tuning."
+        )
     return lines
 
 
@@ -756,11 +780,17 @@ def prepare_results(results: dict[str, Any]) -> dict[str, Any]:
 def render(ctx: Context) -> str:
     """The template filled in section by section (empty sections leave no gap)."""
     template = string.Template(TEMPLATE.read_text())
-    text = template.substitute({key: section(ctx) for key, section in SECTIONS.items()})
+    sections = {key: section(ctx) for key, section in SECTIONS.items()}
+    text = template.substitute({"title": ctx.title, **sections})
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
-def write_report(results: dict[str, Any], out_dir: Path, name: str = REPORT_NAME) -> Path:
+def write_report(
+    results: dict[str, Any],
+    out_dir: Path,
+    name: str = REPORT_NAME,
+    title: str = "Amazon Electronics",
+) -> Path:
     """Write OUT/<name>.md, its PNGs and OUT/<name>.json; returns the markdown path.
 
     results: `runs.collect(...)` plus optional keys: selection {"steps": {model: (step,
@@ -771,7 +801,7 @@ def write_report(results: dict[str, Any], out_dir: Path, name: str = REPORT_NAME
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(prepare_results(results), out_dir, name)
+    ctx = Context(prepare_results(results), out_dir, name, title)
     path = out_dir / f"{name}.md"
     path.write_text(render(ctx))
     (out_dir / f"{name}.json").write_text(

@@ -2,8 +2,7 @@
 metrics.json files, selects on the validation split, aggregates over seeds. Pure
 functions of the run folders, tested on fake metrics (tests/test_study.py).
 
-Run folder layout (RUNS = runs/study or runs/study-quick):
-    RUNS/tune/<model>/seed0/metrics.json         epoch selection runs (validation curves)
+Run folder layout (RUNS = runs/study/<dataset> or runs/study-quick/<dataset>):
     RUNS/main/<model>/seed<k>/metrics.json       Table II / IV models, dmf_gate
     RUNS/alpha/a<alpha>/seed<k>/metrics.json     DMF alpha sweep (the main DMF row is the
                                                  selected alpha)
@@ -62,8 +61,11 @@ def collect(runs_dir: Path) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- selection
 def final_valid_auc(metrics: dict[str, Any]) -> float:
-    """Validation AUC at the end of the run (the trainer evaluates `valid` at the end when
-    --eval-every is set)."""
+    """Validation AUC of the weights the run's test metrics are of: the best validation
+    step's when the run restored it (`test_from: best_valid_step`), else the last
+    validation's (the trainer evaluates `valid` at the end when --eval-every is set)."""
+    if metrics.get("test_from") == "best_valid_step" and metrics.get("best_valid_auc") is not None:
+        return float(metrics["best_valid_auc"])
     history = metrics.get("valid_history") or []
     return float(history[-1]["auc"]) if history else float("nan")
 

@@ -72,6 +72,7 @@ class Context:
     results: dict[str, Any]
     out_dir: Path
     name: str
+    title: str = "Amazon Electronics"  # the dataset, as the report's title names it
     figures: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -116,11 +117,12 @@ class Context:
         return path
 
     def labelled_runs(self, tune: bool = True) -> list[tuple[str, dict[str, Any]]]:
-        """Every run once, with the label the settings table names it by."""
+        """Every trained run once, with the label the settings table names it by (item
+        popularity trains nothing: it has no trainer settings to report)."""
         seen: set[int] = set()
         out = []
         groups: list[tuple[str, list[dict[str, Any]]]] = [
-            (LABELS.get(k, k), r) for k, r in self.runs.items() if k != "dmf"
+            (LABELS.get(k, k), r) for k, r in self.runs.items() if k not in ("dmf", "popularity")
         ]
         groups += [(f"DMF α={a:g}", r) for a, r in sorted(self.alpha_runs.items())]
         if tune:
@@ -432,6 +434,31 @@ def _training_length(ctx: Context) -> tuple[str, str]:
         return f"{steps} ({steps / spe:.2f} ep)" if spe and steps else show(steps)
 
     per_model = ", ".join(f"{k} {' / '.join(map(with_epochs, v))}" for k, v in lengths.items())
+    chosen = [m for r in ctx.runs.values() for m in r if m.get("best_step") is not None]
+    if chosen and not ctx.tune and not ctx.results.get("quick"):
+        best = {
+            k: [m["best_step"] for m in r if m.get("best_step") is not None]
+            for k, r in sorted(ctx.runs.items())
+        }
+        per_model = "best validation step per seed: " + ", ".join(
+            f"{k} {' / '.join(map(with_epochs, v))}" for k, v in best.items() if v
+        )
+
+        def per_run(m: dict[str, Any]) -> str:
+            c = config_of(m)
+            text = f"up to {plural(c.get('epochs') or 0, 'epoch')}"
+            if c.get("eval_every"):
+                text += f", validated every {epochs_text(c['eval_every'], spe)}"
+            elif c.get("evals_per_epoch"):
+                text += f", validated {c['evals_per_epoch']} times an epoch"
+            if c.get("early_stopping_patience"):
+                text += f", early-stopping patience {c['early_stopping_patience']} evaluations"
+            if c.get("restore_best"):
+                text += ", the best validation step's weights restored for the test metrics"
+            return text
+
+        labelled = [(label, m) for label, m in ctx.labelled_runs(tune=False)]
+        return per_model, f"chosen per run on validation: {agree(labelled, per_run)}"
     if ctx.tune and not ctx.results.get("quick"):
 
         def selection(m: dict[str, Any]) -> str:

@@ -1,37 +1,39 @@
-"""The paper's Amazon experiments (Section V) in one command:
+"""The paper's Amazon experiments (Section V) in one command, per Amazon category:
 
-    python -m experiments.study [--quick] [--seeds N] [--out docs/results] [--data-dir data/amazon]
-                                [--workers 2] [--raw-dir ../shared/data/amazon-electronics-2014]
-                                [--train-config FILE]
+    python -m experiments.study [--dataset electronics|toys] [--quick] [--seeds N]
+                                [--out docs/results] [--data-dir DIR] [--raw-dir DIR]
+                                [--workers 2] [--train-config FILE]
 
-1. prepares the data from the raw Amazon 2014 files with `python -m data_prep amazon`
-   (skipped when DATA_DIR/manifest.json is intact and was built from the same files and
-   settings);
-2. full mode: one epoch-selection run per model (seed 0, validation AUC every
-   1/--tune-evals-per-epoch epoch, early stopping) picks each model's training length on
-   the VALIDATION split;
-3. trains and evaluates every model of Table II and Table IV, the DMF alpha sweep (0 to 1
-   by 0.1) and the activity-gated DMF, each a real `pipeline.train.train(config)` call
-   under torchrun with --workers processes (several runs per torchrun job,
-   `experiments.worker`); DMF's alpha for the main table is chosen by mean validation AUC
+1. prepares the data from the raw Amazon 2014 files of the category with `python -m
+   data_prep amazon` (skipped when DATA_DIR/manifest.json is intact and was built from the
+   same files and settings);
+2. trains and evaluates every row of Table II (item popularity and DNN, the floors the
+   paper does not report, then the paper's models) and of Table IV, the DMF alpha sweep
+   (0 to 1 by 0.1) and the activity-gated DMF, each a real `pipeline.train.train(config)`
+   call under torchrun with --workers processes (several runs per torchrun job,
+   `experiments.worker`). Each run is what `python -m pipeline.train --preset amazon
+   --model NAME --seed K` trains: the preset's length, chosen per run on the VALIDATION
+   split (validation every half epoch, early stopping, the best step's weights restored
+   for the test metrics). DMF's alpha for the main table is chosen by mean validation AUC
    of the sweep;
-4. loads the TA and DTA checkpoints into unsharded models for the attention case study;
-5. writes OUT/amazon-electronics.md and its PNG figures (`experiments.report`), every
+3. loads the TA and DTA weights (their best validation step) into unsharded models for
+   the attention case study;
+4. writes OUT/amazon-<category>.md and its PNG figures (`experiments.report`), every
    setting in it read from the configs the runs recorded.
 
-Every run is a `pipeline.config.TrainConfig`: one base config (the trainer's defaults, the
-`amazon` preset (the recipe chosen on validation, docs/tuning.md), the study's data and
-device, then --train-config FILE and --lr), and per run `dataclasses.replace` of the model,
-seed, length, evaluation and output folder. Runs live in
-runs/study/<phase>/<name>/seed<k>/ (runs/study-quick with --quick), each with its
-config.json (`python -m pipeline.train --config .../config.json` repeats it); a run is done
-when its metrics.json records exactly the config asked for and the same data, so an
-interrupted study continues where it stopped, and a run of another config is set aside and
-redone. Test metrics are never used to choose anything.
+Every run is a `pipeline.config.TrainConfig`: the trainer's defaults < the `amazon` preset
+and its entry for the model (pipeline/config.py; docs/tuning.md) < the study's data and
+device < --train-config FILE < --lr, then the run's model, seed, model settings and output
+folder. Runs live in runs/study/<category>/<phase>/<name>/seed<k>/
+(runs/study-quick/<category>/... with --quick), each with its config.json (`python -m
+pipeline.train --config .../config.json` repeats it); a run is done when its metrics.json
+records exactly the config asked for and the same data, so an interrupted study continues
+where it stopped, and a run of another config is set aside and redone. Test metrics are
+never used to choose anything. Item popularity is deterministic: one seed.
 
 --quick: one seed, a fixed --quick-steps steps per run (a subset of the training samples,
-the full validation and test splits), MAKE pre-trained for 1 epoch, no epoch selection;
-about 15-20 minutes on 2 cores, for CI-sized checks. Writes to OUT/quick/.
+the full validation and test splits), MAKE pre-trained for 1 epoch; about 15-20 minutes on
+2 cores, for CI-sized checks. Writes to OUT/quick/.
 """
 
 from __future__ import annotations
@@ -52,51 +54,88 @@ from typing import Any
 
 import numpy as np
 
-from experiments.paper import LABELS, PAPER_ALPHA, TABLE2, TABLE4
-from pipeline.config import PRESETS, ConfigError, TrainConfig, load_config_file, merge
+from experiments.paper import BASELINES, LABELS, PAPER_ALPHA, TABLE2, TABLE4
+from pipeline.config import ConfigError, TrainConfig, load_config_file, merge, preset_layers
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE2_MODELS = [m for m in TABLE2 if m != "dmf"]  # + dmf (the selected alpha of the sweep)
+# + dmf (the selected alpha of the sweep)
+TABLE2_MODELS = [*BASELINES, *(m for m in TABLE2 if m != "dmf")]
 ABLATION_MODELS = [m for m in TABLE4 if m != "dta"]  # + dta
-TUNE_MODELS = [*TABLE2_MODELS, "dmf", *ABLATION_MODELS]
+DETERMINISTIC = ("popularity",)  # no seed changes them: one run
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 CASE_MODELS = ("ta", "dta")
 CASE_SEED = 0  # the seed whose TA and DTA runs keep a checkpoint for the case study
 PRESET = "amazon"  # the Amazon recipe chosen on validation (pipeline/config.py PRESETS)
-REVIEWS, META = "reviews_Electronics_5.json.gz", "meta_Electronics.json.gz"
 LAST_K, RARE_BELOW = 10, 5  # data facts: similarity to the last K items; rare = < N positives
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One Amazon 2014 category: its raw files (5-core reviews, metadata), where the study
+    prepares it, and its report's name and title."""
+
+    raw_dir: str
+    reviews: str
+    meta: str
+    data_dir: str
+    report: str
+    title: str
+
+
+DATASETS = {
+    "electronics": Dataset(
+        "../shared/data/amazon-electronics-2014",
+        "reviews_Electronics_5.json.gz",
+        "meta_Electronics.json.gz",
+        "data/amazon",
+        "amazon-electronics",
+        "Amazon Electronics",
+    ),
+    "toys": Dataset(
+        "../shared/data/amazon-toys-2014",
+        "reviews_Toys_and_Games_5.json.gz",
+        "meta_Toys_and_Games.json.gz",
+        "data/amazon-toys",
+        "amazon-toys",
+        "Amazon Toys and Games",
+    ),
+}
 
 
 @dataclass
 class StudyConfig:
     """The study's own settings (the trainer's are in the base TrainConfig)."""
 
+    dataset: str = "electronics"  # a key of DATASETS
     quick: bool = False
     seeds: int = 5
     sweep_seeds: int = 3
     out: str = "docs/results"
     data_dir: str = "data/amazon"
     raw_dir: str = "../shared/data/amazon-electronics-2014"
-    runs_dir: str = "runs/study"
+    runs_dir: str = "runs/study/electronics"
     workers: int = 2
     train_config: str | None = None  # a TrainConfig file layered over the preset
     lr: float | None = None  # None: the preset's
-    tune_epochs: int = 2
-    tune_evals_per_epoch: int = 4
-    tune_patience: int = 2
     quick_steps: int = 600
     make_pretrain_epochs: int | None = None  # None: MAKE's own default
     valid_frac: float = 0.1
     report_only: bool = False
     device: str = "cpu"
 
+    @property
+    def files(self) -> Dataset:
+        return DATASETS[self.dataset]
 
-def base_config(config: StudyConfig) -> TrainConfig:
-    """The one TrainConfig every run of the study is made from: the trainer's defaults <
-    the `amazon` preset < the study's data and device < --train-config FILE < --lr."""
+
+def base_config(config: StudyConfig, model: str = "") -> TrainConfig:
+    """The TrainConfig the study's runs of `model` are made from: the trainer's defaults <
+    the `amazon` preset and its entry for `model` < the study's data and device <
+    --train-config FILE < --lr (what `python -m pipeline.train --preset amazon --model
+    MODEL` resolves, with the study's data)."""
     layers = [
         TrainConfig().to_dict(),
-        PRESETS[PRESET],
+        *preset_layers(PRESET, model),
         {"preset": PRESET, "data": config.data_dir, "device": config.device},
     ]
     if config.train_config:
@@ -112,6 +151,12 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default=StudyConfig.dataset,
+        help="Amazon 2014 category (its raw files, data folder, runs folder and report name)",
+    )
     p.add_argument("--quick", action="store_true", help="CI-sized check (see above)")
     p.add_argument("--seeds", type=int, help="seeds per model (default 5; --quick: 1)")
     p.add_argument(
@@ -123,11 +168,15 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
     p.add_argument(
         "--out", help="report folder (default docs/results; --quick: docs/results/quick)"
     )
-    p.add_argument("--data-dir", default=StudyConfig.data_dir)
+    p.add_argument("--data-dir", help="prepared data (default: the dataset's, e.g. data/amazon)")
     p.add_argument(
-        "--raw-dir", default=StudyConfig.raw_dir, help="raw Amazon 2014 files (read only)"
+        "--raw-dir",
+        help="raw Amazon 2014 files, read only (default: the dataset's folder in ../shared/data)",
     )
-    p.add_argument("--runs-dir", help="run folders (default runs/study; --quick: runs/study-quick)")
+    p.add_argument(
+        "--runs-dir",
+        help="run folders (default runs/study/DATASET; --quick: runs/study-quick/DATASET)",
+    )
     p.add_argument("--workers", type=int, default=StudyConfig.workers, help="torchrun processes")
     p.add_argument(
         "--train-config",
@@ -137,9 +186,6 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
     )
     p.add_argument("--lr", type=float, help="dense Adam learning rate (default: the preset's)")
     p.add_argument("--device", default=StudyConfig.device, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--tune-epochs", type=int, default=StudyConfig.tune_epochs)
-    p.add_argument("--tune-evals-per-epoch", type=int, default=StudyConfig.tune_evals_per_epoch)
-    p.add_argument("--tune-patience", type=int, default=StudyConfig.tune_patience)
     p.add_argument("--quick-steps", type=int, default=StudyConfig.quick_steps)
     p.add_argument(
         "--make-pretrain-epochs", type=int, help="MAKE stage 1 (default: MAKE's; --quick: 1)"
@@ -148,21 +194,20 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
     a = p.parse_args(argv)
     quick = a.quick
     seeds = a.seeds or (1 if quick else 5)
+    files = DATASETS[a.dataset]
     config = StudyConfig(
+        dataset=a.dataset,
         quick=quick,
         seeds=seeds,
         sweep_seeds=min(a.sweep_seeds or (1 if quick else 3), seeds),
         out=a.out or ("docs/results/quick" if quick else "docs/results"),
-        data_dir=a.data_dir,
-        raw_dir=a.raw_dir,
-        runs_dir=a.runs_dir or ("runs/study-quick" if quick else "runs/study"),
+        data_dir=a.data_dir or files.data_dir,
+        raw_dir=a.raw_dir or files.raw_dir,
+        runs_dir=a.runs_dir or f"{'runs/study-quick' if quick else 'runs/study'}/{a.dataset}",
         workers=a.workers,
         train_config=a.train_config,
         lr=a.lr,
         device=a.device,
-        tune_epochs=a.tune_epochs,
-        tune_evals_per_epoch=a.tune_evals_per_epoch,
-        tune_patience=a.tune_patience,
         quick_steps=a.quick_steps,
         make_pretrain_epochs=a.make_pretrain_epochs
         if a.make_pretrain_epochs is not None
@@ -170,9 +215,10 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         report_only=a.report_only,
     )
     try:
-        base = base_config(config)
-        base.per_rank_batch_size(config.workers)  # the global batch splits over the workers
-        base.per_rank_eval_batch_size(config.workers)
+        for model in [*TABLE2_MODELS, "dmf", *ABLATION_MODELS]:
+            base = base_config(config, model)
+            base.per_rank_batch_size(config.workers)  # the global batch splits over the workers
+            base.per_rank_eval_batch_size(config.workers)
     except ConfigError as e:
         p.error(str(e))
     return config
@@ -229,8 +275,8 @@ def prep_args(config: StudyConfig) -> list[str]:
     raw = Path(config.raw_dir)
     return [
         "amazon",
-        "--reviews", str(raw / REVIEWS),
-        "--meta", str(raw / META),
+        "--reviews", str(raw / config.files.reviews),
+        "--meta", str(raw / config.files.meta),
         "--out", config.data_dir,
         "--valid-frac", str(config.valid_frac),
     ]  # fmt: skip
@@ -252,7 +298,7 @@ def data_is_current(config: StudyConfig) -> tuple[bool, str]:
         return False, "no intact manifest.json"
     if manifest.get("job") != "amazon":
         return False, f"built by job {manifest.get('job')!r}"
-    for name in (REVIEWS, META):
+    for name in (config.files.reviews, config.files.meta):
         recorded = manifest.get("inputs", {}).get(name, {}).get("sha256")
         if recorded != file_sha256(Path(config.raw_dir) / name):
             return False, f"{name} changed"
@@ -310,20 +356,21 @@ class Run:
 
 
 def run_config(
-    base: TrainConfig,
     config: StudyConfig,
     model: str,
     seed: int,
     out: Path,
     *,
-    max_steps: int,
     spe: int,
-    eval_every: int,
     model_args: dict[str, Any] | None = None,
     checkpoint: bool = False,
-    patience: int | None = None,
 ) -> TrainConfig:
-    """`base` with what differs per run; settings the study does not choose stay the base's."""
+    """The model's base config (`base_config`) with what differs per run. Full mode keeps
+    the preset's length (up to its epochs, validated every 1/evals_per_epoch epoch, early
+    stopping, the best validation step restored): chosen per run on validation. --quick
+    trains a fixed --quick-steps steps, validated once at the end (`checkpoint`: and saved
+    there, for the case study)."""
+    base = base_config(config, model)
     args = {**base.model_args, **(model_args or {})}
     if model == "make" and config.make_pretrain_epochs is not None:
         args.setdefault("pretrain_epochs", config.make_pretrain_epochs)
@@ -331,49 +378,29 @@ def run_config(
         "model": model,
         "seed": seed,
         "output_dir": str(out),
-        "epochs": max(1, math.ceil(max_steps / spe)),
-        "max_steps": max_steps,
-        "eval_every": eval_every,
         "model_args": args,
     }
-    if patience:
-        changes["early_stopping_patience"] = patience
-    if checkpoint:
-        changes["checkpoint_every"] = max_steps
+    if config.quick:
+        steps = config.quick_steps
+        changes.update(epochs=max(1, math.ceil(steps / spe)), max_steps=steps, eval_every=steps)
+        if checkpoint:
+            changes["checkpoint_every"] = steps
     return dataclasses.replace(base, **changes)
-
-
-def tune_runs(config: StudyConfig, base: TrainConfig, spe: int) -> list[Run]:
-    runs_dir = Path(config.runs_dir)
-    steps = spe * config.tune_epochs
-    every = max(1, spe // config.tune_evals_per_epoch)
-    out = []
-    for model in TUNE_MODELS:
-        folder = runs_dir / "tune" / model / "seed0"
-        args = {"alpha": PAPER_ALPHA} if model == "dmf" else {}
-        trainer = run_config(
-            base, config, model, 0, folder, max_steps=steps, spe=spe, eval_every=every,
-            model_args=args, patience=config.tune_patience,
-        )  # fmt: skip
-        out.append(Run(f"tune/{model}/seed0", trainer))
-    return out
 
 
 def _final(
     config: StudyConfig,
-    base: TrainConfig,
     phase: str,
     name: str,
     model: str,
     seed: int,
-    steps: int,
     spe: int,
     **model_args: Any,
 ) -> Run:
     folder = Path(config.runs_dir) / phase / name / f"seed{seed}"
     trainer = run_config(
-        base, config, model, seed, folder, max_steps=steps, spe=spe, eval_every=steps,
-        model_args=model_args, checkpoint=model in CASE_MODELS and seed == CASE_SEED,
+        config, model, seed, folder, spe=spe, model_args=model_args,
+        checkpoint=model in CASE_MODELS and seed == CASE_SEED,
     )  # fmt: skip
     return Run(f"{phase}/{name}/seed{seed}", trainer)
 
@@ -387,41 +414,28 @@ def gate_alpha(alpha: float) -> float:
     return min(max(alpha, 0.05), 0.95)
 
 
-def phase_a_runs(
-    config: StudyConfig, base: TrainConfig, steps: dict[str, int], spe: int, seeds: range
-) -> list[Run]:
+def phase_a_runs(config: StudyConfig, spe: int, seeds: range) -> list[Run]:
     """Table II/IV models and the alpha sweep, seed-major (every model gets seed 0 first)."""
     out = []
     for seed in seeds:
         for model in [*TABLE2_MODELS, *ABLATION_MODELS]:
-            out.append(_final(config, base, "main", model, model, seed, steps[model], spe))
+            if seed and model in DETERMINISTIC:
+                continue
+            out.append(_final(config, "main", model, model, seed, spe))
         if seed < config.sweep_seeds:
             for a in ALPHAS:
-                name = alpha_name(a)
-                out.append(
-                    _final(config, base, "alpha", name, "dmf", seed, steps["dmf"], spe, alpha=a)
-                )
+                out.append(_final(config, "alpha", alpha_name(a), "dmf", seed, spe, alpha=a))
     return out
 
 
-def phase_b_runs(
-    config: StudyConfig,
-    base: TrainConfig,
-    steps: dict[str, int],
-    spe: int,
-    alpha: float,
-    seeds: range,
-) -> list[Run]:
+def phase_b_runs(config: StudyConfig, spe: int, alpha: float, seeds: range) -> list[Run]:
     """The selected alpha's remaining seeds and the activity-gated DMF."""
     out = []
     for seed in seeds:
         if seed >= config.sweep_seeds:
-            name = alpha_name(alpha)
-            out.append(
-                _final(config, base, "alpha", name, "dmf", seed, steps["dmf"], spe, alpha=alpha)
-            )
+            out.append(_final(config, "alpha", alpha_name(alpha), "dmf", seed, spe, alpha=alpha))
         out.append(
-            _final(config, base, "main", "dmf_gate", "dmf", seed, steps["dmf"], spe,
+            _final(config, "main", "dmf_gate", "dmf", seed, spe,
                    alpha=gate_alpha(alpha), activity_gate=True)
         )  # fmt: skip
     return out
@@ -459,23 +473,6 @@ def launch(config: StudyConfig, runs: list[Run], name: str, checksum: str) -> in
     if proc.returncode:
         say(f"{name}: torchrun exited with {proc.returncode} (failed runs keep error.rank*.txt)")
     return proc.returncode
-
-
-def estimate_seconds(runs: list[Run], tune: dict[str, Any], checksum: str) -> float:
-    """Rough wall time of the runs still to do, from the tuning runs' throughput."""
-    from experiments.worker import run_status
-
-    total = 0.0
-    for r in runs:
-        if run_status(r.out, r.config, checksum) == "done":
-            continue
-        rate = tune.get(r.model, {}).get("train_samples_per_s") or 4000.0
-        total += (r.config.max_steps or 0) * r.config.batch_size / rate + 20.0
-        if r.model == "make":
-            from models.zoo import make_config
-
-            total += 15.0 * make_config("make", r.config.model_args).pretrain_epochs
-    return total
 
 
 # -------------------------------------------------------------------------- evidence
@@ -530,14 +527,15 @@ def study_command(state: State, argv: list[str]) -> str:
     return ("python -m experiments.study " + shlex.join(training[-1] if training else argv)).strip()
 
 
-def case_study(runs_dir: Path, raw_dir: str) -> dict[str, Any] | None:
+def case_study(runs_dir: Path, meta: Path) -> dict[str, Any] | None:
     """The attention case study of the CASE_SEED TA and DTA runs (cached by their test
-    AUCs in runs_dir/case_study.json); None without their checkpoints."""
+    AUCs in runs_dir/case_study.json); None without their checkpoints (the best validation
+    step's weights, or the last checkpoint of a run that kept no best); `meta`: the
+    category's metadata file (item titles)."""
+    from experiments.case_study import checkpoint_of
+
     case_runs = [runs_dir / "main" / m / f"seed{CASE_SEED}" for m in CASE_MODELS]
-    if not all(
-        (r / "metrics.json").is_file() and (r / "checkpoints" / "latest").is_file()
-        for r in case_runs
-    ):
+    if not all((r / "metrics.json").is_file() and checkpoint_of(r) for r in case_runs):
         return None
     cache = runs_dir / "case_study.json"
     stamp = [json.loads((r / "metrics.json").read_text())["test"]["auc"] for r in case_runs]
@@ -547,7 +545,7 @@ def case_study(runs_dir: Path, raw_dir: str) -> dict[str, Any] | None:
 
     models = " and ".join(LABELS[m] for m in CASE_MODELS)
     say(f"case study: {models} seed {CASE_SEED} checkpoints -> unsharded models")
-    case = dataclasses.asdict(run_case_study(case_runs[0], case_runs[1], Path(raw_dir) / META))
+    case = dataclasses.asdict(run_case_study(case_runs[0], case_runs[1], meta))
     case["models"] = f"{models}, seed {CASE_SEED}"
     cache.write_text(json.dumps({"stamp": stamp, "case": case}, indent=1))
     return case
@@ -567,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     state.phase("prepare", time.perf_counter() - t)
 
     from experiments.report import write_report
-    from experiments.runs import collect, select_alpha, select_steps
+    from experiments.runs import collect, select_alpha
     from pipeline.data import PreparedData
 
     base = base_config(config)
@@ -575,36 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     data = PreparedData(config.data_dir)
     checksum = data.checksum
     spe = steps_per_epoch(data, base, config.workers)
-    seeds = range(config.seeds)
     say(f"data {config.data_dir}: {data.manifest['counts']}, {spe} steps per epoch")
-
-    # -- training length per model, on the validation split
     selection: dict[str, Any] = {}
-    tune = tune_runs(config, base, spe) if not config.quick else []
-    if config.quick:
-        steps = {m: config.quick_steps for m in TUNE_MODELS}
-    else:
-        t = time.perf_counter()
-        if not config.report_only:
-            launch(config, tune, "tune", checksum)
-        state.phase("epoch selection", time.perf_counter() - t)
-        tuned = collect(runs_dir)["tune"]
-        selection["steps"] = {}
-        steps = {}
-        for model in TUNE_MODELS:
-            if model in tuned:
-                steps[model], valid = select_steps(tuned[model])
-                selection["steps"][model] = (steps[model], valid)
-            else:
-                steps[model] = spe
-                say(f"no tuning result for {model}; using one epoch")
-        say(f"selected steps: {steps}")
-        (runs_dir / "selection.json").write_text(json.dumps(selection, indent=2))
-        phase_a = phase_a_runs(config, base, steps, spe, seeds)
-        say(
-            f"estimated time of the remaining phase-A runs: "
-            f"{estimate_seconds(phase_a, tuned, checksum) / 60:.0f} min (+ gate and extra DMF seeds)"
-        )
 
     # -- phase A: Table II/IV models and the alpha sweep, in two passes so every model
     #    has the sweep seeds before any model gets more
@@ -612,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     first = range(min(config.sweep_seeds, config.seeds))
     rest = range(config.sweep_seeds, config.seeds)
     if not config.report_only:
-        launch(config, phase_a_runs(config, base, steps, spe, first), "phase-a", checksum)
+        launch(config, phase_a_runs(config, spe, first), "phase-a", checksum)
     state.phase("training", time.perf_counter() - t)
 
     results = collect(runs_dir)
@@ -627,11 +597,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     if not config.report_only:
-        launch(config, phase_b_runs(config, base, steps, spe, alpha, first), "phase-b", checksum)
+        launch(config, phase_b_runs(config, spe, alpha, first), "phase-b", checksum)
         if rest:
-            more = phase_a_runs(config, base, steps, spe, rest) + phase_b_runs(
-                config, base, steps, spe, alpha, rest
-            )
+            more = phase_a_runs(config, spe, rest) + phase_b_runs(config, spe, alpha, rest)
             launch(config, more, "phase-c", checksum)
     state.phase("training", time.perf_counter() - t)
 
@@ -639,13 +607,13 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     results = collect(runs_dir)
     results["runs"]["dmf"] = results["alpha"].get(alpha, [])
-    discussion_file = Path(config.out) / "amazon-electronics.discussion.md"
+    discussion_file = Path(config.out) / f"{config.files.report}.discussion.md"
     results.update(
         selection=selection,
         alpha_seeds=alpha_seeds,
         manifest=data.manifest,
         data_facts=data_evidence(data, base.short_history_max),
-        case=case_study(runs_dir, config.raw_dir),
+        case=case_study(runs_dir, Path(config.raw_dir) / config.files.meta),
         command=study_command(state, argv),
         command_note=(
             f"This report was rebuilt by `python -m experiments.study {shlex.join(argv)}`."
@@ -656,8 +624,6 @@ def main(argv: list[str] | None = None) -> int:
         steps_per_epoch=spe,
         discussion=discussion_file.read_text() if discussion_file.is_file() else None,
     )
-    if config.quick:
-        results["tune"] = {}
     state.phase("report", time.perf_counter() - t)
     timing = state.timing()
     timing["note"] = (
@@ -666,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         "'prepare' phase is near zero when the prepared folder was already current."
     )
     results["timing"] = timing
-    path = write_report(results, Path(config.out))
+    path = write_report(results, Path(config.out), config.files.report, config.files.title)
     state.save()
     say(f"report: {path} (study wall time so far {timing['total_s'] / 60:.1f} min)")
     return 0

@@ -59,6 +59,7 @@ def run_popularity(config: Any, data: PreparedData, env: DistEnv, output_dir: Pa
         "world_size": env.world_size,
         "device": "cpu",
         "data": {"path": str(data.root), "manifest_checksum": data.checksum},
+        "config": config.to_dict(),  # what it ran with (a study resumes by it)
     }
     write_result(result, output_dir, env, writer=None)
     return result

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments import report, runs, study
-from experiments.paper import LABELS, PAPER_AMAZON, TABLE2, TABLE4
+from experiments.paper import BASELINES, LABELS, PAPER_AMAZON, TABLE2, TABLE4
 from experiments.worker import run_status
 from models.zoo import make_config
 from pipeline.config import PRESETS, TrainConfig
@@ -36,10 +36,9 @@ def _study_config(tmp_path: Path) -> study.StudyConfig:
 def _final_run(
     config: study.StudyConfig, phase: str, name: str, seed: int, **model_args
 ) -> study.Run:
-    """The run the study plans for phase/name/seed<k> (STEPS steps)."""
+    """The run the study plans for phase/name/seed<k>."""
     model = "dmf" if name == "dmf_gate" or phase == "alpha" else name
-    base = study.base_config(config)
-    return study._final(config, base, phase, name, model, seed, STEPS, SPE, **model_args)
+    return study._final(config, phase, name, model, seed, SPE, **model_args)
 
 
 def _metrics(trainer: TrainConfig, label: str, auc: float, steps: int = STEPS) -> dict:
@@ -59,6 +58,31 @@ def _metrics(trainer: TrainConfig, label: str, auc: float, steps: int = STEPS) -
         }
 
     a = auc + rng.normal(0, 0.002)
+    if trainer.model == "popularity":  # what pipeline.popularity writes: no training
+        return {
+            "model": "popularity",
+            "test": {**block(a, 1000), "by_activity": {"short": block(a - 0.01, 850),
+                     "long": block(a + 0.02, 150)}, "samples_per_s": 5000.0},
+            "valid_history": [],
+            "train_samples_per_s": 1e7,
+            "steps": 0,
+            "world_size": 2,
+            "device": "cpu",
+            "data": {"path": trainer.data, "manifest_checksum": "abc"},
+            "config": json.loads(json.dumps(trainer.to_dict())),
+        }  # fmt: skip
+    history = [
+        {
+            "step": s,
+            "epoch": 0,
+            "auc": a - 0.01 - 0.02 * abs(s - 60) / 100,
+            "gauc": a,
+            "logloss": 0.6,
+        }
+        for s in (20, 40, 60, 80, 100)
+    ][: steps // 20]
+    best = max(history, key=lambda r: r["auc"])
+    restored = trainer.restore_best and not trainer.max_steps  # a preset-length run
     return {
         "model": label,
         "test": {
@@ -66,16 +90,11 @@ def _metrics(trainer: TrainConfig, label: str, auc: float, steps: int = STEPS) -
             "by_activity": {"short": block(a - 0.01, 850), "long": block(a + 0.02, 150)},
             "samples_per_s": 5000.0,
         },
-        "valid_history": [
-            {
-                "step": s,
-                "epoch": 0,
-                "auc": a - 0.01 - 0.02 * abs(s - 60) / 100,
-                "gauc": a,
-                "logloss": 0.6,
-            }
-            for s in (20, 40, 60, 80, 100)
-        ][: steps // 20],
+        "valid_history": history,
+        "best_step": best["step"],
+        "best_valid_auc": best["auc"],
+        "test_step": best["step"] if restored else steps,
+        "test_from": "best_valid_step" if restored else "last_step",
         "train_samples_per_s": 6000.0 + 100 * trainer.seed,
         "steps": steps,
         "world_size": 2,
@@ -101,6 +120,8 @@ def _fake_runs(tmp_path: Path, change=None) -> Path:
     root = Path(config.runs_dir)
     change = change or (lambda key, trainer: trainer)
     base = {
+        "popularity": 0.70,
+        "dnn": 0.74,
         **{k: v[0] - 0.05 for k, v in PAPER_AMAZON.items()},
         "ta_early": 0.77,
         "ta_late": 0.765,
@@ -111,7 +132,7 @@ def _fake_runs(tmp_path: Path, change=None) -> Path:
         if model == "dmf":
             continue
         args = {"alpha": 0.4, "activity_gate": True} if model == "dmf_gate" else {}
-        for seed in range(SEEDS):
+        for seed in range(1 if model in study.DETERMINISTIC else SEEDS):
             run = _final_run(config, "main", model, seed, **args)
             _write(run.out, _metrics(change(f"main/{model}", run.config), model, auc))
     for a in study.ALPHAS:
@@ -119,10 +140,6 @@ def _fake_runs(tmp_path: Path, change=None) -> Path:
             run = _final_run(config, "alpha", study.alpha_name(a), seed, alpha=a)
             auc = 0.77 - abs(a - 0.4) / 20
             _write(run.out, _metrics(change("alpha", run.config), "dmf", auc))
-    for model in study.TUNE_MODELS:
-        run = _final_run(config, "tune", model, 0)
-        trainer = dataclasses.replace(run.config, eval_every=25, early_stopping_patience=2)
-        _write(run.out, _metrics(change(f"tune/{model}", trainer), model, 0.76))
     return root
 
 
@@ -178,7 +195,7 @@ FACTS = {
 }
 
 
-def _report(runs_dir: Path, out: Path, **extra) -> str:
+def _report(runs_dir: Path, out: Path, *names: str, **extra) -> str:
     results = runs.collect(runs_dir)
     results.update(
         case=_case(),
@@ -189,7 +206,7 @@ def _report(runs_dir: Path, out: Path, **extra) -> str:
         data_facts=FACTS,
         **extra,
     )
-    return report.write_report(results, out).read_text()
+    return report.write_report(results, out, *names).read_text()
 
 
 def _settings(text: str) -> dict[str, list[str]]:
@@ -212,7 +229,8 @@ def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
         "Fig. 6",
         "Fig. 7",
         "Training throughput",
-        "Epoch selection",
+        "Training recipe: the `amazon` preset",
+        "Models with their own preset entry: DNN;",
         "1h 02m 05s",
         "Hand-written discussion.",
         "Data scale: 1,000 users",
@@ -223,13 +241,13 @@ def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
         assert expected in text, expected
     assert "$" not in text and "\n\n\n" not in text  # every placeholder filled, no gaps
     # Every Table II model and the extra row, with the paper's numbers next to ours.
-    for key in [*TABLE2, "dmf_gate", *TABLE4]:
+    for key in [*BASELINES, *TABLE2, "dmf_gate", *TABLE4]:
         assert f"| {LABELS[key]} |" in text, key
     assert "0.8251" in text and "+4.75%" in text
     # alpha selected on the validation AUC (peak of the fake valid curve: 0.4).
     assert "0.4 (selected)" in text
     assert "Teak Display Cabinet / with" in text  # table cells escape '|'
-    for name in ("alpha", "activity", "attention", "tuning"):
+    for name in ("alpha", "activity", "attention"):
         png = out / f"amazon-electronics-{name}.png"
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", name
     summary = json.loads((out / "amazon-electronics.json").read_text())
@@ -248,20 +266,28 @@ def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
         "preset `amazon`",
     ]
     assert settings["dense optimizer"][0] == "Adam, lr 0.0005, constant"
-    assert settings["embedding optimizer"][0] == (
-        "adam_dense (replicated tables, a torch optimizer), lr 0.0005, L2 0.005 on every row "
-        "every step"
+    assert settings["embedding optimizer"][0] == (  # the DNN's preset entry decays less
+        "adam_dense (replicated tables, a torch optimizer), lr 0.0005, L2 0.001 on every row "
+        "every step (DNN); adam_dense (replicated tables, a torch optimizer), lr 0.0005, L2 "
+        "0.005 on every row every step (the other runs)"
     )
     assert settings["history / buckets"][0].startswith("last 50 behaviours; 35 equal-frequency")
     assert settings["DMF alpha (main table)"][0] == "0.4"
     assert settings["activity gate"][0].endswith("initialised at α = 0.4")
     assert settings["MAKE"][0].startswith("stage-1 pre-training 10 epochs")
     assert settings["MAKE"][1] == "model default"
-    assert settings["seeds"][0] == "2 per model (0..1); alpha sweep 2 per alpha"
+    assert settings["seeds"][0] == (
+        "1 per model (0) (Item popularity); 2 per model (0..1) (the other runs); "
+        "alpha sweep 2 per alpha"
+    )
     assert settings["workers"][0] == "2 torchrun processes x 1 thread, gloo, cpu"
+    assert settings["training length"][0].startswith(
+        "best validation step per seed: bfs_mf 60 (0.60 ep) / 60 (0.60 ep), din 60"
+    )
     assert settings["training length"][1] == (
-        "best validation AUC of a seed-0 run of up to 1 epoch, evaluated every 1/4 epoch, "
-        "early-stopping patience 2"
+        "chosen per run on validation: up to 20 epochs, validated 2 times an epoch, "
+        "early-stopping patience 4 evaluations, the best validation step's weights restored "
+        "for the test metrics"
     )
     assert settings["metrics"][0].endswith("activity split at L ≤ 10")
 
@@ -277,14 +303,18 @@ def test_report_settings_follow_the_configs(tmp_path: Path):
             trainer = dataclasses.replace(trainer, embedding_optimizer="sgd", embedding_lr=0.2)
         return trainer
 
-    text = _report(_fake_runs(tmp_path, change), tmp_path / "docs")
+    text = _report(
+        _fake_runs(tmp_path, change), tmp_path / "docs", "amazon-toys", "Amazon Toys and Games"
+    )
+    assert text.startswith("# Amazon Toys and Games: DMF")  # another category's report
+    assert (tmp_path / "docs" / "amazon-toys-alpha.png").is_file()
     settings = _settings(text)
     assert settings["dense optimizer"][:2] == [
         "Adam, lr 0.003, constant",
         "lr: study; lr_schedule: trainer default",
     ]
     emb = settings["embedding optimizer"][0]
-    assert emb.startswith("fused sgd, lr 0.2 (TA); adam_dense (replicated tables")
+    assert "; fused sgd, lr 0.2 (TA); adam_dense (replicated tables" in emb
     assert emb.endswith("(the other runs)")
     assert "`embedding_optimizer: sgd` on cpu (TA)" in settings["embedding optimizer"][1]
     assert settings["metrics"][0].endswith("activity split at L ≤ 5")
@@ -294,7 +324,7 @@ def test_report_settings_follow_the_configs(tmp_path: Path):
 
 def test_template_names_every_section():
     template = string.Template(report.TEMPLATE.read_text())
-    assert set(template.get_identifiers()) == set(report.SECTIONS)
+    assert set(template.get_identifiers()) == {"title", *report.SECTIONS}  # + the dataset
 
 
 def test_selection_uses_validation_only(fake_runs: Path):
@@ -304,8 +334,14 @@ def test_selection_uses_validation_only(fake_runs: Path):
         m["test"]["auc"] = 0.99
     alpha, means = runs.select_alpha(results["alpha"])
     assert alpha == 0.4 and means[0.4] == max(means.values())
-    step, valid = runs.select_steps(results["tune"]["ta"])
-    assert step == 60 and valid == max(r["auc"] for r in results["tune"]["ta"]["valid_history"])
+    # A run that restored its best step is judged by that step's validation AUC (what its
+    # test figures are of), not by its last evaluation's.
+    ta = results["runs"]["ta"][0]
+    assert ta["test_from"] == "best_valid_step" and ta["best_step"] == 60
+    assert runs.final_valid_auc(ta) == max(r["auc"] for r in ta["valid_history"])
+    assert runs.final_valid_auc(ta) > ta["valid_history"][-1]["auc"]
+    last = {**ta, "test_from": "last_step"}
+    assert runs.final_valid_auc(last) == ta["valid_history"][-1]["auc"]
 
 
 def test_plan_covers_the_paper_with_configs(tmp_path: Path):
@@ -313,42 +349,64 @@ def test_plan_covers_the_paper_with_configs(tmp_path: Path):
     assert (config.seeds, config.sweep_seeds, config.workers) == (5, 3, 2)
     base = study.base_config(config)
     assert (base.preset, base.data, base.device) == ("amazon", "data/x", "cpu")
-    steps = {m: 250 for m in study.TUNE_MODELS}
-    first = study.phase_a_runs(config, base, steps, 100, range(3))
+    first = study.phase_a_runs(config, 100, range(3))
     keys = {r.key for r in first}
     for model in [*study.TABLE2_MODELS, *study.ABLATION_MODELS]:
-        assert all(f"main/{model}/seed{s}" in keys for s in range(3))
+        seeds = range(1) if model in study.DETERMINISTIC else range(3)
+        assert all(f"main/{model}/seed{s}" in keys for s in seeds), model
+    assert {"main/popularity/seed0", "main/dnn/seed2"} <= keys
+    assert "main/popularity/seed1" not in keys  # deterministic: one run
     assert sum(r.key.startswith("alpha/") for r in first) == 11 * 3
-    rest = study.phase_b_runs(config, base, steps, 100, 0.3, range(5))
+    rest = study.phase_b_runs(config, 100, 0.3, range(5))
     assert {r.key for r in rest} >= {"alpha/a0.3/seed3", "alpha/a0.3/seed4", "main/dmf_gate/seed0"}
     assert "alpha/a0.3/seed0" not in {r.key for r in rest}  # already a sweep run
     settings = {f.name for f in dataclasses.fields(TrainConfig)}
-    for run in [*first, *rest, *study.tune_runs(config, base, 100)]:
-        # Every run is the base config with only the per-run settings replaced.
+    for run in [*first, *rest]:
+        # Every run is `--preset amazon --model NAME` (with its preset entry) with only the
+        # per-run settings replaced: the preset's length, chosen on validation.
         assert TrainConfig.from_dict(run.config.to_dict()) == run.config
-        same = {
-            k for k in settings if getattr(run.config, k) == getattr(base, k) and k != "model_args"
-        }
-        per_run = {"model", "seed", "output_dir", "epochs", "max_steps", "eval_every"}
-        per_run |= {"early_stopping_patience", "checkpoint_every"}
-        assert settings - {"model_args"} - same <= per_run, run.key
+        own = study.base_config(config, run.model)
+        same = {k for k in settings if getattr(run.config, k) == getattr(own, k)}
+        assert settings - same <= {"model", "seed", "output_dir", "model_args"}, run.key
         assert run.config.batch_size == PRESETS["amazon"]["batch_size"]  # GLOBAL, any world size
-        assert run.config.eval_every and run.config.max_steps
+        assert (run.config.epochs, run.config.evals_per_epoch) == (20, 2)
+        assert run.config.restore_best and run.config.early_stopping_patience == 4
+        assert run.config.max_steps is None and run.config.eval_every is None
         assert run.out == tmp_path / run.key
-        assert base.model_args.items() <= run.config.model_args.items()
+        assert own.model_args.items() <= run.config.model_args.items()
+    dnn = next(r for r in first if r.key == "main/dnn/seed0").config
+    assert (dnn.embedding_weight_decay, dnn.model_args["pooling"]) == (0.001, "sum")  # its entry
+    ta0 = next(r for r in first if r.key == "main/ta/seed0").config
+    assert ta0.embedding_weight_decay == 0.005 and ta0.checkpoint_every is None  # best/ kept
     gate = next(r for r in rest if r.key == "main/dmf_gate/seed1")
     assert gate.config.model_args["activity_gate"] is True
-    ta0 = next(r for r in first if r.key == "main/ta/seed0")
-    assert ta0.config.checkpoint_every == 250  # checkpoint at the end: case study
     make = next(r for r in first if r.key == "main/make/seed0")
     assert "pretrain_epochs" not in make.config.model_args  # MAKE's own default
     quick = study.parse_args(["--quick"])
-    assert (quick.seeds, quick.runs_dir, quick.out) == (1, "runs/study-quick", "docs/results/quick")
-    assert quick.make_pretrain_epochs == 1
-    quick_make = study.phase_a_runs(quick, study.base_config(quick), steps, 100, range(1))
-    assert (
-        next(r for r in quick_make if r.model == "make").config.model_args["pretrain_epochs"] == 1
+    assert (quick.seeds, quick.runs_dir, quick.out) == (
+        1,
+        "runs/study-quick/electronics",
+        "docs/results/quick",
     )
+    assert quick.make_pretrain_epochs == 1
+    quick_runs = study.phase_a_runs(quick, 100, range(1))
+    assert (
+        next(r for r in quick_runs if r.model == "make").config.model_args["pretrain_epochs"] == 1
+    )
+    quick_ta = next(r for r in quick_runs if r.key == "main/ta/seed0").config
+    assert (quick_ta.max_steps, quick_ta.eval_every, quick_ta.checkpoint_every) == (600,) * 3
+    toys = study.parse_args(["--dataset", "toys"])
+    assert (toys.raw_dir, toys.data_dir, toys.runs_dir) == (
+        "../shared/data/amazon-toys-2014",
+        "data/amazon-toys",
+        "runs/study/toys",
+    )
+    assert study.prep_args(toys)[1:5] == [
+        "--reviews",
+        "../shared/data/amazon-toys-2014/reviews_Toys_and_Games_5.json.gz",
+        "--meta",
+        "../shared/data/amazon-toys-2014/meta_Toys_and_Games.json.gz",
+    ]
 
 
 def test_study_settings_layer_over_the_preset(tmp_path: Path):
@@ -372,8 +430,7 @@ def test_finished_runs_are_skipped_only_with_the_same_config(fake_runs: Path):
 
 def test_a_run_whose_recorded_config_differs_is_not_done(fake_runs: Path, tmp_path: Path):
     config = _study_config(tmp_path)
-    steps = {m: STEPS for m in study.TUNE_MODELS}
-    plan = study.phase_a_runs(config, study.base_config(config), steps, SPE, range(1))
+    plan = study.phase_a_runs(config, SPE, range(1))
     ta = next(r for r in plan if r.key == "main/ta/seed0")
     assert run_status(ta.out, ta.config, "abc") == "done"  # the fake run is this config
     path = ta.out / "metrics.json"
@@ -430,13 +487,18 @@ def test_worker_trains_configs_and_resumes_a_study(tmp_path: Path):
     data = write_prepared(
         tmp_path / "data", samples_per_split={"train": 256, "valid": 64, "test": 64}
     )
-    config = study.parse_args(["--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data)])
-    base = dataclasses.replace(study.base_config(config), batch_size=32, eval_batch_size=64)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"batch_size": 32, "eval_batch_size": 64}))
+    config = study.parse_args(
+        ["--quick", "--quick-steps", "6", "--train-config", str(small),
+         "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data)]
+    )  # fmt: skip
+    base = study.base_config(config)
     spe = study.steps_per_epoch(PreparedData(data), base, config.workers)
     assert spe == 8  # 256 rows / global batch 32, as the trainer's reader counts
     plan_runs = [
-        study._final(config, base, "main", "ta", "ta", 0, 6, spe),
-        study._final(config, base, "alpha", "a0.3", "dmf", 0, 6, spe, alpha=0.3),
+        study._final(config, "main", "ta", "ta", 0, spe),
+        study._final(config, "alpha", "a0.3", "dmf", 0, spe, alpha=0.3),
     ]
 
     def write_plan(runs: list[study.Run]) -> Path:
