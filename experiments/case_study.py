@@ -29,7 +29,7 @@ import torch.distributed.checkpoint as dcp
 
 from models.ctr import CTRModel
 from models.zoo import build_model, make_config
-from pipeline.checkpoint import Checkpointer
+from pipeline.checkpoint import tested_checkpoint
 from pipeline.data import PreparedData, table_to_batch
 
 # dmp.state_dict() keys are "model." + the CTRModel's keys (DMP drops its own wrapper
@@ -38,20 +38,9 @@ from pipeline.data import PreparedData, table_to_batch
 DMP_PREFIX = "model."
 
 
-def checkpoint_of(run_dir: Path) -> Path | None:
-    """The DCP checkpoint of a finished run whose weights its test metrics are of: the
-    best validation step's (checkpoints/best, `--restore-best`), else the latest regular
-    checkpoint; None when it kept neither."""
-    run_dir = Path(run_dir)
-    return (
-        Checkpointer(run_dir / "checkpoints" / "best").latest()
-        or Checkpointer(run_dir / "checkpoints").latest()
-    )
-
-
 def load_unsharded(run_dir: Path, data: PreparedData | None = None) -> CTRModel:
     """The model of a finished `pipeline.train` run, restored from its checkpoint
-    (`checkpoint_of`) into a plain single-process model (no process group needed)."""
+    (`pipeline.checkpoint.tested_checkpoint`) into a plain single-process model (no process group needed)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = metrics["config"]
@@ -59,7 +48,7 @@ def load_unsharded(run_dir: Path, data: PreparedData | None = None) -> CTRModel:
     model = build_model(
         config["model"], data.feature_spec(), make_config(config["model"], config["model_args"])
     )
-    latest = checkpoint_of(run_dir)
+    latest = tested_checkpoint(run_dir)
     if latest is None:
         raise FileNotFoundError(
             f"{run_dir}: no checkpoint (train with --restore-best or --checkpoint-every)"

@@ -14,7 +14,12 @@ Nothing of a checkpoint is unpickled before its files match the checksum table t
 wrote with it; that makes a damaged or swapped file harmless, but the table itself is only
 as trustworthy as the folder (docs/reliability.md): load checkpoints from trusted places.
 
-`latest()` (what `--resume` and `pipeline.export --run` use) verifies before returning:
+A run trained with `--restore-best` also keeps OUTPUT/checkpoints/best/ (weights only) at
+its best validation step; `tested_checkpoint(RUN)` is the checkpoint of the weights a
+finished run's test metrics are of (best/ when kept, else the latest regular one): what
+`pipeline.export --run` and the study's case study load.
+
+`latest()` (what `--resume` and `tested_checkpoint` use) verifies before returning:
 an unusable newest checkpoint is skipped with a warning naming it and the reason, and the
 previous good one is used; when checkpoints exist but none is usable it raises
 CheckpointError instead of starting again from step 0.
@@ -309,6 +314,15 @@ class Checkpointer:
         if rng_key in state:
             _set_rng_state(state[rng_key])
         return json.loads((path / "progress.json").read_text())
+
+
+def tested_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the weights a finished run's test metrics are of: the best
+    validation step's (RUN/checkpoints/best, `--restore-best`; the trainer saves it at
+    every new best, the last step included), else the latest regular checkpoint; None
+    when the run kept neither. Both verified by `Checkpointer.latest`."""
+    root = Path(run_dir) / "checkpoints"
+    return Checkpointer(root / "best").latest() or Checkpointer(root).latest()
 
 
 def unloadable(path: Path, optimizer_state: dict[str, Any]) -> list[str]:

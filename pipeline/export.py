@@ -78,7 +78,7 @@ from pipeline.artifact import (
     torch_private_api,
     verify_artifact,
 )
-from pipeline.checkpoint import Checkpointer, CheckpointError
+from pipeline.checkpoint import CheckpointError, tested_checkpoint
 from pipeline.data import DataError, PreparedData
 
 __all__ = [
@@ -511,11 +511,13 @@ def load_trained_model(
     model = build_model(
         name, data.feature_spec(), make_config(name, model_config), world_size=world
     )
-    checkpoints = Checkpointer(run_dir / "checkpoints")
-    latest = checkpoints.latest()  # verified against its checksums before anything is unpickled
+    # The weights the run's test metrics are of (its best validation step's with
+    # --restore-best), verified against their checksums before anything is unpickled.
+    latest = tested_checkpoint(run_dir)
     if latest is None:
         raise ExportError(
-            f"{run_dir / 'checkpoints'}: no checkpoint (train with --checkpoint-every N)"
+            f"{run_dir / 'checkpoints'}: no checkpoint (train with --restore-best and "
+            "validation, or --checkpoint-every N)"
         )
     task = CTRTask(model)
     state = {"model": task.state_dict()}  # the trainer's layout: {"model": CTRTask state}

@@ -621,8 +621,9 @@ def validate(run: Run, epoch: int) -> None:
             run.writer.add_scalar(f"valid/{key}", metrics[key], state.step)
     if metrics["auc"] > state.best:
         state.best, state.bad_evals, state.best_step = metrics["auc"], 0, state.step
-        # The last step's weights are the model's at the end anyway: nothing to keep.
-        if run.best_checkpointer is not None and state.step < run.total_steps:
+        # Saved at the last step too: checkpoints/best is then always the weights the test
+        # metrics are of, which export and the study load (`tested_checkpoint`).
+        if run.best_checkpointer is not None:
             save_best(run)
     else:
         state.bad_evals += 1
