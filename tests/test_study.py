@@ -357,6 +357,11 @@ def test_plan_covers_the_paper_with_configs(tmp_path: Path):
     assert {"main/popularity/seed0", "main/dnn/seed2"} <= keys
     assert "main/popularity/seed1" not in keys  # deterministic: one run
     assert sum(r.key.startswith("alpha/") for r in first) == 11 * 3
+    order = [r.key for r in first]  # cheap floors and the claims' models first, SASRec late
+    assert order[:5] == ["main/popularity/seed0", "main/dnn/seed0", "main/ta/seed0",
+                         "main/dta/seed0", "alpha/a0.3/seed0"]  # fmt: skip
+    assert order.index("main/sasrec/seed0") > order.index("main/make/seed0")
+    assert max(order.index(k) for k in order if k.endswith("seed0")) < order.index("main/dnn/seed1")
     rest = study.phase_b_runs(config, 100, 0.3, range(5))
     assert {r.key for r in rest} >= {"alpha/a0.3/seed3", "alpha/a0.3/seed4", "main/dmf_gate/seed0"}
     assert "alpha/a0.3/seed0" not in {r.key for r in rest}  # already a sweep run
