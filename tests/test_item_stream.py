@@ -14,7 +14,9 @@ from data_prep.items import read_item_table
 from data_prep.rejects import InputError, RejectLog
 
 
-def messy_items(path, first_rows_without_vector: int = 0, first_rows_short: int = 0):
+def messy_items(
+    path, first_rows_without_vector: int = 0, first_rows_short: int = 0, value_type=None
+):
     """Items with every kind of bad row: repeated, missing, too-long and non-UTF-8 ids, null,
     short, zero, NaN vectors, float64 values; the first rows possibly without a vector."""
     rng = np.random.default_rng(0)
@@ -38,16 +40,21 @@ def messy_items(path, first_rows_without_vector: int = 0, first_rows_short: int 
         {
             "item_id": pa.array(ids, pa.string()),
             "category": pa.array(categories, pa.string()),
-            "mm_vector": pa.array(vectors, pa.list_(pa.float64())),
+            "mm_vector": pa.array(vectors, pa.list_(value_type or pa.float64())),
         }
     )
     pq.write_table(table, path, row_group_size=64)
     return table
 
 
-@pytest.mark.parametrize("without_vector, short", [(0, 0), (40, 0), (0, 16)])
-def test_batched_reader_equals_the_whole_table_reader(tmp_path, monkeypatch, without_vector, short):
-    table = messy_items(tmp_path / "items.parquet", without_vector, short)
+@pytest.mark.parametrize(
+    "without_vector, short, value_type",
+    [(0, 0, pa.float64()), (40, 0, pa.float64()), (0, 16, pa.float64()), (0, 0, pa.float32())],
+)
+def test_batched_reader_equals_the_whole_table_reader(
+    tmp_path, monkeypatch, without_vector, short, value_type
+):
+    table = messy_items(tmp_path / "items.parquet", without_vector, short, value_type)
     monkeypatch.setattr(item_stream, "BATCH_ROWS", 16)  # many batches
     monkeypatch.setattr(item_stream, "WINDOW_ROWS", 10)  # many output windows
     with RejectLog(tmp_path / "whole.jsonl", False) as whole_log:
