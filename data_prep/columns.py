@@ -69,24 +69,136 @@ def as_ids(column: pa.ChunkedArray | pa.Array, max_length: int = DEFAULT_MAX_ID_
     return Ids(values, missing, np.zeros(len(values), dtype=bool), too_long_np)
 
 
-def as_ids_in_chunks(
-    column: pa.ChunkedArray | pa.Array,
-    max_length: int = DEFAULT_MAX_ID_LENGTH,
-    chunk: int = 1 << 20,
-) -> Ids:
-    """`as_ids`, `chunk` values at a time: the same Ids, without the (N,) Python-object
-    temporaries of a whole column (about 60 bytes per id)."""
-    if len(column) <= chunk:
-        return as_ids(column, max_length)
-    parts = [
-        as_ids(column.slice(start, chunk), max_length) for start in range(0, len(column), chunk)
-    ]
-    return Ids(
-        *(
-            np.concatenate([getattr(p, f) for p in parts])
-            for f in ("values", "missing", "not_utf8", "too_long")
+@dataclass
+class IdArray:
+    """An id column (N,) kept in Arrow: `values` large_string (N,), each value as `as_ids`
+    gives it ("" where unusable, trailing NUL characters dropped as a numpy str array drops
+    them), and why a value is unusable."""
+
+    values: pa.Array
+    missing: np.ndarray  # null or blank
+    not_utf8: np.ndarray
+    too_long: np.ndarray
+
+
+def as_id_array(
+    column: pa.ChunkedArray | pa.Array, max_length: int = DEFAULT_MAX_ID_LENGTH
+) -> IdArray:
+    """`as_ids` without the numpy strings: the values stay UTF-8 in Arrow (a few bytes per id,
+    no Python strings; a text column's own buffers where no value is changed), for sorting
+    and comparing with pyarrow.compute; `to_str_array` turns the ones kept into numpy
+    strings, once."""
+    if isinstance(column, pa.ChunkedArray) and pa.types.is_dictionary(column.type):
+        column = column.combine_chunks()
+    if isinstance(column, pa.Array):
+        column = pa.chunked_array([column])
+    if pa.types.is_dictionary(column.type):
+        column = pa.chunked_array(
+            [c.dictionary_decode() for c in column.chunks], column.type.value_type
         )
+    if pa.types.is_null(column.type):  # every value null
+        column = pa.chunked_array([pa.nulls(len(column), pa.large_string())])
+    if pa.types.is_nested(column.type):
+        raise ColumnTypeError(f"a {column.type} column cannot hold ids")
+    if not _is_text(column.type):
+        try:
+            column = pc.cast(column, pa.large_string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            ids = _decode_each(column.to_pylist(), max_length, dtype=object)
+            values = pa.chunked_array([pa.array(ids.values, pa.large_string())])
+            return IdArray(_without_trailing_nul(values), ids.missing, ids.not_utf8, ids.too_long)
+    too_long = pc.greater(pc.utf8_length(column), max_length).fill_null(False)
+    too_long_np = too_long.to_numpy()
+    if too_long_np.any():
+        column = pc.if_else(too_long, pa.scalar("", column.type), column)
+    # blank: null, empty or only whitespace (utf8_is_space: the whitespace that
+    # utf8_trim_whitespace trims, without a trimmed copy of the column)
+    blank = pc.or_(pc.utf8_is_space(column), pc.equal(pc.utf8_length(column), 0)).fill_null(True)
+    if column.null_count:
+        column = column.fill_null("")
+    values = _without_trailing_nul(column)
+    missing = blank.to_numpy() & ~too_long_np
+    return IdArray(values, missing, np.zeros(len(values), dtype=bool), too_long_np)
+
+
+def _without_trailing_nul(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The values as a numpy str array holds them (it cannot end a string with NUL)."""
+    if len(values) and pc.any(pc.ends_with(values, "\x00")).as_py():
+        values = pc.utf8_rtrim(values, characters="\x00")
+    return values
+
+
+def fixed_width_bytes(values: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array] | None:
+    """ASCII strings (N,) (no nulls) -> numpy bytes (N,) of the longest value's width, a view
+    of an Arrow copy padded with NUL (returned too: it holds the bytes), or None where a value
+    is not ASCII or the padded copy would be more than twice the strings' own size (one long
+    id among short ones). Numpy sorts and compares these as the str array of the same values
+    (byte order is code point order; trailing NULs are not part of a numpy string), faster
+    than Arrow's sort_indices (measured: 0.25 against 0.33 CPU-s for 4M ids nearly in order,
+    2.5 against 4.1 shuffled)."""
+    n = len(values)
+    if n == 0 or not pc.all(pc.string_is_ascii(values)).as_py():
+        return None
+    width = max(int(pc.max(pc.binary_length(values)).as_py()), 1)
+    own = pc.sum(pc.binary_length(values)).as_py() + 8 * n
+    if n * width > 2 * own:
+        return None
+    padded = pc.utf8_rpad(values, width=width, padding="\x00")
+    padded = padded.chunk(0) if padded.num_chunks == 1 else padded.combine_chunks()
+    offsets_buffer, data_buffer = padded.buffers()[1:3]
+    kind = np.int64 if pa.types.is_large_string(padded.type) else np.int32
+    first = int(
+        np.frombuffer(offsets_buffer, dtype=kind, count=1, offset=padded.offset * kind(0).itemsize)[
+            0
+        ]
     )
+    return np.frombuffer(data_buffer, dtype=f"S{width}", count=n, offset=first), padded
+
+
+def to_str_array(
+    values: pa.Array | pa.ChunkedArray, rows: np.ndarray | None = None, chunk: int = 1 << 16
+) -> np.ndarray:
+    """Arrow strings (N,) (no nulls) -> numpy str array, the values of
+    `values.to_numpy(zero_copy_only=False).astype(str)` (at `rows` only, if given). ASCII
+    values are copied byte by byte from the Arrow buffers, `chunk` rows at a time (no Python
+    strings); others go through Python strings, `chunk` at a time."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = pc.cast(values, pa.large_string())
+    rows = np.arange(len(values)) if rows is None else np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    if n == 0:
+        return np.zeros(0, dtype="<U1")
+    if not pc.all(pc.string_is_ascii(values)).as_py():
+        parts = [
+            values.take(pa.array(rows[start : start + chunk]))
+            .to_numpy(zero_copy_only=False)
+            .astype(str)
+            for start in range(0, n, chunk)
+        ]
+        return np.concatenate(parts)
+    offsets_buffer, data_buffer = values.buffers()[1:3]
+    kind = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(
+        offsets_buffer, dtype=kind, count=len(values) + 1, offset=values.offset * kind(0).itemsize
+    ).astype(np.int64)
+    lengths = offsets[rows + 1] - offsets[rows]
+    width = max(int(lengths.max()), 1)
+    data = (
+        np.frombuffer(data_buffer, dtype=np.uint8)
+        if data_buffer is not None and data_buffer.size
+        else np.zeros(1, dtype=np.uint8)
+    )
+    out = np.zeros((n, width), dtype=np.uint32)
+    columns = np.arange(width)
+    last = len(data) - 1
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        at = offsets[rows[start:stop], None] + columns
+        inside = columns < lengths[start:stop, None]
+        out[start:stop] = np.where(inside, data[np.minimum(at, last)], 0)
+    return out.view(f"<U{width}").reshape(n)
 
 
 def as_strings(

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from data_prep.columns import ColumnTypeError, as_ids_in_chunks
+from data_prep.columns import ColumnTypeError, as_id_array, fixed_width_bytes, to_str_array
 from data_prep.limits import DEFAULT_MAX_ID_LENGTH
 from data_prep.rejects import InputError, RejectLog
 from data_prep.similarity import normalize_rows
@@ -77,15 +78,37 @@ def first_occurrences(ids: np.ndarray) -> np.ndarray:
 
 
 def category_table(
-    vocab: Vocab, raw_category: np.ndarray | None
+    vocab: Vocab, raw_category: np.ndarray | pa.Array | None
 ) -> tuple[Vocab | None, np.ndarray | None]:
-    """Leaf category per item: raw strings aligned with vocab.raw_ids ("" = none) -> (vocab, (V,) index)."""
+    """Leaf category per item: raw strings aligned with vocab.raw_ids ("" = none) -> (vocab, (V,) index).
+
+    `raw_category` numpy strings, or Arrow strings (`item_keys`): those are encoded by their
+    distinct values (a dictionary), so only the few categories become numpy strings."""
+    if isinstance(raw_category, (pa.Array, pa.ChunkedArray)):
+        return _category_table_arrow(vocab, raw_category)
     if raw_category is None or not np.any(raw_category != ""):
         return None, None
     category_vocab = Vocab(raw_category[raw_category != ""])
     category = np.full(len(vocab), OOV, dtype=np.int64)
     category[PAD] = PAD
     category[FIRST_ID:] = category_vocab.encode(raw_category)
+    return category_vocab, category
+
+
+def _category_table_arrow(
+    vocab: Vocab, raw_category: pa.Array | pa.ChunkedArray
+) -> tuple[Vocab | None, np.ndarray | None]:
+    """`category_table` of Arrow strings: the same vocabulary and indices."""
+    encoded = pc.dictionary_encode(raw_category)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()  # one dictionary
+    names = to_str_array(encoded.dictionary)  # distinct values, in order of first occurrence
+    if not np.any(names != ""):
+        return None, None
+    category_vocab = Vocab(names[names != ""])
+    category = np.full(len(vocab), OOV, dtype=np.int64)
+    category[PAD] = PAD
+    category[FIRST_ID:] = category_vocab.encode(names)[encoded.indices.to_numpy()]
     return category_vocab, category
 
 
@@ -228,12 +251,13 @@ def take_rows(source: np.ndarray, rows: np.ndarray, out: np.ndarray, chunk: int 
 class ItemKeys:
     """The id side of an item table of N rows: keep (N,) bool, the rows used (a valid id, its
     first occurrence); order (V,) int64, the kept rows in vocabulary order; vocab; the raw
-    category (V,) str of each vocabulary item ("" = none), or None without the column."""
+    category (V,) of each vocabulary item, Arrow strings ("" = none), or None without the
+    column."""
 
     keep: np.ndarray
     order: np.ndarray
     vocab: Vocab
-    raw_category: np.ndarray | None
+    raw_category: pa.Array | None
 
 
 def item_keys(
@@ -248,12 +272,16 @@ def item_keys(
 ) -> ItemKeys:
     """Read ids and categories of `table` (its other columns are not read): counts the N
     records read, rejects bad ids (not_utf8, missing_field, id_too_long) and repeated ids
-    (duplicate_item, the first row wins), each with `excerpt(row)`."""
+    (duplicate_item, the first row wins), each with `excerpt(row)`.
+
+    The ids stay UTF-8 in Arrow (`as_id_array`): sorted and compared by pyarrow.compute (the
+    order of UTF-8 bytes is the order of code points, numpy's order of str), and only the
+    vocabulary, once, becomes numpy strings (`to_str_array`)."""
     rejects.add_read(table.num_rows)
     try:
-        ids = as_ids_in_chunks(table.column(id_column), max_id_length)
+        ids = as_id_array(table.column(id_column), max_id_length)
         category = (
-            as_ids_in_chunks(table.column(category_column), max_id_length)
+            as_id_array(table.column(category_column), max_id_length)
             if category_column in table.column_names
             else None
         )
@@ -269,31 +297,58 @@ def item_keys(
         for row in np.flatnonzero(keep & mask):
             rejects.reject(file, int(lines[row]), reason, excerpt(row))
         keep &= ~mask
-    # One stable sort by id: a repeated id follows its first row, so it is a duplicate, and
-    # the kept rows come out in vocabulary order (no second sort, no np.unique).
-    values = ids.values if keep.all() else np.where(keep, ids.values, "")
+    # One stable sort by id (Arrow's sort_indices is stable; the rows not kept, sorted too,
+    # are dropped after): a repeated id follows its first row, so it is a duplicate, and the
+    # kept rows come out in vocabulary order.
+    values = ids.values
     del ids
-    by_id = np.argsort(values, kind="stable")
-    by_id = by_id[keep[by_id]]
+    fixed = fixed_width_bytes(values)  # numpy bytes, or None: Arrow sorts and compares
+    if fixed is not None:
+        by_id = np.argsort(fixed[0], kind="stable")
+    else:
+        by_id = pc.sort_indices(values).to_numpy()
+    if not keep.all():
+        by_id = by_id[keep[by_id]]
     repeated = np.zeros(len(by_id), dtype=bool)
-    for start in range(1, len(by_id), 1 << 20):  # in chunks: no (N,) string temporaries
-        stop = min(start + (1 << 20), len(by_id))
-        repeated[start:stop] = values[by_id[start:stop]] == values[by_id[start - 1 : stop - 1]]
+    if fixed is not None:
+        del values
+        for start in range(1, len(by_id), 1 << 20):  # in chunks: no (N,) temporaries
+            stop = min(start + (1 << 20), len(by_id))
+            repeated[start:stop] = (
+                fixed[0][by_id[start:stop]] == fixed[0][by_id[start - 1 : stop - 1]]
+            )
+    else:
+        ordered = values.take(pa.array(by_id))
+        del values
+        if len(by_id) > 1:
+            repeated[1:] = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy()
     duplicate = np.zeros(table.num_rows, dtype=bool)
     duplicate[by_id[repeated]] = True
     for row in np.flatnonzero(duplicate):
         rejects.reject(file, int(lines[row]), "duplicate_item", excerpt(row))
     keep &= ~duplicate
     order = by_id[~repeated]
-    del by_id, repeated, duplicate
-    vocab = Vocab.of_sorted(values[order])
-    del values  # before the categories: one (N,) id array alive at a time, not two
+    del by_id, duplicate
+    if fixed is not None:
+        width = fixed[0].itemsize  # ASCII: each byte is its code point (not astype: 30x slower)
+        raw_ids = fixed[0][order].view(np.uint8).reshape(len(order), width)
+        raw_ids = raw_ids.astype(np.uint32).view(f"<U{width}").reshape(len(order))
+        del fixed
+    else:
+        raw_ids = to_str_array(ordered, np.flatnonzero(~repeated))
+        del ordered
+    vocab = Vocab.of_sorted(raw_ids)
+    del repeated, raw_ids
     raw_category = None
     if category is not None:
-        unusable = category.missing | category.not_utf8 | category.too_long
-        raw_category = category.values[order]
+        unusable = (category.missing | category.not_utf8 | category.too_long)[order]
+        raw_category = category.values.take(pa.array(order))
         del category
-        raw_category[unusable[order]] = ""
+        if unusable.any():
+            raw_category = pc.if_else(
+                pa.array(unusable), pa.scalar("", raw_category.type), raw_category
+            )
+    pa.default_memory_pool().release_unused()  # the sort's buffers, back to the OS
     return ItemKeys(keep, order, vocab, raw_category)
 
 
