@@ -211,7 +211,7 @@ def table2_section(ctx: Context) -> str:
             [_model_row(k, runs, base) for k in [*BASELINES, *TABLE2, *EXTRA] if runs.get(k)],
         ),
     ]
-    if ctx.selected_alpha is not None:
+    if ctx.selected_alpha is not None and ctx.runs.get("dmf"):
         parts[-1] += (
             f"\n\nDMF uses α = {ctx.selected_alpha:g}, chosen by mean validation AUC over the "
             "sweep seeds (Fig. 5 below)."

@@ -111,7 +111,8 @@ def test_values(runs: list[dict[str, Any]], key: str, group: str | None = None) 
     out = []
     for m in runs:
         test = m["test"] if group is None else m["test"]["by_activity"][group]
-        out.append(float(test[key]))
+        value = test[key]  # null in metrics.json: not defined (popularity's log loss)
+        out.append(float("nan") if value is None else float(value))
     return np.asarray(out, dtype=np.float64)
 
 

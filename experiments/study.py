@@ -618,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     # -- case study, evidence, report
     t = time.perf_counter()
     results = collect(runs_dir)
-    results["runs"]["dmf"] = results["alpha"].get(alpha, [])
+    if results["alpha"].get(alpha):  # the main DMF row: the selected alpha's runs
+        results["runs"]["dmf"] = results["alpha"][alpha]
     discussion_file = Path(config.out) / f"{config.files.report}.discussion.md"
     results.update(
         selection=selection,

@@ -58,10 +58,12 @@ def _metrics(trainer: TrainConfig, label: str, auc: float, steps: int = STEPS) -
         }
 
     a = auc + rng.normal(0, 0.002)
-    if trainer.model == "popularity":  # what pipeline.popularity writes: no training
+    if trainer.model == "popularity":  # what pipeline.popularity writes: no training, and
+        # no log loss (its scores are not probabilities: NaN, written as null)
+        test = {**block(a, 1000), "logloss": None, "ne": None}
         return {
             "model": "popularity",
-            "test": {**block(a, 1000), "by_activity": {"short": block(a - 0.01, 850),
+            "test": {**test, "by_activity": {"short": block(a - 0.01, 850),
                      "long": block(a + 0.02, 150)}, "samples_per_s": 5000.0},
             "valid_history": [],
             "train_samples_per_s": 1e7,
