@@ -29,7 +29,7 @@ import torch.distributed.checkpoint as dcp
 
 from models.ctr import CTRModel
 from models.zoo import build_model, make_config
-from pipeline.checkpoint import tested_checkpoint
+from pipeline.checkpoint import best_or_latest_checkpoint
 from pipeline.data import PreparedData, table_to_batch
 
 # dmp.state_dict() keys are "model." + the CTRModel's keys (DMP drops its own wrapper
@@ -40,7 +40,7 @@ DMP_PREFIX = "model."
 
 def load_unsharded(run_dir: Path, data: PreparedData | None = None) -> CTRModel:
     """The model of a finished `pipeline.train` run, restored from its checkpoint
-    (`pipeline.checkpoint.tested_checkpoint`) into a plain single-process model (no process group needed)."""
+    (`pipeline.checkpoint.best_or_latest_checkpoint`) into a plain single-process model (no process group needed)."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = metrics["config"]
@@ -48,7 +48,7 @@ def load_unsharded(run_dir: Path, data: PreparedData | None = None) -> CTRModel:
     model = build_model(
         config["model"], data.feature_spec(), make_config(config["model"], config["model_args"])
     )
-    latest = tested_checkpoint(run_dir)
+    latest = best_or_latest_checkpoint(run_dir)
     if latest is None:
         raise FileNotFoundError(
             f"{run_dir}: no checkpoint (train with --restore-best or --checkpoint-every)"

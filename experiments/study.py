@@ -544,10 +544,10 @@ def case_study(runs_dir: Path, meta: Path) -> dict[str, Any] | None:
     AUCs in runs_dir/case_study.json); None without their checkpoints (the best validation
     step's weights, or the last checkpoint of a run that kept no best); `meta`: the
     category's metadata file (item titles)."""
-    from pipeline.checkpoint import tested_checkpoint
+    from pipeline.checkpoint import best_or_latest_checkpoint
 
     case_runs = [runs_dir / "main" / m / f"seed{CASE_SEED}" for m in CASE_MODELS]
-    if not all((r / "metrics.json").is_file() and tested_checkpoint(r) for r in case_runs):
+    if not all((r / "metrics.json").is_file() and best_or_latest_checkpoint(r) for r in case_runs):
         return None
     cache = runs_dir / "case_study.json"
     stamp = [json.loads((r / "metrics.json").read_text())["test"]["auc"] for r in case_runs]

@@ -15,11 +15,11 @@ wrote with it; that makes a damaged or swapped file harmless, but the table itse
 as trustworthy as the folder (docs/reliability.md): load checkpoints from trusted places.
 
 A run trained with `--restore-best` also keeps OUTPUT/checkpoints/best/ (weights only) at
-its best validation step; `tested_checkpoint(RUN)` is the checkpoint of the weights a
+its best validation step; `best_or_latest_checkpoint(RUN)` is the checkpoint of the weights a
 finished run's test metrics are of (best/ when kept, else the latest regular one): what
 `pipeline.export --run` and the study's case study load.
 
-`latest()` (what `--resume` and `tested_checkpoint` use) verifies before returning:
+`latest()` (what `--resume` and `best_or_latest_checkpoint` use) verifies before returning:
 an unusable newest checkpoint is skipped with a warning naming it and the reason, and the
 previous good one is used; when checkpoints exist but none is usable it raises
 CheckpointError instead of starting again from step 0.
@@ -316,7 +316,7 @@ class Checkpointer:
         return json.loads((path / "progress.json").read_text())
 
 
-def tested_checkpoint(run_dir: str | Path) -> Path | None:
+def best_or_latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint of the weights a finished run's test metrics are of: the best
     validation step's (RUN/checkpoints/best, `--restore-best`; the trainer saves it at
     every new best, the last step included), else the latest regular checkpoint; None

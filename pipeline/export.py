@@ -78,7 +78,7 @@ from pipeline.artifact import (
     torch_private_api,
     verify_artifact,
 )
-from pipeline.checkpoint import CheckpointError, tested_checkpoint
+from pipeline.checkpoint import CheckpointError, best_or_latest_checkpoint
 from pipeline.data import DataError, PreparedData
 
 __all__ = [
@@ -513,7 +513,7 @@ def load_trained_model(
     )
     # The weights the run's test metrics are of (its best validation step's with
     # --restore-best), verified against their checksums before anything is unpickled.
-    latest = tested_checkpoint(run_dir)
+    latest = best_or_latest_checkpoint(run_dir)
     if latest is None:
         raise ExportError(
             f"{run_dir / 'checkpoints'}: no checkpoint (train with --restore-best and "

@@ -622,7 +622,7 @@ def validate(run: Run, epoch: int) -> None:
     if metrics["auc"] > state.best:
         state.best, state.bad_evals, state.best_step = metrics["auc"], 0, state.step
         # Saved at the last step too: checkpoints/best is then always the weights the test
-        # metrics are of, which export and the study load (`tested_checkpoint`).
+        # metrics are of, which export and the study load (`best_or_latest_checkpoint`).
         if run.best_checkpointer is not None:
             save_best(run)
     else:

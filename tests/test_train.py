@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.checkpoint import tested_checkpoint
+from pipeline.checkpoint import best_or_latest_checkpoint
 from tests.fixtures import one_rank_process_group, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -365,7 +365,7 @@ def test_restore_best_gives_the_test_metrics_of_a_run_stopped_at_best_step(
     assert stopped["steps"] == best
     # On disk, best/ holds the tested weights, also when the best is the last step.
     for run in ("full", "stopped"):
-        assert tested_checkpoint(tmp_path / run).name == f"step-{best:08d}", run
+        assert best_or_latest_checkpoint(tmp_path / run).name == f"step-{best:08d}", run
     for key in ("auc", "gauc", "logloss"):
         assert full["test"][key] == pytest.approx(stopped["test"][key], abs=1e-9)
     # Without restore_best the test metrics are the last step's.
