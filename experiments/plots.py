@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from experiments.paper import LABELS, PAPER_ALPHA, PAPER_SHORT_MAX, PAPER_SHORT_SHARE
+from experiments.paper import PAPER_ALPHA, PAPER_SHORT_MAX, PAPER_SHORT_SHARE
 from experiments.runs import (
     activity_gains,
-    final_valid_auc,
     mean_std,
     short_share,
     test_mean,
     test_values,
+    valid_auc_of_test_step,
 )
 
 
@@ -44,7 +44,7 @@ def plot_alpha(
     alphas = sorted(alpha_runs)
     test = [test_values([m for m in alpha_runs[a] if m["seed"] in seeds], "auc") for a in alphas]
     valid = [
-        np.asarray([final_valid_auc(m) for m in alpha_runs[a] if m["seed"] in seeds])
+        np.asarray([valid_auc_of_test_step(m) for m in alpha_runs[a] if m["seed"] in seeds])
         for a in alphas
     ]
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -174,37 +174,6 @@ def plot_attention(case: dict[str, Any], path: Path, vectors: str = "multimodal 
     fig.suptitle(
         f"{heading}\np(click): TA {case['ta_prob']:.3f}, DTA {case['dta_prob']:.3f}", fontsize=8
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_tuning(tune: dict[str, dict[str, Any]], steps_per_epoch: int | None, path: Path) -> None:
-    """Validation AUC during the epoch-selection runs (one per model)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8.0, 4.4))
-    colors = plt.get_cmap("tab20").colors
-    markers = "osD^v<>pPX*"
-    for i, (name, m) in enumerate(sorted(tune.items())):
-        history = m.get("valid_history") or []
-        if not history:
-            continue
-        scale = steps_per_epoch or 1
-        xs = [r["step"] / scale for r in history]
-        ax.plot(
-            xs,
-            [r["auc"] for r in history],
-            marker=markers[i % len(markers)],
-            markersize=4,
-            color=colors[(2 * i) % 20 + (i // 10)],
-            label=LABELS.get(name, name),
-        )
-    ax.set_xlabel("epochs" if steps_per_epoch else "steps")
-    ax.set_ylabel("validation AUC")
-    seeds = sorted({m["seed"] for m in tune.values()})
-    ax.set_title(f"Epoch selection runs (seed {', '.join(map(str, seeds))}), validation split only")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -44,21 +44,18 @@ from experiments.paper import (
 from experiments.runs import (
     activity_gains,
     common_seeds,
-    final_valid_auc,
     mean_std,
     select_alpha,
-    select_steps,
     short_share,
     test_mean,
     test_values,
     throughput,
+    valid_auc_of_test_step,
     welch_p,
 )
 from experiments.settings import (
     Context,
-    agree,
     config_of,
-    epochs_text,
     plural,
     settings_rows,
     vectors_description,
@@ -110,7 +107,7 @@ def _table(header: list[str], rows: list[list[str]], align: str | None = None) -
 def header_section(ctx: Context) -> str:
     r, parts = ctx.results, []
     if r.get("quick"):
-        steps = {config_of(m).get("max_steps") for _, m in ctx.labelled_runs(tune=False)}
+        steps = {config_of(m).get("max_steps") for _, m in ctx.labelled_runs()}
         seeds = max((len(v) for v in ctx.runs.values()), default=0)
         length = f"{steps.pop()} steps" if len(steps) == 1 else "few steps"
         parts.append(
@@ -164,7 +161,7 @@ def _model_row(key: str, runs: dict[str, list], base: dict[str, float]) -> list[
     auc = test_values(r, "auc")
     mean = mean_std(auc)[0]
     paper = PAPER_AMAZON.get(key)
-    valid = np.asarray([final_valid_auc(m) for m in r])
+    valid = np.asarray([valid_auc_of_test_step(m) for m in r])
     return [
         LABELS.get(key, key),
         fmt_ms(auc),
@@ -559,7 +556,7 @@ def throughput_section(ctx: Context) -> str:
     )
     shapes = {
         (m.get("world_size"), (m.get("study_run") or {}).get("threads"))
-        for _, m in ctx.labelled_runs(tune=False)
+        for _, m in ctx.labelled_runs()
     }
     if len(shapes) == 1 and loads:
         workers, threads = shapes.pop()
@@ -585,35 +582,6 @@ def throughput_section(ctx: Context) -> str:
         "steps",
     ]
     return "\n\n".join(["## Training throughput", text + ".", _table(header, rows)])
-
-
-def tuning_section(ctx: Context) -> str:
-    tune = ctx.tune
-    if not tune:
-        return ""
-    path = ctx.figure("tuning")
-    plots.plot_tuning(tune, ctx.spe, path)
-    steps = ctx.selection.get("steps") or {}
-    rows = []
-    for k in sorted(tune):
-        step, val = steps.get(k) or select_steps(tune[k])
-        rows.append(
-            [
-                LABELS.get(k, k),
-                str(step),
-                f"{step / ctx.spe:.2f}" if ctx.spe else "–",
-                f"{val:.4f}",
-                str(len(tune[k].get("valid_history") or [])),
-            ]
-        )
-    header = ["model", "selected steps", "epochs", "best valid AUC", "evaluations"]
-    return "\n\n".join(
-        [
-            "## Epoch selection (validation split only)",
-            f"![tuning]({path.name})",
-            _table(header, rows),
-        ]
-    )
 
 
 def evidence_lines(ctx: Context) -> list[str]:
@@ -691,28 +659,8 @@ def evidence_lines(ctx: Context) -> list[str]:
             "the arches that pass the histogram straight to the head (SIMTIER, MAKE) lead, and "
             "DMF's α barely matters except at α = 1 (no histogram)."
         )
-    if ctx.tune:
-        every = agree(
-            (k, epochs_text(config_of(m).get("eval_every") or 0, ctx.spe))
-            for k, m in ctx.tune.items()
-        )
-        timing = ctx.results.get("timing") or {}
-        count = len(ctx.labelled_runs())
-        workers = agree((k, m.get("world_size")) for k, m in ctx.labelled_runs())
-        budget = (
-            f" (the whole study: {_fmt_s(timing['total_s'])} on {workers} workers for {count} runs)"
-            if timing.get("total_s")
-            else ""
-        )
-        lines.append(
-            f"Training length: every model's validation AUC was followed every {every} "
-            "(figure above); the final runs stop at each model's best validation step. No "
-            f"learning-rate, embedding-size or regularisation search was done{budget}, so "
-            "models whose best settings differ from the shared ones are at a disadvantage; "
-            "the paper does not report its tuning."
-        )
-    elif any(m.get("best_step") is not None for r in runs.values() for m in r):
-        presets = {config_of(m).get("preset") for _, m in ctx.labelled_runs(tune=False)}
+    if any(m.get("best_step") is not None for r in runs.values() for m in r):
+        presets = {config_of(m).get("preset") for _, m in ctx.labelled_runs()}
         entries = sorted(
             k for p in presets if p in PRESETS for k in PRESETS[p].get("models", {}) if runs.get(k)
         )
@@ -757,7 +705,6 @@ SECTIONS: dict[str, Callable[[Context], str]] = {
     "activity": activity_section,
     "case": case_section,
     "throughput": throughput_section,
-    "tuning": tuning_section,
     "differences": differences_section,
 }
 
@@ -819,14 +766,14 @@ def _summary(results: dict[str, Any], selection: dict[str, Any]) -> dict[str, An
             "auc": test_values(r, "auc").tolist(),
             "gauc": test_values(r, "gauc").tolist(),
             "logloss": test_values(r, "logloss").tolist(),
-            "valid_auc": [final_valid_auc(m) for m in r],
+            "valid_auc": [valid_auc_of_test_step(m) for m in r],
             "train_samples_per_s": throughput(r),
         }
     out["alpha"] = {
         str(a): {
             "seeds": [m["seed"] for m in r],
             "auc": test_values(r, "auc").tolist(),
-            "valid_auc": [final_valid_auc(m) for m in r],
+            "valid_auc": [valid_auc_of_test_step(m) for m in r],
         }
         for a, r in results.get("alpha", {}).items()
     }

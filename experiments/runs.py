@@ -38,8 +38,7 @@ def _seed_runs(folder: Path) -> list[dict[str, Any]]:
 
 
 def collect(runs_dir: Path) -> dict[str, Any]:
-    """Every finished run under runs_dir: {"runs": {model: [...]}, "alpha": {a: [...]},
-    "tune": {model: metrics}}."""
+    """Every finished run under runs_dir: {"runs": {model: [...]}, "alpha": {a: [...]}}."""
     runs_dir = Path(runs_dir)
     main = {d.name: _seed_runs(d) for d in sorted((runs_dir / "main").glob("*")) if d.is_dir()}
     alpha = {
@@ -47,20 +46,14 @@ def collect(runs_dir: Path) -> dict[str, Any]:
         for d in sorted((runs_dir / "alpha").glob("a*"))
         if d.is_dir() and ".stale" not in d.name
     }
-    tune = {}
-    for d in sorted((runs_dir / "tune").glob("*")):
-        found = _seed_runs(d) if d.is_dir() else []
-        if found:
-            tune[d.name] = found[0]
     return {
         "runs": {k: v for k, v in main.items() if v},
         "alpha": {k: v for k, v in alpha.items() if v},
-        "tune": tune,
     }
 
 
 # ------------------------------------------------------------------------- selection
-def final_valid_auc(metrics: dict[str, Any]) -> float:
+def valid_auc_of_test_step(metrics: dict[str, Any]) -> float:
     """Validation AUC of the weights the run's test metrics are of: the best validation
     step's when the run restored it (`test_from: best_valid_step`), else the last
     validation's (the trainer evaluates `valid` at the end when --eval-every is set)."""
@@ -68,15 +61,6 @@ def final_valid_auc(metrics: dict[str, Any]) -> float:
         return float(metrics["best_valid_auc"])
     history = metrics.get("valid_history") or []
     return float(history[-1]["auc"]) if history else float("nan")
-
-
-def select_steps(tune_metrics: dict[str, Any]) -> tuple[int, float]:
-    """(step, valid AUC) of the best validation AUC of a tuning run."""
-    history = tune_metrics.get("valid_history") or []
-    if not history:
-        raise ValueError("tuning run has no validation history")
-    best = max(history, key=lambda r: r["auc"])
-    return int(best["step"]), float(best["auc"])
 
 
 def common_seeds(groups: dict[Any, list[dict[str, Any]]], limit: int | None = None) -> list[int]:
@@ -96,7 +80,7 @@ def select_alpha(
     seeds = seeds if seeds is not None else common_seeds(alpha_runs)
     means = {}
     for a, runs in alpha_runs.items():
-        values = [final_valid_auc(m) for m in runs if m["seed"] in seeds]
+        values = [valid_auc_of_test_step(m) for m in runs if m["seed"] in seeds]
         values = [v for v in values if not math.isnan(v)]
         if values:
             means[a] = float(np.mean(values))

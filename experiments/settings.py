@@ -88,10 +88,6 @@ class Context:
         return self.results["alpha_seeds"]
 
     @property
-    def tune(self) -> dict[str, dict[str, Any]]:
-        return self.results.get("tune") or {}
-
-    @property
     def selection(self) -> dict[str, Any]:
         return self.results.get("selection") or {}
 
@@ -116,7 +112,7 @@ class Context:
         self.figures[key] = path.name
         return path
 
-    def labelled_runs(self, tune: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    def labelled_runs(self) -> list[tuple[str, dict[str, Any]]]:
         """Every trained run once, with the label the settings table names it by (item
         popularity trains nothing: it has no trainer settings to report)."""
         seen: set[int] = set()
@@ -125,8 +121,6 @@ class Context:
             (LABELS.get(k, k), r) for k, r in self.runs.items() if k not in ("dmf", "popularity")
         ]
         groups += [(f"DMF α={a:g}", r) for a, r in sorted(self.alpha_runs.items())]
-        if tune:
-            groups += [(f"{LABELS.get(k, k)} (epoch selection)", [m]) for k, m in self.tune.items()]
         for label, runs in groups:
             for m in runs:
                 if id(m) not in seen:
@@ -245,7 +239,6 @@ def settings_rows(ctx: Context) -> list[list[str]]:
     recorded configs or the data manifest."""
     rows: list[list[str]] = []
     everything = ctx.labelled_runs()
-    final = ctx.labelled_runs(tune=False)
     manifest, spe = ctx.manifest, ctx.spe
 
     def add(name: str, value: str, source: str) -> None:
@@ -298,8 +291,8 @@ def settings_rows(ctx: Context) -> list[list[str]]:
 
     add(
         "ID embeddings, heads, hidden, MLP",
-        agree(((label, model_config_of(m)) for label, m in final), architecture),
-        origins(final, arch, model=True),
+        agree(((label, model_config_of(m)) for label, m in everything), architecture),
+        origins(everything, arch, model=True),
     )
 
     def batch(m: dict[str, Any]) -> str:
@@ -435,7 +428,7 @@ def _training_length(ctx: Context) -> tuple[str, str]:
 
     per_model = ", ".join(f"{k} {' / '.join(map(with_epochs, v))}" for k, v in lengths.items())
     chosen = [m for r in ctx.runs.values() for m in r if m.get("best_step") is not None]
-    if chosen and not ctx.tune and not ctx.results.get("quick"):
+    if chosen and not ctx.results.get("quick"):
         best = {
             k: [m["best_step"] for m in r if m.get("best_step") is not None]
             for k, r in sorted(ctx.runs.items())
@@ -457,22 +450,7 @@ def _training_length(ctx: Context) -> tuple[str, str]:
                 text += ", the best validation step's weights restored for the test metrics"
             return text
 
-        labelled = [(label, m) for label, m in ctx.labelled_runs(tune=False)]
-        return per_model, f"chosen per run on validation: {agree(labelled, per_run)}"
-    if ctx.tune and not ctx.results.get("quick"):
-
-        def selection(m: dict[str, Any]) -> str:
-            c = config_of(m)
-            text = f"up to {epochs_text(c.get('max_steps') or 0, spe)}"
-            if c.get("eval_every"):
-                text += f", evaluated every {epochs_text(c['eval_every'], spe)}"
-            if c.get("early_stopping_patience"):
-                text += f", early-stopping patience {c['early_stopping_patience']}"
-            return text
-
-        seeds = seed_range({m["seed"] for m in ctx.tune.values()})
-        how = agree(((LABELS.get(k, k), m) for k, m in ctx.tune.items()), selection)
-        return per_model, f"best validation AUC of a seed-{seeds} run of {how}"
+        return per_model, f"chosen per run on validation: {agree(ctx.labelled_runs(), per_run)}"
     source = "fixed (`--quick`), not selected" if ctx.results.get("quick") else "fixed"
     every = {s for v in lengths.values() for s in v}
     batches = {config_of(m).get("batch_size") for r in ctx.runs.values() for m in r}

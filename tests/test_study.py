@@ -340,10 +340,10 @@ def test_selection_uses_validation_only(fake_runs: Path):
     # test figures are of), not by its last evaluation's.
     ta = results["runs"]["ta"][0]
     assert ta["test_from"] == "best_valid_step" and ta["best_step"] == 60
-    assert runs.final_valid_auc(ta) == max(r["auc"] for r in ta["valid_history"])
-    assert runs.final_valid_auc(ta) > ta["valid_history"][-1]["auc"]
+    assert runs.valid_auc_of_test_step(ta) == max(r["auc"] for r in ta["valid_history"])
+    assert runs.valid_auc_of_test_step(ta) > ta["valid_history"][-1]["auc"]
     last = {**ta, "test_from": "last_step"}
-    assert runs.final_valid_auc(last) == ta["valid_history"][-1]["auc"]
+    assert runs.valid_auc_of_test_step(last) == ta["valid_history"][-1]["auc"]
 
 
 def test_plan_covers_the_paper_with_configs(tmp_path: Path):
