@@ -115,8 +115,8 @@ class StudyConfig:
     seeds: int = 5
     sweep_seeds: int = 3
     out: str = "docs/results"
-    data_dir: str = "data/amazon"
-    raw_dir: str = "../shared/data/amazon-electronics-2014"
+    data_dir: str = DATASETS["electronics"].data_dir
+    raw_dir: str = DATASETS["electronics"].raw_dir
     runs_dir: str = "runs/study/electronics"
     workers: int = 2
     train_config: str | None = None  # a TrainConfig file layered over the preset
