@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLE2_MODELS = [*BASELINES, *(m for m in TABLE2 if m != "dmf")]
 ABLATION_MODELS = [m for m in TABLE4 if m != "dta"]  # + dta
 DETERMINISTIC = ("popularity",)  # no seed changes them: one run
+UNTRAINED = ("popularity",)  # no training steps, no validation
 # The order a seed's runs are trained in: the floors and the comparisons the claims rest on
 # first (DMF at the paper's alpha right after DTA), the costliest (SASRec, about 3x TA on
 # CPU) last, so an interrupted study has them.
@@ -375,6 +376,11 @@ def run_config(
     trains a fixed --quick-steps steps, validated once at the end (`checkpoint`: and saved
     there, for the case study)."""
     base = base_config(config, model)
+    if base.batch_size != base_config(config).batch_size:
+        raise ConfigError(
+            f"the preset's entry for {model} changes batch_size; the study's steps per epoch "
+            "(spe) assume one batch size for every model"
+        )
     args = {**base.model_args, **(model_args or {})}
     if model == "make" and config.make_pretrain_epochs is not None:
         args.setdefault("pretrain_epochs", config.make_pretrain_epochs)
@@ -389,7 +395,11 @@ def run_config(
         changes.update(epochs=max(1, math.ceil(steps / spe)), max_steps=steps, eval_every=steps)
         if checkpoint:
             changes["checkpoint_every"] = steps
-    return dataclasses.replace(base, **changes)
+    run = dataclasses.replace(base, **changes)
+    # evals_per_epoch resolved as the trainer resolves and records it, so a finished run's
+    # metrics.json matches the config asked for (popularity does not train: it records its
+    # config unresolved)
+    return run if model in UNTRAINED else run.with_eval_every(spe)
 
 
 def _final(

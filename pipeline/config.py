@@ -279,6 +279,14 @@ class TrainConfig:
     def per_rank_eval_batch_size(self, world_size: int) -> int:
         return per_rank(self.eval_batch_size, world_size, "eval_batch_size")
 
+    def with_eval_every(self, steps_per_epoch: int) -> TrainConfig:
+        """This config with evals_per_epoch resolved into eval_every (steps per epoch // N)
+        when eval_every is unset: what the trainer runs and records in metrics.json."""
+        if not self.evals_per_epoch or self.eval_every:
+            return self
+        every = max(1, steps_per_epoch // self.evals_per_epoch)
+        return dataclasses.replace(self, eval_every=every)
+
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)

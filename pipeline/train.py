@@ -293,9 +293,7 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
     if getattr(model_config, "managed_collisions", False):
         ranks["vocab_sizes"] = None  # ids from an open space: no table bounds to check
     train_reader = data.reader("train", batch_size, shuffle=True, seed=config.seed, **ranks)
-    if config.evals_per_epoch and not config.eval_every:
-        every = max(1, len(train_reader) // config.evals_per_epoch)
-        config = dataclasses.replace(config, eval_every=every)
+    config = config.with_eval_every(len(train_reader))
     validating = bool(config.eval_every) and data.has_split("valid")
     # With evaluate_test off no reader of the test split is ever built.
     eval_splits = (["test"] if config.evaluate_test else []) + (["valid"] if validating else [])

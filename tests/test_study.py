@@ -374,11 +374,15 @@ def test_plan_covers_the_paper_with_configs(tmp_path: Path):
         assert TrainConfig.from_dict(run.config.to_dict()) == run.config
         own = study.base_config(config, run.model)
         same = {k for k in settings if getattr(run.config, k) == getattr(own, k)}
-        assert settings - same <= {"model", "seed", "output_dir", "model_args"}, run.key
+        per_run = {"model", "seed", "output_dir", "model_args", "eval_every"}
+        assert settings - same <= per_run, run.key
         assert run.config.batch_size == PRESETS["amazon"]["batch_size"]  # GLOBAL, any world size
         assert (run.config.epochs, run.config.evals_per_epoch) == (20, 2)
         assert run.config.restore_best and run.config.early_stopping_patience == 4
-        assert run.config.max_steps is None and run.config.eval_every is None
+        assert run.config.max_steps is None
+        # evals_per_epoch resolved as the trainer records it (100 steps an epoch // 2)
+        untrained = run.model in study.UNTRAINED
+        assert run.config.eval_every == (None if untrained else 50), run.key
         assert run.out == tmp_path / run.key
         assert own.model_args.items() <= run.config.model_args.items()
     dnn = next(r for r in first if r.key == "main/dnn/seed0").config
@@ -503,9 +507,17 @@ def test_worker_trains_configs_and_resumes_a_study(tmp_path: Path):
     base = study.base_config(config)
     spe = study.steps_per_epoch(PreparedData(data), base, config.workers)
     assert spe == 8  # 256 rows / global batch 32, as the trainer's reader counts
+    # and one full-mode run (the preset's length through evals_per_epoch, here 1 epoch)
+    one_epoch = tmp_path / "one_epoch.json"
+    one_epoch.write_text(json.dumps({"batch_size": 32, "eval_batch_size": 64, "epochs": 1}))
+    full = study.parse_args(
+        ["--train-config", str(one_epoch), "--runs-dir", str(tmp_path / "runs"),
+         "--data-dir", str(data)]
+    )  # fmt: skip
     plan_runs = [
         study._final(config, "main", "ta", "ta", 0, spe),
         study._final(config, "alpha", "a0.3", "dmf", 0, spe, alpha=0.3),
+        study._final(full, "main", "dnn", "dnn", 0, spe),
     ]
 
     def write_plan(runs: list[study.Run]) -> Path:
@@ -521,11 +533,13 @@ def test_worker_trains_configs_and_resumes_a_study(tmp_path: Path):
         assert TrainConfig.from_dict(saved) == run.config  # `pipeline.train --config` repeats it
         record = json.loads((run.out / "study_run.json").read_text())
         assert (record["world_size"], record["threads"], record["backend"]) == (2, 1, "gloo")
-        assert json.loads((run.out / "metrics.json").read_text())["steps"] == 6
+        steps = 6 if run.model != "dnn" else spe  # quick: 6 steps; full: the epoch
+        assert json.loads((run.out / "metrics.json").read_text())["steps"] == steps
     changed = dataclasses.replace(plan_runs[1].config, lr=5e-3)
-    again = [plan_runs[0], study.Run(plan_runs[1].key, changed)]
+    again = [plan_runs[0], study.Run(plan_runs[1].key, changed), plan_runs[2]]
     stdout = _torchrun_worker(write_plan(again))
     assert "skip main/ta/seed0 (done)" in stdout
+    assert "skip main/dnn/seed0 (done)" in stdout  # its recorded eval_every is the asked one
     assert "alpha/a0.3/seed0: metrics.json of another config; set aside" in stdout
     out = Path(changed.output_dir)
     assert run_status(out, changed, None) == "done"
