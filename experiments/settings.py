@@ -440,10 +440,10 @@ def _training_length(ctx: Context) -> tuple[str, str]:
         def per_run(m: dict[str, Any]) -> str:
             c = config_of(m)
             text = f"up to {plural(c.get('epochs') or 0, 'epoch')}"
-            if c.get("eval_every"):
-                text += f", validated every {epochs_text(c['eval_every'], spe)}"
-            elif c.get("evals_per_epoch"):
+            if c.get("evals_per_epoch"):  # the setting asked for (eval_every: its steps)
                 text += f", validated {c['evals_per_epoch']} times an epoch"
+            elif c.get("eval_every"):
+                text += f", validated every {epochs_text(c['eval_every'], spe)}"
             if c.get("early_stopping_patience"):
                 text += f", early-stopping patience {c['early_stopping_patience']} evaluations"
             if c.get("restore_best"):

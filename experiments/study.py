@@ -2,7 +2,7 @@
 
     python -m experiments.study [--dataset electronics|toys] [--quick] [--seeds N]
                                 [--out docs/results] [--data-dir DIR] [--raw-dir DIR]
-                                [--workers 2] [--train-config FILE]
+                                [--workers 1] [--parallel 2] [--train-config FILE]
 
 1. prepares the data from the raw Amazon 2014 files of the category with `python -m
    data_prep amazon` (skipped when DATA_DIR/manifest.json is intact and was built from the
@@ -10,8 +10,8 @@
 2. trains and evaluates every row of Table II (item popularity and DNN, the floors the
    paper does not report, then the paper's models) and of Table IV, the DMF alpha sweep
    (0 to 1 by 0.1) and the activity-gated DMF, each a real `pipeline.train.train(config)`
-   call under torchrun with --workers processes (several runs per torchrun job,
-   `experiments.worker`). Each run is what `python -m pipeline.train --preset amazon
+   call under torchrun with --workers processes (default 1), --parallel runs at a time
+   (several runs per torchrun job, `experiments.worker`). Each run is what `python -m pipeline.train --preset amazon
    --model NAME --seed K` trains: the preset's length, chosen per run on the VALIDATION
    split (validation every half epoch, early stopping, the best step's weights restored
    for the test metrics). DMF's alpha for the main table is chosen by mean validation AUC
@@ -119,7 +119,8 @@ class StudyConfig:
     data_dir: str = DATASETS["electronics"].data_dir
     raw_dir: str = DATASETS["electronics"].raw_dir
     runs_dir: str = "runs/study/electronics"
-    workers: int = 2
+    workers: int = 1  # torchrun processes per run
+    parallel: int = 2  # runs trained at once, each its own torchrun job
     train_config: str | None = None  # a TrainConfig file layered over the preset
     lr: float | None = None  # None: the preset's
     quick_steps: int = 600
@@ -182,7 +183,16 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         "--runs-dir",
         help="run folders (default runs/study/DATASET; --quick: runs/study-quick/DATASET)",
     )
-    p.add_argument("--workers", type=int, default=StudyConfig.workers, help="torchrun processes")
+    p.add_argument(
+        "--workers", type=int, default=StudyConfig.workers, help="torchrun processes per run"
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=StudyConfig.parallel,
+        help="runs trained at once (torchrun jobs taking runs from one plan); on 2 cores two "
+        "1-process runs train 1.36x the samples per second of one 2-process run",
+    )
     p.add_argument(
         "--train-config",
         metavar="FILE",
@@ -210,6 +220,7 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         raw_dir=a.raw_dir or files.raw_dir,
         runs_dir=a.runs_dir or f"{'runs/study-quick' if quick else 'runs/study'}/{a.dataset}",
         workers=a.workers,
+        parallel=a.parallel,
         train_config=a.train_config,
         lr=a.lr,
         device=a.device,
@@ -464,10 +475,12 @@ def phase_b_runs(config: StudyConfig, spe: int, alpha: float, seeds: range) -> l
 
 
 def launch(config: StudyConfig, runs: list[Run], name: str, checksum: str) -> int:
-    """One torchrun job over `runs` (finished ones are skipped by the worker)."""
+    """--parallel torchrun jobs of --workers processes over one plan of `runs`: each job
+    takes the next run no job holds (experiments.worker claims it with a lock) and skips
+    the finished ones, so the runs are trained once, in plan order, --parallel at a time."""
     from experiments.worker import run_status
 
-    todo = [r for r in runs if run_status(r.out, r.config, checksum) != "done"]
+    todo = [r for r in runs if run_status(r.out, r.config, checksum, config.workers) != "done"]
     if not todo:
         say(f"{name}: all {len(runs)} runs done")
         return 0
@@ -490,11 +503,14 @@ def launch(config: StudyConfig, runs: list[Run], name: str, checksum: str) -> in
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    say(f"{name}: {len(todo)} of {len(runs)} runs to do; {shlex.join(cmd)}")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)
-    if proc.returncode:
-        say(f"{name}: torchrun exited with {proc.returncode} (failed runs keep error.rank*.txt)")
-    return proc.returncode
+    jobs = max(1, min(config.parallel, len(todo)))
+    say(f"{name}: {len(todo)} of {len(runs)} runs to do, {jobs} at a time; {shlex.join(cmd)}")
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env) for _ in range(jobs)]
+    codes = [proc.wait() for proc in procs]
+    failed = max(codes, key=abs)
+    if failed:
+        say(f"{name}: torchrun exited with {codes} (failed runs keep error.rank*.txt)")
+    return failed
 
 
 # -------------------------------------------------------------------------- evidence

@@ -9,8 +9,12 @@ it), which saves the ~10 s start-up of a torchrun job per run. Before training, 
 writes the run's config to OUTPUT_DIR/config.json (`python -m pipeline.train --config`
 repeats the run).
 
+Several jobs may share one plan (`study --parallel N`): before a run, rank 0 takes an
+exclusive lock on OUTPUT_DIR/../.NAME.lock (`claimed`) and a job that cannot skips the run,
+so each run is trained by one job; the kernel drops the lock of a job that dies.
+
 A run is done when OUTPUT_DIR/metrics.json records exactly the config asked for (its
-resolved `config`) and the same data checksum; it is then skipped, so an interrupted study
+resolved `config`), the same data checksum and the job's world size; it is then skipped, so an interrupted study
 continues where it stopped. A metrics.json of another config or data is set aside (renamed,
 never deleted) and the run is redone. Rank 0 writes each run's console output to
 OUTPUT_DIR/train.log (other ranks: train.rankN.log) and its wall time, load and threads to
@@ -20,6 +24,7 @@ OUTPUT_DIR/study_run.json.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import json
 import os
@@ -55,9 +60,12 @@ def recorded_config(metrics: dict[str, Any]) -> TrainConfig | None:
         return None
 
 
-def run_status(out: Path, config: TrainConfig, checksum: str | None) -> str:
-    """ "done" (metrics.json of exactly this config, on this data), "stale" (another config
-    or data, or an unreadable record) or "todo" (no metrics.json)."""
+def run_status(
+    out: Path, config: TrainConfig, checksum: str | None, world_size: int | None = None
+) -> str:
+    """ "done" (metrics.json of exactly this config, on this data, by `world_size` ranks
+    when given), "stale" (another config, data or world size, or an unreadable record) or
+    "todo" (no metrics.json)."""
     path = Path(out) / "metrics.json"
     if not path.is_file():
         return "todo"
@@ -70,7 +78,32 @@ def run_status(out: Path, config: TrainConfig, checksum: str | None) -> str:
         config.to_dict()
     )
     same_data = checksum is None or metrics.get("data", {}).get("manifest_checksum") == checksum
-    return "done" if same_config and same_data else "stale"
+    same_world = world_size is None or metrics.get("world_size") == world_size
+    return "done" if same_config and same_data and same_world else "stale"
+
+
+@contextlib.contextmanager
+def claimed(out: Path, env: Any):
+    """Yields True on every rank when this job holds `out`'s run (rank 0's exclusive lock
+    on OUT/../.NAME.lock, held until the block ends, released by the kernel if the job
+    dies), False when another job holds it: jobs sharing a plan train each run once."""
+    handle = None
+    if env.is_main:
+        lock = out.parent / f".{out.name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            handle = None
+    box = [handle is not None]
+    dist.broadcast_object_list(box, src=0)
+    try:
+        yield box[0]
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def _set_aside(out: Path) -> None:
@@ -92,8 +125,6 @@ def _console_to(path: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.train import train
-
     argv = sys.argv[1:] if argv is None else argv
     plan = json.loads(Path(argv[0]).read_text())
     env = init_distributed(plan.get("device") or "auto")
@@ -102,48 +133,67 @@ def main(argv: list[str] | None = None) -> int:
     for i, run in enumerate(plan["runs"]):
         config = TrainConfig.from_dict(run["config"], f"{argv[0]}: {run['key']}")
         out = Path(config.output_dir)
-        dist.barrier()
-        status = run_status(out, config, checksum)
-        dist.barrier()
-        if status == "done":
-            if env.is_main:
-                print(f"[study] skip {run['key']} (done)", flush=True)
-            continue
-        if status == "stale" and env.is_main:
-            print(f"[study] {run['key']}: metrics.json of another config; set aside", flush=True)
-            _set_aside(out)
-        if env.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            save_config(config, out / "config.json")
-            print(f"[study] run {i + 1}/{len(plan['runs'])} {run['key']}", flush=True)
-        dist.barrier()
-        start, load_before = time.perf_counter(), os.getloadavg()[0]
-        log = out / ("train.log" if env.is_main else f"train.rank{env.rank}.log")
-        try:
-            with _console_to(log):
-                train(config)
-        except Exception:  # noqa: BLE001  (one failed run must not stop the study)
-            failures += 1
-            text = traceback.format_exc()
-            (out / f"error.rank{env.rank}.txt").write_text(text)
-            print(f"[study] FAILED {run['key']} on rank {env.rank}:\n{text}", flush=True)
-        gc.collect()
-        wall = time.perf_counter() - start
-        if env.is_main:
-            record = {
-                "key": run["key"],
-                "wall_s": wall,
-                "load_before": load_before,
-                "load_after": os.getloadavg()[0],
-                "world_size": env.world_size,
-                "threads": torch.get_num_threads(),
-                "backend": dist.get_backend(),
-            }
-            (out / "study_run.json").write_text(json.dumps(record, indent=2))
-            print(f"[study] done {run['key']} in {wall:.0f} s", flush=True)
+        with claimed(out, env) as mine:
+            if not mine:
+                if env.is_main:
+                    print(f"[study] skip {run['key']} (another job trains it)", flush=True)
+                continue
+            position = f"{i + 1}/{len(plan['runs'])}"
+            failures += not _train_run(run["key"], position, config, checksum, env)
     dist.barrier()
     dist.destroy_process_group()
     return 1 if failures else 0
+
+
+def _train_run(
+    key: str, position: str, config: TrainConfig, checksum: str | None, env: Any
+) -> bool:
+    """Train one claimed run unless it is done (a stale record is set aside first); False
+    when it failed (its traceback in OUTPUT_DIR/error.rankN.txt)."""
+    from pipeline.train import train
+
+    out = Path(config.output_dir)
+    dist.barrier()
+    status = run_status(out, config, checksum, env.world_size)
+    dist.barrier()
+    if status == "done":
+        if env.is_main:
+            print(f"[study] skip {key} (done)", flush=True)
+        return True
+    if status == "stale" and env.is_main:
+        print(f"[study] {key}: metrics.json of another config; set aside", flush=True)
+        _set_aside(out)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.json")
+        print(f"[study] run {position} {key}", flush=True)
+    dist.barrier()
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
+    log = out / ("train.log" if env.is_main else f"train.rank{env.rank}.log")
+    ok = True
+    try:
+        with _console_to(log):
+            train(config)
+    except Exception:  # noqa: BLE001  (one failed run must not stop the study)
+        ok = False
+        text = traceback.format_exc()
+        (out / f"error.rank{env.rank}.txt").write_text(text)
+        print(f"[study] FAILED {key} on rank {env.rank}:\n{text}", flush=True)
+    gc.collect()
+    wall = time.perf_counter() - start
+    if env.is_main:
+        record = {
+            "key": key,
+            "wall_s": wall,
+            "load_before": load_before,
+            "load_after": os.getloadavg()[0],
+            "world_size": env.world_size,
+            "threads": torch.get_num_threads(),
+            "backend": dist.get_backend(),
+        }
+        (out / "study_run.json").write_text(json.dumps(record, indent=2))
+        print(f"[study] done {key} in {wall:.0f} s", flush=True)
+    return ok
 
 
 if __name__ == "__main__":

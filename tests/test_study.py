@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import string
 import subprocess
@@ -348,7 +349,7 @@ def test_selection_uses_validation_only(fake_runs: Path):
 
 def test_plan_covers_the_paper_with_configs(tmp_path: Path):
     config = study.parse_args(["--runs-dir", str(tmp_path), "--data-dir", "data/x"])
-    assert (config.seeds, config.sweep_seeds, config.workers) == (5, 3, 2)
+    assert (config.seeds, config.sweep_seeds, config.workers, config.parallel) == (5, 3, 1, 2)
     base = study.base_config(config)
     assert (base.preset, base.data, base.device) == ("amazon", "data/x", "cpu")
     first = study.phase_a_runs(config, 100, range(3))
@@ -545,3 +546,35 @@ def test_worker_trains_configs_and_resumes_a_study(tmp_path: Path):
     assert run_status(out, changed, None) == "done"
     assert list(out.parent.glob("seed0.stale-*/metrics.json"))  # kept, not deleted
     assert [m["config"]["lr"] for m in runs.collect(tmp_path / "runs")["alpha"][0.3]] == [5e-3]
+
+
+@pytest.mark.timeout(600)
+def test_parallel_jobs_train_each_run_once(tmp_path: Path, capfd: pytest.CaptureFixture):
+    """`study.launch` with --parallel 2 --workers 1: two torchrun jobs share one plan, each
+    run is trained by exactly one of them (the other skips it while it is held), every run
+    ends done with world size 1, and a 2-rank record of the same config is not done for a
+    1-rank study."""
+    data = write_prepared(
+        tmp_path / "data", samples_per_split={"train": 128, "valid": 32, "test": 32}
+    )
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"batch_size": 32, "eval_batch_size": 32}))
+    config = study.parse_args(
+        ["--quick", "--quick-steps", "3", "--train-config", str(small), "--workers", "1",
+         "--parallel", "2", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data)]
+    )  # fmt: skip
+    assert (config.workers, config.parallel) == (1, 2)
+    checksum = PreparedData(data).checksum
+    spe = study.steps_per_epoch(PreparedData(data), study.base_config(config), 1)
+    plan_runs = [study._final(config, "main", m, m, 0, spe) for m in ("dnn", "ta", "din")]
+    assert study.launch(config, plan_runs, "parallel", checksum) == 0
+    out = capfd.readouterr().out
+    for run in plan_runs:
+        assert len(re.findall(rf"\[study\] run \d/3 {run.key}\n", out)) == 1, out  # once
+        assert run_status(run.out, run.config, checksum, world_size=1) == "done"
+        assert run_status(run.out, run.config, checksum, world_size=2) == "stale"
+        record = json.loads((run.out / "study_run.json").read_text())
+        assert record["world_size"] == 1
+    assert "(another job trains it)" in out or "(done)" in out  # the second job's skips
+    assert study.launch(config, plan_runs, "parallel", checksum) == 0
+    assert "parallel: all 3 runs done" in capfd.readouterr().out
