@@ -51,6 +51,11 @@ TABLE4 = ["ta_early", "ta_late", "dta_non_invasive", "dta"]
 EXTRA = ["dmf_gate"]
 # Rows of our Table II that the paper does not have: the floors every CTR benchmark reports.
 BASELINES = ["popularity", "dnn"]
+# The related seed paper's model (DMAE, arXiv 2508.14485): a row of our Table II that the
+# DMF paper does not have (no paper figure).
+RELATED = ["dmae"]
+# Our Table II, top to bottom.
+TABLE2_ROWS = [*BASELINES, *TABLE2, *RELATED, *EXTRA]
 LABELS = {
     "popularity": "Item popularity",
     "dnn": "DNN",
@@ -62,6 +67,7 @@ LABELS = {
     "make": "MAKE",
     "dta": "DTA",
     "dmf": "DMF",
+    "dmae": "DMAE (related seed paper)",
     "dmf_gate": "DMF + activity gate (extra)",
     "ta_early": "TA_early",
     "ta_late": "TA_late",

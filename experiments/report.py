@@ -28,8 +28,6 @@ import numpy as np
 
 from experiments import plots
 from experiments.paper import (
-    BASELINES,
-    EXTRA,
     ID_ONLY,
     LABELS,
     PAPER_ABLATION,
@@ -39,6 +37,7 @@ from experiments.paper import (
     PAPER_SHORT_MAX,
     PAPER_SHORT_SHARE,
     TABLE2,
+    TABLE2_ROWS,
     TABLE4,
 )
 from experiments.runs import (
@@ -205,7 +204,7 @@ def table2_section(ctx: Context) -> str:
         f"{_negatives(ctx)}, so it is not identical to AUC as in the paper's Amazon column.",
         _table(
             header,
-            [_model_row(k, runs, base) for k in [*BASELINES, *TABLE2, *EXTRA] if runs.get(k)],
+            [_model_row(k, runs, base) for k in TABLE2_ROWS if runs.get(k)],
         ),
     ]
     if ctx.selected_alpha is not None and ctx.runs.get("dmf"):
@@ -530,7 +529,7 @@ def case_section(ctx: Context) -> str:
 def throughput_section(ctx: Context) -> str:
     runs = ctx.runs
     rows, loads = [], []
-    for k in [*BASELINES, *TABLE2, *EXTRA, *[t for t in TABLE4 if t != "dta"]]:
+    for k in [*TABLE2_ROWS, *[t for t in TABLE4 if t != "dta"]]:
         r = runs.get(k, [])
         if not r:
             continue

@@ -8,7 +8,8 @@
    data_prep amazon` (skipped when DATA_DIR/manifest.json is intact and was built from the
    same files and settings);
 2. trains and evaluates every row of Table II (item popularity and DNN, the floors the
-   paper does not report, then the paper's models) and of Table IV, the DMF alpha sweep
+   paper does not report, the paper's models, and DMAE, the related seed paper's model,
+   in its one-modality form on the titles with the behaviours' times) and of Table IV, the DMF alpha sweep
    (0 to 1 by 0.1) and the activity-gated DMF, each a real `pipeline.train.train(config)`
    call under torchrun with --workers processes (default 1), --parallel runs at a time
    (several runs per torchrun job, `experiments.worker`). Each run is what `python -m pipeline.train --preset amazon
@@ -54,19 +55,19 @@ from typing import Any
 
 import numpy as np
 
-from experiments.paper import BASELINES, LABELS, PAPER_ALPHA, TABLE2, TABLE4
+from experiments.paper import BASELINES, LABELS, PAPER_ALPHA, RELATED, TABLE2, TABLE4
 from pipeline.config import ConfigError, TrainConfig, load_config_file, merge, preset_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 # + dmf (the selected alpha of the sweep)
-TABLE2_MODELS = [*BASELINES, *(m for m in TABLE2 if m != "dmf")]
+TABLE2_MODELS = [*BASELINES, *(m for m in TABLE2 if m != "dmf"), *RELATED]
 ABLATION_MODELS = [m for m in TABLE4 if m != "dta"]  # + dta
 DETERMINISTIC = ("popularity",)  # no seed changes them: one run
 UNTRAINED = ("popularity",)  # no training steps, no validation
 # The order a seed's runs are trained in: the floors and the comparisons the claims rest on
-# first (DMF at the paper's alpha right after DTA), the costliest (SASRec, about 3x TA on
-# CPU) last, so an interrupted study has them.
-RUN_ORDER = ["popularity", "dnn", "ta", "dta", "din", "bfs_mf", "simtier", "make"]
+# first (DMF at the paper's alpha right after DTA), the costliest (DMAE and SASRec, about
+# 3x TA on CPU) last, so an interrupted study has them; then the ablations.
+RUN_ORDER = ["popularity", "dnn", "ta", "dta", "din", "bfs_mf", "simtier", "make", "dmae", "sasrec"]
 ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 CASE_MODELS = ("ta", "dta")
 CASE_SEED = 0  # the seed whose TA and DTA runs keep a checkpoint for the case study
@@ -326,6 +327,8 @@ def data_is_current(config: StudyConfig) -> tuple[bool, str]:
             return False, f"protocol {key}={protocol.get(key)!r}, want {value!r}"
     if manifest.get("buckets", {}).get("num_buckets") != args.num_buckets:
         return False, f"not {args.num_buckets} buckets"
+    if "history_times" not in manifest:  # DMAE reads them (data written before: zeros)
+        return False, "no behaviour times (hist_ts_delta)"
     source = str(manifest.get("item_embeddings", {}).get("source", ""))
     if not source.startswith(f"title:{args.encoder}"):
         return False, f"item vectors are not {args.encoder} title embeddings"

@@ -126,6 +126,7 @@ def _fake_runs(tmp_path: Path, change=None) -> Path:
         "popularity": 0.70,
         "dnn": 0.74,
         **{k: v[0] - 0.05 for k, v in PAPER_AMAZON.items()},
+        "dmae": 0.78,
         "ta_early": 0.77,
         "ta_late": 0.765,
         "dta_non_invasive": 0.76,
@@ -234,6 +235,7 @@ def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
         "Training throughput",
         "Training recipe: the `amazon` preset",
         "Models with their own preset entry: DNN;",
+        "| DMAE (related seed paper) |",
         "1h 02m 05s",
         "Hand-written discussion.",
         "Data scale: 1,000 users",
@@ -578,3 +580,35 @@ def test_parallel_jobs_train_each_run_once(tmp_path: Path, capfd: pytest.Capture
     assert "(another job trains it)" in out or "(done)" in out  # the second job's skips
     assert study.launch(config, plan_runs, "parallel", checksum) == 0
     assert "parallel: all 3 runs done" in capfd.readouterr().out
+
+
+def test_data_without_behaviour_times_is_prepared_again(tmp_path: Path):
+    """The study's data must carry the behaviours' times (DMAE reads them; a folder written
+    before them would give it zeros): an intact folder from the same files and settings is
+    current only with `history_times` in its manifest."""
+    from data_prep.__main__ import build_parser
+    from data_prep.integrity import file_entry, file_sha256
+    from data_prep.manifest import write_manifest
+
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    raw.mkdir()
+    data.mkdir()
+    files = study.DATASETS["electronics"]
+    for name in (files.reviews, files.meta):
+        (raw / name).write_bytes(name.encode())
+    config = study.parse_args(["--raw-dir", str(raw), "--data-dir", str(data)])
+    args = build_parser().parse_args(study.prep_args(config))
+    np.save(data / "item_mm.npy", np.zeros((2, 4), np.float32))
+    manifest = {
+        "job": "amazon",
+        "inputs": {n: {"sha256": file_sha256(raw / n)} for n in (files.reviews, files.meta)},
+        "protocol": {"valid_frac": args.valid_frac, "seed": args.seed,
+                     "max_history": args.max_history},
+        "buckets": {"num_buckets": args.num_buckets},
+        "item_embeddings": {"path": "item_mm.npy", "source": f"title:{args.encoder}"},
+        "files": {"item_mm.npy": file_entry(data / "item_mm.npy")},
+    }  # fmt: skip
+    write_manifest(data, {**manifest, "history_times": {"column": "hist_ts_delta"}})
+    assert study.data_is_current(config) == (True, "up to date")
+    write_manifest(data, manifest)
+    assert study.data_is_current(config) == (False, "no behaviour times (hist_ts_delta)")
