@@ -161,7 +161,10 @@ def _train_run(
             print(f"[study] skip {key} (done)", flush=True)
         return True
     if status == "stale" and env.is_main:
-        print(f"[study] {key}: metrics.json of another config; set aside", flush=True)
+        print(
+            f"[study] {key}: metrics.json of another config, data or world size; set aside",
+            flush=True,
+        )
         _set_aside(out)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)

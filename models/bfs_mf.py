@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from models.config import ModelConfig
-from models.dta import DecoupledTargetAttention, masked_softmax
+from models.dta import DecoupledTargetAttention
 from models.interest import InterestArch, InterestInputs, State
 
 if TYPE_CHECKING:  # torchrec-free at import: serving hosts load this file without it
@@ -51,12 +51,8 @@ class BFSInterest(InterestArch):
         self.cross_beta = nn.Parameter(torch.ones(num_heads))
 
     def forward(self, x: InterestInputs) -> torch.Tensor:
-        att = self.attention
-        scores = att.scores(x.target, x.history, None)  # (B, H, L)
-        scores = scores + x.sims[:, None, :] * self.cross_beta[None, :, None]
-        weights = masked_softmax(scores, x.mask[:, None, :])
-        v = att.w_v(x.history).unflatten(-1, (att.num_heads, att.head_dim))  # (B, L, H, dk)
-        return torch.einsum("bhl,blhd->bhd", weights, v).flatten(-2)
+        bias = x.sims[:, None, :] * self.cross_beta[None, :, None]  # (B, H, L)
+        return self.attention(x.target, x.history, x.mask, None, score_bias=bias)
 
     @torch.jit.export
     def encode(self, history: Tensor) -> State:

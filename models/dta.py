@@ -13,10 +13,18 @@ each history item, so K and V depend on the target only through the bucket table
 same class, with the bucket terms switched off, is plain multi-head target attention (TA),
 and with the value term off it is the paper's DTA_non_invasive.
 
-One module, two computations of the same function (tests/test_dta.py compares them,
+One module, three computations of the same function (tests/test_dta.py compares them,
 forward and gradients, over random lengths, masks and buckets):
-- `forward`: the training form and plain reference, one (padded) history per sample, K
-  and V materialised as (B, L, d_h).
+- `forward_reference`: the plain form, one (padded) history per sample, K and V
+  materialised as (B, L, d_h) and split into heads.
+- `forward`: the training form. One query per sample, so the projections fold into it
+  and never touch the (B, L) positions (the linearity of Wk and Wv):
+      score[b, h, l] = (q[b,h] Wk_h) · S[b,l] + (q[b,h] E_K[:,h]^T)[bucket[b,l]]
+      out[b, h]      = (α[b,h] S[b]) Wv_h^T + mass[b,h] E_V[:,h]
+  O(B H L d) for the attention instead of O(B L d d_h) for K and V, and every product a
+  batched GEMM with L in a large dimension (the reference's einsums become B H products
+  of one row, slow in both passes): 3.6-4x less time for forward + backward at B=1024,
+  L=50, d=64, H=4 on one CPU thread.
 - `encode` + `attend`: the serving form for one user and B candidates. K_id and V_id are
   computed once per user; the bucket terms are folded into the attention without ever
   building a (B, L, d_h) tensor:
@@ -125,34 +133,87 @@ class DecoupledTargetAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     # ------------------------------------------------------------------ training form
+    def _head_weight(self, weight: Tensor) -> Tensor:
+        """A projection's weight (H*dk, d) as (H, dk, d)."""
+        return weight.unflatten(0, (self.num_heads, self.head_dim))
+
+    def _at_buckets(self, buckets: Tensor) -> Tensor:
+        """buckets (B, L) -> (B, H, L), the index of a gather or scatter over M."""
+        return buckets.unsqueeze(1).expand(-1, self.num_heads, -1)
+
     def scores(self, query: Tensor, history: Tensor, buckets: Tensor | None) -> Tensor:
-        """Unnormalised attention scores e (B, H, L), already scaled.
+        """Unnormalised attention scores e (B, H, L), already scaled; Wk folded into the
+        query, so K is never built.
 
         query (B, d_q), history (B, L, d), buckets (B, L) long in [0, M) (or None without
         bucket terms).
         """
-        q = self._heads(self.w_q(query))  # (B, H, dk)
-        k = self.w_k(history)  # (B, L, d_h)
+        q = self._heads(self.w_q(query)) * self.scale  # (B, H, dk)
+        q_k = torch.einsum("bhk,hkd->bhd", q, self._head_weight(self.w_k.weight))  # (B, H, d)
+        scores = torch.bmm(q_k, history.transpose(1, 2))  # (B, H, L)
         if self.bucket_key is not None:
             assert buckets is not None, "DTA with bucket keys needs buckets"
-            k = k + self.bucket_key(buckets)
-        return torch.einsum("bhd,blhd->bhl", q, self._heads(k)) * self.scale
+            e_k = self._heads(self.bucket_key.weight)  # (M, H, dk)
+            bucket_scores = torch.einsum("bhk,mhk->bhm", q, e_k)  # (B, H, M)
+            scores = scores + bucket_scores.gather(2, self._at_buckets(buckets))
+        return scores
+
+    def pool(self, weights: Tensor, history: Tensor, buckets: Tensor | None) -> Tensor:
+        """The interest vector (B, d_h) of attention weights (B, H, L) over the history
+        (B, L, d): the history pooled first, then Wv, so V is never built."""
+        pooled = torch.bmm(weights, history)  # (B, H, d)
+        out = torch.einsum("bhd,hkd->bhk", pooled, self._head_weight(self.w_v.weight))  # (B, H, dk)
+        if self.bucket_value is not None:
+            assert buckets is not None, "DTA with bucket values needs buckets"
+            mass = torch.zeros(
+                weights.shape[0], self.num_heads, self.num_buckets,
+                dtype=weights.dtype, device=weights.device,
+            ).scatter_add(2, self._at_buckets(buckets), weights)  # (B, H, M)  # fmt: skip
+            out = out + torch.einsum("bhm,mhk->bhk", mass, self._heads(self.bucket_value.weight))
+        return out.flatten(-2)
 
     def forward(
-        self, query: Tensor, history: Tensor, mask: Tensor, buckets: Tensor | None = None
+        self,
+        query: Tensor,
+        history: Tensor,
+        mask: Tensor,
+        buckets: Tensor | None = None,
+        score_bias: Tensor | None = None,
     ) -> Tensor:
         """Interest vector per target (B, d_h).
 
         query (B, d_q); history (B, L, d) padded; mask (B, L) bool, True on real items;
-        buckets (B, L) long, ignored where mask is False (needed when bucket terms are on).
+        buckets (B, L) long, ignored where mask is False (needed when bucket terms are on);
+        score_bias (B, H or 1, L), added to the scaled scores (BFS_MF's cross-feature term).
         """
-        weights = masked_softmax(self.scores(query, history, buckets), mask[:, None, :])
-        v = self.w_v(history)  # (B, L, d_h)
+        scores = self.scores(query, history, buckets)
+        if score_bias is not None:
+            scores = scores + score_bias
+        weights = masked_softmax(scores, mask[:, None, :])
+        return self.pool(weights, history, buckets)
+
+    @torch.jit.unused
+    def forward_reference(
+        self,
+        query: Tensor,
+        history: Tensor,
+        mask: Tensor,
+        buckets: Tensor | None = None,
+        score_bias: Tensor | None = None,
+    ) -> Tensor:
+        """`forward` computed plainly: K and V (B, L, d_h) materialised, per-head einsums."""
+        q = self._heads(self.w_q(query))  # (B, H, dk)
+        k = self.w_k(history)  # (B, L, d_h)
+        v = self.w_v(history)
+        if self.bucket_key is not None:
+            k = k + self.bucket_key(buckets)
         if self.bucket_value is not None:
-            assert buckets is not None, "DTA with bucket values needs buckets"
             v = v + self.bucket_value(buckets)
-        out = torch.einsum("bhl,blhd->bhd", weights, self._heads(v))
-        return out.flatten(-2)
+        scores = torch.einsum("bhd,blhd->bhl", q, self._heads(k)) * self.scale
+        if score_bias is not None:
+            scores = scores + score_bias
+        weights = masked_softmax(scores, mask[:, None, :])
+        return torch.einsum("bhl,blhd->bhd", weights, self._heads(v)).flatten(-2)
 
     # ------------------------------------------------------------------- serving form
     _fused = torch.jit.unused(cpu_ops.dta_fused_method)

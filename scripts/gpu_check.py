@@ -13,7 +13,7 @@ share is below its minimum is skipped and listed in the JSON):
 
 1. kernel: the fused Triton kernel of DTA's factorised candidate side
    (models/dta_triton.py) against `DecoupledTargetAttention.attend` (factorised) and
-   `forward` (plain, K and V materialised), fp32 and bf16, at B x L = 1200 x 400 and
+   `forward_reference` (plain, K and V materialised), fp32 and bf16, at B x L = 1200 x 400 and
    4096 x 1000, and both timed (CUDA events, forward only). Without Triton (or on CPU
    without TRITON_INTERPRET=1) its PyTorch mirror is checked instead, and on a GPU that
    counts as a failure.
@@ -237,7 +237,7 @@ def plain_forward(
     for q, b in zip(query.split(chunk), buckets.split(chunk), strict=True):
         hist = history.unsqueeze(0).expand(q.shape[0], *history.shape)
         mask = torch.ones(q.shape[0], history.shape[0], dtype=torch.bool, device=q.device)
-        outs.append(attention(q, hist, mask, b))
+        outs.append(attention.forward_reference(q, hist, mask, b))
     return torch.cat(outs)
 
 
@@ -250,7 +250,7 @@ def kernel_stage(
         "backend": backend,
         "triton": fused.triton_version(),
         "interpreted": backend == "triton" and fused.triton_interpreted(),
-        "reference": "DecoupledTargetAttention.attend (factorised) and forward (plain)",
+        "reference": "DecoupledTargetAttention.attend (factorised) and forward_reference (plain)",
         "tolerance": {k: v for k, v in TOLERANCE.items() if k.startswith("kernel")},
         "cases": {},
     }

@@ -123,6 +123,66 @@ def test_serving_form_equals_forward_and_gradients(
         torch.testing.assert_close(grads["serving"][key], want, rtol=1e-8, atol=1e-10, msg=key)
 
 
+# ------------------------------------------- (a') the training form == the plain reference
+@settings(max_examples=60, deadline=None)
+@given(
+    length=st.integers(0, 12),
+    heads=st.integers(1, 4),
+    head_dim=st.integers(1, 5),
+    num_buckets=st.integers(1, 9),
+    batch=st.integers(1, 7),
+    terms=st.sampled_from(BUCKET_TERMS),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_forward_equals_the_plain_reference_and_gradients(
+    length: int,
+    heads: int,
+    head_dim: int,
+    num_buckets: int,
+    batch: int,
+    terms: tuple[bool, bool],
+    bias: bool,
+    seed: int,
+) -> None:
+    """`forward` (Wk folded into the query, the history pooled before Wv, buckets by
+    gather/scatter) equals `forward_reference` (K and V materialised): a different history
+    per sample, random masks with empty rows, L = 0, a score bias (BFS_MF's) or none."""
+    dim = 6
+    dta = make_dta(dim, heads, head_dim, num_buckets, *terms, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        "history": torch.randn(batch, length, dim, generator=g, dtype=torch.float64),
+        "query": torch.randn(batch, dim, generator=g, dtype=torch.float64),
+    }
+    if bias:
+        inputs["bias"] = torch.randn(batch, heads, length, generator=g, dtype=torch.float64)
+    mask = torch.rand(batch, length, generator=g) < 0.6
+    mask[0] = False  # an empty history
+    buckets = torch.randint(num_buckets, (batch, length), generator=g)
+    outputs, grads = {}, {}
+    for name in ("forward", "forward_reference"):
+        dta.zero_grad()
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        form = getattr(dta, name)
+        out = form(leaves["query"], leaves["history"], mask, buckets, leaves.get("bias"))
+        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                             dtype=out.dtype)  # fmt: skip
+        (out * weight).sum().backward()
+        outputs[name] = out.detach()
+        grads[name] = {
+            **{k: v.grad for k, v in leaves.items()},
+            **{k: p.grad.clone() for k, p in dta.named_parameters() if p.grad is not None},
+        }
+    assert outputs["forward"].shape == (batch, heads * head_dim)
+    assert (outputs["forward"][0] == 0).all()  # the empty history
+    torch.testing.assert_close(outputs["forward"], outputs["forward_reference"], rtol=1e-9,
+                               atol=1e-10)  # fmt: skip
+    assert grads["forward"].keys() == grads["forward_reference"].keys()
+    for key, want in grads["forward_reference"].items():
+        torch.testing.assert_close(grads["forward"][key], want, rtol=1e-8, atol=1e-10, msg=key)
+
+
 # ------------------------------------------------------------- (b) masks and empties
 @pytest.mark.parametrize("terms", BUCKET_TERMS)
 def test_masked_positions_get_no_weight(terms: tuple[bool, bool]) -> None:

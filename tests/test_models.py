@@ -349,9 +349,10 @@ def test_model_table_counts_ta_exactly() -> None:
     setting = Setting("tiny", 10, 20, 0, history=7, num_buckets=4, preset="amazon-paper")
     row = measure("ta", setting)
     d = d_h = 32  # amazon-paper preset, no categories
-    length, head_in = 7, d_h + d + d
-    projections = 2 * (2 * length * d * d_h) + 2 * d * d_h  # K, V, q
-    attention = 2 * (2 * length * d_h)  # scores and weighted sum
+    heads, length, head_in = 4, 7, d_h + d + d
+    # the training form: q, Wk folded into q, Wv after pooling (never K or V per position)
+    projections = 3 * (2 * d * d_h)
+    attention = 2 * (2 * heads * length * d)  # scores and pooling, each head over d
     head = 2 * (head_in * 80 + 80 * 40 + 40 * 1)
     assert row["flops"] == projections + attention + head
     assert row["embedding"] == (10 + 20) * 32

@@ -543,7 +543,9 @@ def test_worker_trains_configs_and_resumes_a_study(tmp_path: Path):
     stdout = _torchrun_worker(write_plan(again))
     assert "skip main/ta/seed0 (done)" in stdout
     assert "skip main/dnn/seed0 (done)" in stdout  # its recorded eval_every is the asked one
-    assert "alpha/a0.3/seed0: metrics.json of another config; set aside" in stdout
+    assert (
+        "alpha/a0.3/seed0: metrics.json of another config, data or world size; set aside" in stdout
+    )
     out = Path(changed.output_dir)
     assert run_status(out, changed, None) == "done"
     assert list(out.parent.glob("seed0.stale-*/metrics.json"))  # kept, not deleted

@@ -1,0 +1,79 @@
+"""Training steps with the attention's training form against its plain reference, one run.
+
+    OMP_NUM_THREADS=1 python -m scripts.bench_attention_forms --model dmf [--data data/amazon]
+        [--preset amazon] [--steps 15] [--rounds 4]
+
+Builds the trainer's own run (`pipeline.train.build_run`: the preset, the data, the
+sharded model, the optimizers) and trains segments of --steps steps, alternating
+`DecoupledTargetAttention.forward` (Wk folded into the query, the history pooled before
+Wv) and `forward_reference` (K and V materialised) --rounds times each, so both see the
+same machine load. Prints the median milliseconds per step of each and their ratio.
+Nothing is written but the run folder's logs (in a temporary directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from models.dta import DecoupledTargetAttention
+from pipeline import train as trainer
+from pipeline.config import resolve
+from pipeline.data import PreparedData
+from pipeline.progress import Progress
+
+FORMS = {
+    "forward": DecoupledTargetAttention.forward,
+    "forward_reference": DecoupledTargetAttention.forward_reference,
+}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="dmf")
+    parser.add_argument("--data", default="data/amazon")
+    parser.add_argument("--preset", default="amazon")
+    parser.add_argument("--steps", type=int, default=15, help="steps per timed segment")
+    parser.add_argument("--rounds", type=int, default=4, help="segments per form")
+    args = parser.parse_args(argv)
+    out = tempfile.mkdtemp(prefix="bench-attention-")
+    steps = 5 + 2 * args.rounds * args.steps
+    config = resolve(
+        ["--preset", args.preset, "--data", args.data, "--model", args.model,
+         "--max-steps", str(steps), "--no-evaluate-test", "--eval-every", str(steps + 1),
+         "--output-dir", out]
+    )  # fmt: skip
+    env = trainer.start(config)
+    run = trainer.build_run(config, env, PreparedData(config.data), Path(out))
+    progress = Progress(run.total_steps, 0, enabled=False)
+
+    def segment(n: int) -> float:
+        run.total_steps = run.state.step + n
+        start = time.perf_counter()
+        trainer.train_segment(run, progress)
+        return (time.perf_counter() - start) / n
+
+    times: dict[str, list[float]] = {name: [] for name in FORMS}
+    try:
+        segment(5)  # warm-up
+        for _ in range(args.rounds):
+            for name, form in FORMS.items():
+                DecoupledTargetAttention.forward = form
+                times[name].append(segment(args.steps))
+    finally:
+        DecoupledTargetAttention.forward = FORMS["forward"]
+    ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    ratio = ms["forward_reference"] / ms["forward"]
+    print(
+        f"{args.model}: ms per training step, median of {args.rounds} x {args.steps} steps: "
+        f"forward {ms['forward']:.0f}, forward_reference {ms['forward_reference']:.0f}; "
+        f"forward is {ratio:.2f}x faster"
+    )
+    return {**ms, "ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()
