@@ -1,14 +1,16 @@
-"""Training steps with the attention's training form against its plain reference, one run.
+"""Training steps with an attention's training form against its plain reference, one run.
 
     OMP_NUM_THREADS=1 python -m scripts.bench_attention_forms --model dmf [--data data/amazon]
         [--preset amazon] [--steps 15] [--rounds 4]
 
 Builds the trainer's own run (`pipeline.train.build_run`: the preset, the data, the
-sharded model, the optimizers) and trains segments of --steps steps, alternating
-`DecoupledTargetAttention.forward` (Wk folded into the query, the history pooled before
-Wv) and `forward_reference` (K and V materialised) --rounds times each, so both see the
-same machine load. Prints the median milliseconds per step of each and their ratio.
-Nothing is written but the run folder's logs (in a temporary directory).
+sharded model, the optimizers) and trains segments of --steps steps, alternating the
+arch's `forward` and its `forward_reference` --rounds times each, so both see the same
+machine load: `DecoupledTargetAttention` (TA, DTA, DMF and the other attention models: Wk
+folded into the query, the history pooled before Wv, against K and V materialised) or
+`DINInterest` (din, dmae: the activation unit's first layer factorised, against the
+concatenated [q; s; q*s; q-s]). Prints the median milliseconds per step of each and their
+ratio. Nothing is written but the run folder's logs (in a temporary directory).
 """
 
 from __future__ import annotations
@@ -19,16 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from models.din import DINInterest
 from models.dta import DecoupledTargetAttention
 from pipeline import train as trainer
 from pipeline.config import resolve
 from pipeline.data import PreparedData
 from pipeline.progress import Progress
 
-FORMS = {
-    "forward": DecoupledTargetAttention.forward,
-    "forward_reference": DecoupledTargetAttention.forward_reference,
-}
+DIN_BACKED = ("din", "dmae")  # their ID side is DIN's activation unit
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
          "--max-steps", str(steps), "--no-evaluate-test", "--eval-every", str(steps + 1),
          "--output-dir", out]
     )  # fmt: skip
+    arch = DINInterest if args.model in DIN_BACKED else DecoupledTargetAttention
+    forms = {"forward": arch.forward, "forward_reference": arch.forward_reference}
     env = trainer.start(config)
     run = trainer.build_run(config, env, PreparedData(config.data), Path(out))
     progress = Progress(run.total_steps, 0, enabled=False)
@@ -56,15 +58,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.train_segment(run, progress)
         return (time.perf_counter() - start) / n
 
-    times: dict[str, list[float]] = {name: [] for name in FORMS}
+    times: dict[str, list[float]] = {name: [] for name in forms}
     try:
         segment(5)  # warm-up
         for _ in range(args.rounds):
-            for name, form in FORMS.items():
-                DecoupledTargetAttention.forward = form
+            for name, form in forms.items():
+                arch.forward = form
                 times[name].append(segment(args.steps))
     finally:
-        DecoupledTargetAttention.forward = FORMS["forward"]
+        arch.forward = forms["forward"]
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     ratio = ms["forward_reference"] / ms["forward"]
     print(

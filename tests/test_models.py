@@ -356,3 +356,59 @@ def test_model_table_counts_ta_exactly() -> None:
     head = 2 * (head_in * 80 + 80 * 40 + 40 * 1)
     assert row["flops"] == projections + attention + head
     assert row["embedding"] == (10 + 20) * 32
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    length=st.integers(0, 9),
+    batch=st.integers(1, 5),
+    dim=st.integers(1, 6),
+    hidden=st.sampled_from([None, 5]),
+    activation=st.sampled_from(["prelu", "dice"]),
+    softmax=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_din_forward_equals_the_plain_reference_and_gradients(
+    length: int,
+    batch: int,
+    dim: int,
+    hidden: int | None,
+    activation: str,
+    softmax: bool,
+    seed: int,
+) -> None:
+    """DIN's `forward` (the activation unit's first layer factorised: no (B, L, 4D)
+    concatenation) equals `forward_reference` (the concatenated input), outputs and the
+    gradients of target, history and every parameter, float64, random masks with an empty
+    history, L = 0."""
+    from models.din import DINInterest
+
+    torch.manual_seed(seed)
+    arch = DINInterest(dim, hidden or dim, [4, 3], activation, 0.0, softmax).double()
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        "target": torch.randn(batch, dim, generator=g, dtype=torch.float64),
+        "history": torch.randn(batch, length, dim, generator=g, dtype=torch.float64),
+    }
+    mask = torch.rand(batch, length, generator=g) < 0.6
+    mask[0] = False
+    zeros = torch.zeros(batch, length, dtype=torch.float64)
+    results = {}
+    for name in ("forward", "forward_reference"):
+        arch.zero_grad()
+        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        x = InterestInputs(leaves["target"], leaves["history"], mask, zeros,
+                           torch.zeros(batch, length, dtype=torch.long), mask.sum(-1))  # fmt: skip
+        out = getattr(arch, name)(x)
+        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                             dtype=out.dtype)  # fmt: skip
+        (out * weight).sum().backward()
+        grads = {k: v.grad for k, v in leaves.items()}
+        grads.update({k: p.grad.clone() for k, p in arch.named_parameters() if p.grad is not None})
+        results[name] = (out.detach(), grads)
+    (out, grads), (want, want_grads) = results["forward"], results["forward_reference"]
+    assert (out[0] == 0).all()  # the empty history
+    torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-10)
+    assert grads.keys() == want_grads.keys()
+    for key, value in want_grads.items():
+        torch.testing.assert_close(grads[key], value, rtol=1e-8, atol=1e-10, msg=key)
