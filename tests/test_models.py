@@ -412,3 +412,50 @@ def test_din_forward_equals_the_plain_reference_and_gradients(
     assert grads.keys() == want_grads.keys()
     for key, value in want_grads.items():
         torch.testing.assert_close(grads[key], value, rtol=1e-8, atol=1e-10, msg=key)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    length=st.integers(0, 9),
+    batch=st.integers(1, 5),
+    heads=st.integers(1, 3),
+    head_dim=st.integers(1, 4),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sasrec_block_equals_the_plain_reference_and_gradients(
+    length: int, batch: int, heads: int, head_dim: int, causal: bool, seed: int
+) -> None:
+    """SASRec's block (torch's fused scaled_dot_product_attention) equals its
+    `forward_reference` (scores, masked softmax): outputs and the gradients of the input and
+    every parameter, float64, rows with nothing allowed (an empty history: zeros), L = 0,
+    causal masks and arbitrary ones."""
+    from models.sasrec import CausalSelfAttentionBlock
+
+    torch.manual_seed(seed)
+    block = CausalSelfAttentionBlock(heads * head_dim, heads).double()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, heads * head_dim, generator=g, dtype=torch.float64)
+    allowed = torch.rand(batch, length, length, generator=g) < 0.5
+    if causal:
+        lengths = torch.randint(0, length + 1, (batch,), generator=g)
+        slots = torch.arange(length)
+        allowed = (slots[:, None] >= slots[None, :]) & (slots < lengths[:, None])[:, None, :]
+    if length:
+        allowed[0] = False  # nothing allowed anywhere in one sample
+    results = {}
+    for name in ("forward", "forward_reference"):
+        block.zero_grad()
+        leaf = x.clone().requires_grad_(True)
+        out = getattr(block, name)(leaf, allowed)
+        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                             dtype=out.dtype)  # fmt: skip
+        (out * weight).sum().backward()
+        grads = {"x": leaf.grad}
+        grads.update({k: p.grad.clone() for k, p in block.named_parameters() if p.grad is not None})
+        results[name] = (out.detach(), grads)
+    (out, grads), (want, want_grads) = results["forward"], results["forward_reference"]
+    torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-10)
+    assert grads.keys() == want_grads.keys()
+    for key, value in want_grads.items():
+        torch.testing.assert_close(grads[key], value, rtol=1e-8, atol=1e-10, msg=key)
