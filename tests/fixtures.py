@@ -14,8 +14,9 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -166,3 +167,34 @@ def write_serving_data(root: Path) -> Path:
     rng = np.random.default_rng(3)
     np.save(root / "item_category.npy", rng.integers(2, 6, size=40).astype(np.int64))
     return root
+
+
+def outputs_and_gradients(
+    module: Any, call: Callable[[dict[str, Any]], Any], inputs: dict[str, Any], seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """`call(leaves)` on fresh leaf copies of `inputs` (tensors that require grad), then the
+    backward of a fixed random projection of its output (every output unit gets a
+    gradient): (output, {input name or parameter name: gradient})."""
+    import torch
+
+    module.zero_grad()
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    out = call(leaves)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    (out * weight).sum().backward()
+    grads = {k: v.grad for k, v in leaves.items()}
+    grads.update({k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None})
+    return out.detach(), grads
+
+
+def assert_same_outputs_and_gradients(
+    got: tuple[Any, dict[str, Any]], want: tuple[Any, dict[str, Any]], rtol: float = 1e-9
+) -> None:
+    """Two `outputs_and_gradients` results agree: the outputs to rtol, every gradient (the
+    same set) to 10 rtol (float64 forms of one function)."""
+    import torch
+
+    torch.testing.assert_close(got[0], want[0], rtol=rtol, atol=rtol / 10)
+    assert got[1].keys() == want[1].keys()
+    for key, value in want[1].items():
+        torch.testing.assert_close(got[1][key], value, rtol=10 * rtol, atol=rtol / 10, msg=key)

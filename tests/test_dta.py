@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from models.buckets import bucketize
 from models.dta import DecoupledTargetAttention, masked_softmax
+from tests.fixtures import assert_same_outputs_and_gradients, outputs_and_gradients
 
 BUCKET_TERMS = [(False, False), (True, False), (False, True), (True, True)]
 
@@ -101,26 +102,17 @@ def test_serving_form_equals_forward_and_gradients(
     dta = make_dta(dim, heads, head_dim, num_buckets, *terms, seed=seed)
     history, mask, query, buckets = user_inputs(batch, length, dim, num_buckets, seed)
     inputs = {"history": history, "query": query}
-    outputs, grads = {}, {}
-    for name, form in (("training", training_form), ("serving", serving_form)):
-        dta.zero_grad()
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
-        out = form(dta, leaves["history"], mask, leaves["query"], buckets)
-        # A fixed random projection of the output, so every output unit gets a gradient.
-        weight = torch.randn(
-            out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype
-        )
-        (out * weight).sum().backward()
-        outputs[name] = out.detach()
-        grads[name] = {
-            **{k: v.grad for k, v in leaves.items()},
-            **{k: p.grad.clone() for k, p in dta.named_parameters() if p.grad is not None},
-        }
-    assert outputs["serving"].shape == (batch, heads * head_dim)
-    torch.testing.assert_close(outputs["serving"], outputs["training"], rtol=1e-9, atol=1e-10)
-    assert grads["serving"].keys() == grads["training"].keys()
-    for key, want in grads["training"].items():
-        torch.testing.assert_close(grads["serving"][key], want, rtol=1e-8, atol=1e-10, msg=key)
+    results = {
+        name: outputs_and_gradients(
+            dta,
+            lambda x, form=form: form(dta, x["history"], mask, x["query"], buckets),
+            inputs,
+            seed,
+        )  # fmt: skip
+        for name, form in (("training", training_form), ("serving", serving_form))
+    }
+    assert results["serving"][0].shape == (batch, heads * head_dim)
+    assert_same_outputs_and_gradients(results["serving"], results["training"])
 
 
 # ------------------------------------------- (a') the training form == the plain reference
@@ -160,27 +152,17 @@ def test_forward_equals_the_plain_reference_and_gradients(
     mask = torch.rand(batch, length, generator=g) < 0.6
     mask[0] = False  # an empty history
     buckets = torch.randint(num_buckets, (batch, length), generator=g)
-    outputs, grads = {}, {}
-    for name in ("forward", "forward_reference"):
-        dta.zero_grad()
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
-        form = getattr(dta, name)
-        out = form(leaves["query"], leaves["history"], mask, buckets, leaves.get("bias"))
-        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                             dtype=out.dtype)  # fmt: skip
-        (out * weight).sum().backward()
-        outputs[name] = out.detach()
-        grads[name] = {
-            **{k: v.grad for k, v in leaves.items()},
-            **{k: p.grad.clone() for k, p in dta.named_parameters() if p.grad is not None},
-        }
-    assert outputs["forward"].shape == (batch, heads * head_dim)
-    assert (outputs["forward"][0] == 0).all()  # the empty history
-    torch.testing.assert_close(outputs["forward"], outputs["forward_reference"], rtol=1e-9,
-                               atol=1e-10)  # fmt: skip
-    assert grads["forward"].keys() == grads["forward_reference"].keys()
-    for key, want in grads["forward_reference"].items():
-        torch.testing.assert_close(grads["forward"][key], want, rtol=1e-8, atol=1e-10, msg=key)
+
+    def call(form: Callable) -> Callable:
+        return lambda x: form(x["query"], x["history"], mask, buckets, x.get("bias"))
+
+    results = {
+        name: outputs_and_gradients(dta, call(getattr(dta, name)), inputs, seed)
+        for name in ("forward", "forward_reference")
+    }
+    assert results["forward"][0].shape == (batch, heads * head_dim)
+    assert (results["forward"][0][0] == 0).all()  # the empty history
+    assert_same_outputs_and_gradients(results["forward"], results["forward_reference"])
 
 
 # ------------------------------------------------------------- (b) masks and empties

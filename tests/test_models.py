@@ -6,6 +6,8 @@ so the models are tested on exactly what the trainer feeds them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,7 +22,7 @@ from models.interest import InterestArch, InterestInputs, request_inputs
 from models.make import make_pretrain_model, transfer_pretrained
 from models.zoo import MODELS, build_model, make_config
 from pipeline.data import PreparedData, table_to_batch
-from tests.fixtures import write_prepared
+from tests.fixtures import assert_same_outputs_and_gradients, outputs_and_gradients, write_prepared
 
 SMALL = {"embedding_dim": 8, "hidden_dim": 8, "num_heads": 2, "mlp_dims": [16]}
 # Every registered model, plus the variants selected by a model argument.
@@ -393,25 +395,15 @@ def test_din_forward_equals_the_plain_reference_and_gradients(
     mask = torch.rand(batch, length, generator=g) < 0.6
     mask[0] = False
     zeros = torch.zeros(batch, length, dtype=torch.float64)
-    results = {}
-    for name in ("forward", "forward_reference"):
-        arch.zero_grad()
-        leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
-        x = InterestInputs(leaves["target"], leaves["history"], mask, zeros,
-                           torch.zeros(batch, length, dtype=torch.long), mask.sum(-1))  # fmt: skip
-        out = getattr(arch, name)(x)
-        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                             dtype=out.dtype)  # fmt: skip
-        (out * weight).sum().backward()
-        grads = {k: v.grad for k, v in leaves.items()}
-        grads.update({k: p.grad.clone() for k, p in arch.named_parameters() if p.grad is not None})
-        results[name] = (out.detach(), grads)
-    (out, grads), (want, want_grads) = results["forward"], results["forward_reference"]
-    assert (out[0] == 0).all()  # the empty history
-    torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-10)
-    assert grads.keys() == want_grads.keys()
-    for key, value in want_grads.items():
-        torch.testing.assert_close(grads[key], value, rtol=1e-8, atol=1e-10, msg=key)
+
+    def call(form: Any) -> Any:
+        return lambda x: form(InterestInputs(x["target"], x["history"], mask, zeros,
+                                             zeros.long(), mask.sum(-1)))  # fmt: skip
+
+    got = outputs_and_gradients(arch, call(arch.forward), inputs, seed)
+    want = outputs_and_gradients(arch, call(arch.forward_reference), inputs, seed)
+    assert (got[0][0] == 0).all()  # the empty history
+    assert_same_outputs_and_gradients(got, want)
 
 
 @settings(max_examples=40, deadline=None)
@@ -443,19 +435,8 @@ def test_sasrec_block_equals_the_plain_reference_and_gradients(
         allowed = (slots[:, None] >= slots[None, :]) & (slots < lengths[:, None])[:, None, :]
     if length:
         allowed[0] = False  # nothing allowed anywhere in one sample
-    results = {}
-    for name in ("forward", "forward_reference"):
-        block.zero_grad()
-        leaf = x.clone().requires_grad_(True)
-        out = getattr(block, name)(leaf, allowed)
-        weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                             dtype=out.dtype)  # fmt: skip
-        (out * weight).sum().backward()
-        grads = {"x": leaf.grad}
-        grads.update({k: p.grad.clone() for k, p in block.named_parameters() if p.grad is not None})
-        results[name] = (out.detach(), grads)
-    (out, grads), (want, want_grads) = results["forward"], results["forward_reference"]
-    torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-10)
-    assert grads.keys() == want_grads.keys()
-    for key, value in want_grads.items():
-        torch.testing.assert_close(grads[key], value, rtol=1e-8, atol=1e-10, msg=key)
+    got, want = (
+        outputs_and_gradients(block, lambda v, f=form: f(v["x"], allowed), {"x": x}, seed)
+        for form in (block.forward, block.forward_reference)
+    )
+    assert_same_outputs_and_gradients(got, want)
