@@ -63,7 +63,8 @@ def init_distributed(device: str = "auto") -> DistEnv:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
     backend = "nccl" if use_cuda else "gloo"
-    if "RANK" not in os.environ:
+    alone = "RANK" not in os.environ
+    if alone:
         os.environ.update(
             RANK="0",
             WORLD_SIZE="1",
@@ -79,7 +80,9 @@ def init_distributed(device: str = "auto") -> DistEnv:
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        store = _attempt_store()
+        # A world of one rendezvouses in memory: no TCP store on a port that another
+        # process could take between choosing it and binding it (EADDRINUSE).
+        store = dist.HashStore() if alone else _attempt_store()
         if store is None:
             dist.init_process_group(backend=backend)
         else:

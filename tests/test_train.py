@@ -111,6 +111,31 @@ def test_single_process_run_writes_metrics(data: Path, tmp_path: Path):
     assert "AUC" in proc.stdout and "dmf" in proc.stdout
 
 
+def test_a_world_of_one_needs_no_free_port(tmp_path: Path):
+    """A plain `python -m pipeline.train` (no torchrun) makes its world of one with an
+    in-memory store: it starts even when the port it would have chosen is taken by another
+    process (a TCP store there failed with EADDRINUSE, seen in CI)."""
+    script = """
+import os, socket
+import torch, torch.distributed as dist
+from pipeline import distributed
+taken = socket.socket(); taken.bind(("127.0.0.1", 0)); taken.listen()
+distributed._free_port = lambda: taken.getsockname()[1]  # the port another process holds
+for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    os.environ.pop(key, None)
+env = distributed.init_distributed("cpu")
+x = torch.ones(3)
+dist.all_reduce(x)
+print(env.world_size, env.rank, x.tolist())
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[-2] == "1 0 [1.0, 1.0, 1.0]"
+
+
 def test_evals_per_epoch_sets_the_validation_interval(data: Path, tmp_path: Path):
     """--evals-per-epoch 4 on 20 steps an epoch validates every 5 steps, and the run's
     recorded config says so (the preset setting that validates alike on any data size)."""
