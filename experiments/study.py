@@ -232,10 +232,16 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         report_only=a.report_only,
     )
     try:
+        batch_size = base_config(config).batch_size
         for model in [*TABLE2_MODELS, "dmf", *ABLATION_MODELS]:
             base = base_config(config, model)
             base.per_rank_batch_size(config.workers)  # the global batch splits over the workers
             base.per_rank_eval_batch_size(config.workers)
+            if base.batch_size != batch_size:  # steps_per_epoch (spe) is computed once
+                raise ConfigError(
+                    f"the preset's entry for {model} changes batch_size; the study's steps "
+                    "per epoch assume one batch size for every model"
+                )
     except ConfigError as e:
         p.error(str(e))
     return config
@@ -390,11 +396,6 @@ def run_config(
     trains a fixed --quick-steps steps, validated once at the end (`checkpoint`: and saved
     there, for the case study)."""
     base = base_config(config, model)
-    if base.batch_size != base_config(config).batch_size:
-        raise ConfigError(
-            f"the preset's entry for {model} changes batch_size; the study's steps per epoch "
-            "(spe) assume one batch size for every model"
-        )
     args = {**base.model_args, **(model_args or {})}
     if model == "make" and config.make_pretrain_epochs is not None:
         args.setdefault("pretrain_epochs", config.make_pretrain_epochs)
