@@ -12,8 +12,11 @@ records"); nothing is truncated or clamped:
 
 Ids are checked before any fixed-width array is built, so memory per record is bounded
 by the id limit, whatever the longest id of the input is. The default timestamp window
-ends one day after the job started (a log cannot hold later events); the window used is
-recorded in `manifest["limits"]`.
+ends one day after the job started (a log cannot hold later events). `manifest["limits"]`
+records the bounds: the default end as that rule (DEFAULT_MAX_TIMESTAMP_RULE), not as the
+clock's value, so the same inputs and settings give the same manifest and checksum
+whenever they are prepared (a record the rule rejects is counted in the manifest's
+`records`, so its effect is recorded either way); a given --max-timestamp as its value.
 """
 
 from __future__ import annotations
@@ -30,19 +33,29 @@ DEFAULT_MAX_DEPTH = 16
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+DEFAULT_MAX_TIMESTAMP_RULE = "one day after the job started"
+
+
 def default_max_timestamp() -> int:
     return int(time.time()) + DAY_SECONDS
 
 
 @dataclass(frozen=True)
 class Limits:
+    """The bounds; `max_timestamp` None (the default) resolves to one day after now."""
+
     max_id_length: int = DEFAULT_MAX_ID_LENGTH
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
     min_timestamp: int = 0
-    max_timestamp: int = field(default_factory=default_max_timestamp)
+    max_timestamp: int | None = None  # resolved in __post_init__
+    max_timestamp_is_default: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        defaulted = self.max_timestamp is None
+        object.__setattr__(self, "max_timestamp_is_default", defaulted)
+        if defaulted:
+            object.__setattr__(self, "max_timestamp", default_max_timestamp())
         for name in ("max_id_length", "max_line_bytes", "max_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -55,7 +68,12 @@ class Limits:
         return self.min_timestamp <= ts <= self.max_timestamp
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The bounds as the manifest records them (the default end as its rule)."""
+        out = asdict(self)
+        out.pop("max_timestamp_is_default")
+        if self.max_timestamp_is_default:
+            out["max_timestamp"] = DEFAULT_MAX_TIMESTAMP_RULE
+        return out
 
 
 # ---------------------------------------------------------------- argument checks
@@ -143,6 +161,6 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
         max_line_bytes=getattr(args, "max_line_bytes", DEFAULT_MAX_LINE_BYTES),
         max_depth=getattr(args, "max_depth", DEFAULT_MAX_DEPTH),
         min_timestamp=args.min_timestamp,
-        **({} if args.max_timestamp is None else {"max_timestamp": args.max_timestamp}),
+        max_timestamp=args.max_timestamp,
     )
     return limits

@@ -29,7 +29,11 @@ folder. Runs live in runs/study/<category>/<phase>/<name>/seed<k>/
 (runs/study-quick/<category>/... with --quick), each with its config.json (`python -m
 pipeline.train --config .../config.json` repeats it); a run is done when its metrics.json
 records exactly the config asked for and the same data, so an interrupted study continues
-where it stopped, and a run of another config is set aside and redone. Test metrics are
+where it stopped, and a run of another config is set aside and redone. Each finished run's
+JSON files are also copied to --records-dir (docs/results/runs/<category>, tracked by git;
+experiments/records.py) and copied back into a fresh checkout's run folders, so the study
+continues from another machine too (checkpoints are not kept there: the case study's
+result is). Test metrics are
 never used to choose anything. Item popularity is deterministic: one seed.
 
 --quick: one seed, a fixed --quick-steps steps per run (a subset of the training samples,
@@ -56,6 +60,7 @@ from typing import Any
 import numpy as np
 
 from experiments.paper import BASELINES, LABELS, PAPER_ALPHA, RELATED, TABLE2, TABLE4
+from experiments.records import record_study, restore_records
 from pipeline.config import ConfigError, TrainConfig, load_config_file, merge, preset_layers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,6 +125,7 @@ class StudyConfig:
     data_dir: str = DATASETS["electronics"].data_dir
     raw_dir: str = DATASETS["electronics"].raw_dir
     runs_dir: str = "runs/study/electronics"
+    records_dir: str | None = "docs/results/runs/electronics"  # None: keep no records
     workers: int = 1  # torchrun processes per run
     parallel: int = 2  # runs trained at once, each its own torchrun job
     train_config: str | None = None  # a TrainConfig file layered over the preset
@@ -185,6 +191,12 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         help="run folders (default runs/study/DATASET; --quick: runs/study-quick/DATASET)",
     )
     p.add_argument(
+        "--records-dir",
+        help="the finished runs' JSON files, kept in the repository so a study continues "
+        "from a fresh checkout (experiments/records.py; default docs/results/runs/DATASET; "
+        "--quick: none)",
+    )
+    p.add_argument(
         "--workers", type=int, default=StudyConfig.workers, help="torchrun processes per run"
     )
     p.add_argument(
@@ -220,6 +232,7 @@ def parse_args(argv: list[str] | None = None) -> StudyConfig:
         data_dir=a.data_dir or files.data_dir,
         raw_dir=a.raw_dir or files.raw_dir,
         runs_dir=a.runs_dir or f"{'runs/study-quick' if quick else 'runs/study'}/{a.dataset}",
+        records_dir=a.records_dir or (None if quick else f"docs/results/runs/{a.dataset}"),
         workers=a.workers,
         parallel=a.parallel,
         train_config=a.train_config,
@@ -496,6 +509,7 @@ def launch(config: StudyConfig, runs: list[Run], name: str, checksum: str) -> in
                 "runs": [r.spec() for r in todo],
                 "manifest_checksum": checksum,
                 "device": todo[0].config.device,
+                "records_dir": config.records_dir,
             },
             indent=1,
         )
@@ -577,12 +591,14 @@ def case_study(runs_dir: Path, meta: Path) -> dict[str, Any] | None:
     from pipeline.checkpoint import best_or_latest_checkpoint
 
     case_runs = [runs_dir / "main" / m / f"seed{CASE_SEED}" for m in CASE_MODELS]
-    if not all((r / "metrics.json").is_file() and best_or_latest_checkpoint(r) for r in case_runs):
+    if not all((r / "metrics.json").is_file() for r in case_runs):
         return None
-    cache = runs_dir / "case_study.json"
+    cache = runs_dir / "case_study.json"  # also restored from the records, without weights
     stamp = [json.loads((r / "metrics.json").read_text())["test"]["auc"] for r in case_runs]
     if cache.is_file() and json.loads(cache.read_text()).get("stamp") == stamp:
         return json.loads(cache.read_text())["case"]
+    if not all(best_or_latest_checkpoint(r) for r in case_runs):
+        return None
     from experiments.case_study import run_case_study
 
     models = " and ".join(LABELS[m] for m in CASE_MODELS)
@@ -598,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     os.chdir(ROOT)
     runs_dir = Path(config.runs_dir)
+    if config.records_dir:
+        restored = restore_records(Path(config.records_dir), runs_dir)
+        say(f"records: {len(restored)} files restored from {config.records_dir} into {runs_dir}")
     state = State(runs_dir, argv)
     say(f"config: {dataclasses.asdict(config)}")
 
@@ -677,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     results["timing"] = timing
     path = write_report(results, Path(config.out), config.files.report, config.files.title)
     state.save()
+    if config.records_dir:
+        written = record_study(runs_dir, Path(config.records_dir))
+        say(f"records: {len(written)} files written to {config.records_dir} (git add it)")
     say(f"report: {path} (study wall time so far {timing['total_s'] / 60:.1f} min)")
     return 0
 

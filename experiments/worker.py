@@ -18,7 +18,8 @@ resolved `config`), the same data checksum and the job's world size; it is then 
 continues where it stopped. A metrics.json of another config or data is set aside (renamed,
 never deleted) and the run is redone. Rank 0 writes each run's console output to
 OUTPUT_DIR/train.log (other ranks: train.rankN.log) and its wall time, load and threads to
-OUTPUT_DIR/study_run.json.
+OUTPUT_DIR/study_run.json. With the plan's "records_dir", rank 0 then copies the finished
+run's JSON files to RECORDS_DIR/KEY (experiments/records.py), where git keeps them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from experiments.records import record_run
 from pipeline.config import FIELDS, TrainConfig, save_config
 from pipeline.distributed import init_distributed
 from pipeline.metrics import to_jsonable
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = json.loads(Path(argv[0]).read_text())
     env = init_distributed(plan.get("device") or "auto")
     checksum = plan.get("manifest_checksum")
+    records = plan.get("records_dir")
     failures = 0
     for i, run in enumerate(plan["runs"]):
         config = TrainConfig.from_dict(run["config"], f"{argv[0]}: {run['key']}")
@@ -139,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[study] skip {run['key']} (another job trains it)", flush=True)
                 continue
             position = f"{i + 1}/{len(plan['runs'])}"
-            failures += not _train_run(run["key"], position, config, checksum, env)
+            ok = _train_run(run["key"], position, config, checksum, env)
+            failures += not ok
+            if ok and records and env.is_main:
+                record_run(out, Path(records) / run["key"])
     dist.barrier()
     dist.destroy_process_group()
     return 1 if failures else 0

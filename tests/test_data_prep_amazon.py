@@ -346,13 +346,12 @@ def test_item_features_leave_the_other_columns_and_the_default_run_unchanged(
         "inputs",
         "created_by",
         "checksum",
-        "limits",
         "files",
         "features",
         "vocab_sizes",
         "records",
     }
-    # limits: max_timestamp is relative to the clock; checksum: of the manifest
+    # checksum: of the manifest
     same = {k: v for k, v in base.items() if k not in ignore}
     assert same == {k: v for k, v in default.items() if k not in ignore}
     assert base["records"] == default["records"] and "features" not in default
@@ -371,3 +370,24 @@ def test_item_features_leave_the_other_columns_and_the_default_run_unchanged(
     assert {k: v for k, v in extended["vocab_sizes"].items() if k not in NAMES} == base[
         "vocab_sizes"
     ]
+
+
+def test_the_same_inputs_prepared_a_day_apart_give_the_same_checksum(
+    fixture_files, tmp_path, monkeypatch
+):
+    """The default timestamp bound follows the clock (one day after the job starts); the
+    manifest records it as that rule, so a study's runs recorded on data prepared once
+    still match the same data prepared again later (experiments.worker.run_status compares
+    the manifest checksum). A given --max-timestamp is recorded as its value."""
+    import data_prep.limits as limits
+
+    monkeypatch.chdir(tmp_path)  # one command line (created_by) for both preparations
+    clock = [1_700_000_000]
+    monkeypatch.setattr(limits.time, "time", lambda: clock[0])
+    first = run(*fixture_files, Path("out"))
+    clock[0] += limits.DAY_SECONDS
+    again = run(*fixture_files, Path("out"))
+    assert first["limits"]["max_timestamp"] == limits.DEFAULT_MAX_TIMESTAMP_RULE
+    assert first["checksum"] == again["checksum"]
+    given = run(*fixture_files, Path("given"), "--max-timestamp", "2000000000")
+    assert given["limits"]["max_timestamp"] == 2_000_000_000

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import string
 import subprocess
@@ -17,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments import records as records_module
 from experiments import report, runs, study
 from experiments.paper import BASELINES, LABELS, PAPER_AMAZON, TABLE2, TABLE4
+from experiments.records import restore_records
 from experiments.worker import run_status
 from models.zoo import make_config
 from pipeline.config import PRESETS, TrainConfig
@@ -563,9 +566,11 @@ def test_parallel_jobs_train_each_run_once(tmp_path: Path, capfd: pytest.Capture
     )
     small = tmp_path / "small.json"
     small.write_text(json.dumps({"batch_size": 32, "eval_batch_size": 32}))
+    records = tmp_path / "records"
     config = study.parse_args(
         ["--quick", "--quick-steps", "3", "--train-config", str(small), "--workers", "1",
-         "--parallel", "2", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data)]
+         "--parallel", "2", "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(data),
+         "--records-dir", str(records)]
     )  # fmt: skip
     assert (config.workers, config.parallel) == (1, 2)
     checksum = PreparedData(data).checksum
@@ -580,6 +585,16 @@ def test_parallel_jobs_train_each_run_once(tmp_path: Path, capfd: pytest.Capture
         record = json.loads((run.out / "study_run.json").read_text())
         assert record["world_size"] == 1
     assert "(another job trains it)" in out or "(done)" in out  # the second job's skips
+    assert study.launch(config, plan_runs, "parallel", checksum) == 0
+    assert "parallel: all 3 runs done" in capfd.readouterr().out
+    # a fresh checkout: no run folders, only the records the workers kept; restored, every
+    # run is done again without training
+    for run in plan_runs:
+        record = records / run.key
+        assert (record / "metrics.json").read_bytes() == (run.out / "metrics.json").read_bytes()
+    shutil.rmtree(tmp_path / "runs")
+    restored = restore_records(records, tmp_path / "runs")
+    assert len(restored) == 3 * len(records_module.RUN_FILES)
     assert study.launch(config, plan_runs, "parallel", checksum) == 0
     assert "parallel: all 3 runs done" in capfd.readouterr().out
 
