@@ -1,14 +1,19 @@
 """Hyper-parameter search on the VALIDATION split, one model at a time (docs/tuning.md):
 
     python -m experiments.tune --data DIR --model NAME [--trials 30]
-        [--storage sqlite:///runs/tune/NAME.db] [--train-fraction 1.0] [--workers 2]
+        [--storage journal:docs/results/tune/DATA/NAME.journal] [--train-fraction 1.0]
+        [--workers 2]
         [--max-epochs 10] [--evals-per-epoch 2] [--patience 4] [--preset amazon] ...
 
 Optuna drives it: a seeded TPE sampler (multivariate, grouped for the conditional
 parameters; reseeded from --sampler-seed and the number of trials so far, so a resumed
 search draws what an uninterrupted one would have), a pruner (median by default) fed
 the validation AUC of every evaluation through the trainer's `on_eval` hook, and its
-SQLite storage, so a killed search continues where it stopped: trials left RUNNING by
+storage, so a killed search continues where it stopped. The default storage is Optuna's
+journal (`JournalStorage` over `JournalFileBackend`: an append-only text log of every
+trial, its parameters and intermediate values) at docs/results/tune/DATA/NAME.journal,
+inside the repository, so a search continues from a fresh checkout on another machine
+too (`git add` it; any Optuna storage URL, e.g. sqlite:///FILE, works instead): trials left RUNNING by
 the dead process are marked FAIL and their parameters queued again, and a second
 invocation with more --trials adds trials to the same search.
 
@@ -68,7 +73,7 @@ class TuneConfig:
     data: str
     model: str
     trials: int = 30
-    storage: str | None = None  # default sqlite:///<out>/../<model>.db
+    storage: str | None = None  # default journal:docs/results/tune/<data folder>/<model>.journal
     study_name: str | None = None  # default: the model
     out: str | None = None  # default runs/tune/<model>
     preset: str = "amazon"
@@ -100,7 +105,9 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         self.out = self.out or f"runs/tune/{self.model}"
-        self.storage = self.storage or f"sqlite:///{Path(self.out).parent / self.model}.db"
+        self.storage = (
+            self.storage or f"journal:docs/results/tune/{Path(self.data).name}/{self.model}.journal"
+        )
         self.study_name = self.study_name or self.model
 
 
@@ -115,7 +122,12 @@ def parse_args(argv: list[str] | None = None) -> TuneConfig | str:
     p.add_argument("--model", help="model of the zoo to tune")
     d = TuneConfig("", "")
     p.add_argument("--trials", type=int, default=d.trials, help="finished trials (budget)")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///runs/tune/NAME.db)")
+    p.add_argument(
+        "--storage",
+        help="journal:FILE (Optuna's journal file; default "
+        "journal:docs/results/tune/DATA/NAME.journal, DATA the data folder's name) or an "
+        "Optuna storage URL (sqlite:///FILE)",
+    )
     p.add_argument("--study-name", help="study name in the storage (default: the model)")
     p.add_argument("--out", help="trials table and best settings (default runs/tune/NAME)")
     p.add_argument("--preset", default=d.preset, help="trainer preset under every trial")
@@ -324,7 +336,7 @@ def run_trial_worker(spec_path: str) -> int:
 
         study = optuna.load_study(
             study_name=spec["study_name"],
-            storage=spec["storage"],
+            storage=open_storage(spec["storage"]),
             pruner=build_pruner(**spec["pruner"]),
         )
         trial = optuna.Trial(study, spec["trial_id"])
@@ -382,16 +394,32 @@ def study_attrs(tc: TuneConfig, data_checksum: str) -> dict[str, Any]:
     return {k: values[k] for k in STUDY_KEYS}
 
 
+JOURNAL = "journal:"
+
+
+def open_storage(url: str) -> Any:
+    """`journal:FILE` -> Optuna's JournalStorage on that file (its folder created); any other
+    URL is Optuna's (sqlite:///FILE: its folder created)."""
+    if url.startswith(JOURNAL):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len(JOURNAL) :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
 def open_study(tc: TuneConfig, attrs: dict[str, Any]) -> Any:
     """The study in the storage (created on first use); its budget settings must match."""
     import optuna
 
-    if tc.storage.startswith("sqlite:///"):
-        Path(tc.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=tc.study_name,
-        storage=tc.storage,
+        storage=open_storage(tc.storage),
         direction="maximize",
         load_if_exists=True,
         sampler=make_sampler(tc, 0),

@@ -1,5 +1,5 @@
 """The tuner (experiments.tune): spaces as data, the tuning folder, pruning, resuming from
-its SQLite storage after being killed, and that no trial reads the test split."""
+its journal storage after being killed, and that no trial reads the test split."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 import pytest
 
+from experiments.tune import open_storage
 from experiments.tune_data import kept_users, tuning_folder
 from experiments.tune_space import FAMILIES, MODEL_SPACES, settings_of, space_for, suggest
 from tests.fixtures import write_prepared
@@ -134,7 +135,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _tune(source: Path, work: Path, trials: int, *extra: str, wait: bool = True):
     cmd = [
         sys.executable, "-m", "experiments.tune", "--data", str(source), "--model", MODEL,
-        "--trials", str(trials), "--storage", f"sqlite:///{work / 'study.db'}",
+        "--trials", str(trials), "--storage", f"journal:{work / 'study.journal'}",
         "--out", str(work / "out"), "--subset-dir", str(work / "data"),
         "--train-fraction", "0.8", "--workers", "1", "--threads", "1", "--max-epochs", "2",
         "--evals-per-epoch", "2", "--patience", "2", "--startup-trials", "2",
@@ -235,7 +236,8 @@ def test_search_prunes_writes_the_table_and_resumes_after_a_kill(source: Path, t
     while _trial_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _trial_processes(marker), "the trial outlived the killed tuner"
-    stored = optuna.load_study(study_name=MODEL, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    storage = open_storage(f"journal:{tmp_path / 'study.journal'}")
+    stored = optuna.load_study(study_name=MODEL, storage=storage)
     assert stored.trials[4].state.name == "RUNNING"
     out = _tune(source, tmp_path, 5)
     assert "left running by a stopped search" in out
@@ -243,3 +245,17 @@ def test_search_prunes_writes_the_table_and_resumes_after_a_kill(source: Path, t
     assert final[4]["state"] == "FAIL"
     assert final[5]["user_attrs"]["retry_of"] == 4 and final[5]["params"] == final[4]["params"]
     assert sum(t["state"] in ("COMPLETE", "PRUNED") for t in final) == 5
+
+
+def test_the_default_storage_is_a_journal_kept_in_the_repository(tmp_path: Path):
+    """A search outlives the machine it ran on: its default storage is Optuna's journal
+    file under docs/results/tune (tracked), per data folder and model."""
+    from experiments.tune import TuneConfig
+
+    assert TuneConfig(data="data/amazon-toys", model="din").storage == (
+        "journal:docs/results/tune/amazon-toys/din.journal"
+    )
+    path = tmp_path / "new" / "din.journal"
+    assert isinstance(open_storage(f"journal:{path}"), optuna.storages.JournalStorage)
+    assert path.parent.is_dir()
+    assert open_storage("sqlite:///x.db") == "sqlite:///x.db"
