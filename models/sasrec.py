@@ -65,6 +65,33 @@ class CausalSelfAttentionBlock(nn.Module):
         x = x + self.out(attended)
         return x + self.ffn(self.ffn_norm(x))
 
+    def forward_at(
+        self, x: torch.Tensor, allowed: torch.Tensor, position: torch.Tensor
+    ) -> torch.Tensor:
+        """`forward(x, allowed)[b, position[b]]` (B, d_h), computed at that one query
+        position per sample only: its query, attention row, output projection and FFN
+        (keys and values still from every position). SASRec's interest is the last valid
+        position of the last block, so that block needs no other row: its (L, L) attention
+        becomes (1, L), its FFN one row. position (B,) int64 in [0, L), L >= 1."""
+        d = self.num_heads * self.head_dim
+        rows = torch.arange(x.shape[0], device=x.device)
+        normed = self.attn_norm(x)  # (B, L, d_h)
+        weight, bias = self.qkv.weight, self.qkv.bias
+        kv = F.linear(normed, weight[d:], bias[d:]).unflatten(
+            -1, (2, self.num_heads, self.head_dim)
+        )
+        k, v = kv.transpose(1, 3).unbind(2)  # (B, H, L, d_k) each
+        q = F.linear(normed[rows, position], weight[:d], bias[:d])  # (B, d_h)
+        q = q.unflatten(-1, (self.num_heads, 1, self.head_dim))  # (B, H, 1, d_k)
+        row = allowed[rows, position]  # (B, L)
+        some = row.any(-1, keepdim=True)  # (B, 1)
+        mask = row.clone()
+        mask[:, :1] |= ~some
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+        attended = attended.flatten(1) * some.to(x.dtype)  # (B, d_h), heads in order
+        y = x[rows, position] + self.out(attended)
+        return y + self.ffn(self.ffn_norm(y))
+
     @torch.jit.unused
     def forward_reference(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """`forward` computed plainly: the (B, H, L, L) scores and a masked softmax."""
@@ -117,14 +144,39 @@ class SASRecInterest(InterestArch):
         self.norm = nn.LayerNorm(hidden_dim)
 
     def forward(self, x: InterestInputs) -> torch.Tensor:
+        """The interest (B, d_h). The last block runs at the last valid position only
+        (`CausalSelfAttentionBlock.forward_at`: nothing else of it reaches the output), the
+        others at every position; `forward_reference` runs every block everywhere."""
+        if x.mask.shape[1] == 0:
+            return x.history.new_zeros(x.history.shape[0], self.out_dim)
+        h, allowed = self._embedded(x)
+        last = (x.lengths - 1).clamp(min=0)
+        final = len(self.blocks) - 1
+        out = h[torch.arange(h.shape[0], device=h.device), last]  # (B, d_h) without blocks
+        for i, block in enumerate(self.blocks):
+            if i < final:
+                h = block(h, allowed)
+            else:
+                out = block.forward_at(h, allowed, last)
+        out = self.norm(out)
+        return out * (x.lengths > 0).unsqueeze(-1).to(out.dtype)
+
+    def _embedded(self, x: InterestInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h (B, L, d_h): items + recency positions, allowed (B, L, L): causal and real)."""
         length = x.mask.shape[1]
         slots = torch.arange(length, device=x.mask.device)
         recency = (x.lengths.unsqueeze(-1) - 1 - slots).clamp(0, self.max_positions - 1)  # (B, L)
         h = self.input(x.history) + self.positions(recency)
         causal = slots[:, None] >= slots[None, :]  # (L, L): query i sees keys j <= i
-        allowed = causal & x.mask[:, None, :]  # (B, L, L)
+        return h, causal & x.mask[:, None, :]
+
+    @torch.jit.unused
+    def forward_reference(self, x: InterestInputs) -> torch.Tensor:
+        """`forward` computed plainly: every block at every position (the plain attention
+        form), then the last valid position."""
+        h, allowed = self._embedded(x)
         for block in self.blocks:
-            h = block(h, allowed)
+            h = block.forward_reference(h, allowed)
         last = (x.lengths - 1).clamp(min=0)
         out = self.norm(h[torch.arange(h.shape[0], device=h.device), last])  # (B, d_h)
         return out * (x.lengths > 0).unsqueeze(-1).to(out.dtype)

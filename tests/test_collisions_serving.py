@@ -300,8 +300,16 @@ def test_a_run_exports_and_evaluates_as_the_trainer(tmp_path: Path, world: int) 
     served = json.loads(exported.stdout[exported.stdout.index("{") :])
     trained = json.loads((out / "metrics.json").read_text())["test"]
     assert served["rows"] == trained["samples"] == 80
-    assert served["auc"] == pytest.approx(trained["auc"], abs=1e-6)
-    assert served["logloss"] == pytest.approx(trained["logloss"], abs=1e-6)
+    # The same scores to float rounding: the trainer scores with fbgemm's sharded kernels
+    # and the shards' similarities, the artifact recomputes the similarities in float32
+    # from its tables, so two near-tied rows may swap order. AUC is then off by one pair
+    # of positive x negative rows (seen on one CPU: 1 of 1,596 pairs), and the log loss by
+    # the float32 rounding of the probabilities (1.7e-6 there); a real difference (another
+    # user row, another item) moves both by far more (1e-2 and up).
+    labels = pq.read_table(data / "test").column("label").to_numpy()
+    one_pair = 1.0 / (int(labels.sum()) * int((1 - labels).sum()))
+    assert served["auc"] == pytest.approx(trained["auc"], abs=one_pair + 1e-9)
+    assert served["logloss"] == pytest.approx(trained["logloss"], abs=1e-5)
     scorer, info = artifact.load_artifact(out / "scorer.pt2")
     new_users = spread_ids(torch.arange(NEW, NEW + 40))  # the maps hold spread ids
     assert int(torch.isin(scorer.tables["user_raw_ids"], new_users).sum()) > 0

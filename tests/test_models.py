@@ -440,3 +440,61 @@ def test_sasrec_block_equals_the_plain_reference_and_gradients(
         for form in (block.forward, block.forward_reference)
     )
     assert_same_outputs_and_gradients(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    length=st.integers(1, 9),
+    batch=st.integers(1, 5),
+    heads=st.integers(1, 3),
+    head_dim=st.integers(1, 4),
+    layers=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_sasrec_last_block_at_the_last_position_equals_every_position(
+    length: int, batch: int, heads: int, head_dim: int, layers: int, seed: int
+) -> None:
+    """SASRec's interest with its last block run at the last valid position only (`forward`,
+    `CausalSelfAttentionBlock.forward_at`) equals every block run at every position
+    (`forward_reference`): outputs and the gradients of the history and every parameter,
+    float64, empty histories (zeros), full ones, 0 to 3 blocks."""
+    from models.interest import InterestInputs
+    from models.sasrec import SASRecInterest
+
+    torch.manual_seed(seed)
+    arch = SASRecInterest(3, heads * head_dim, heads, layers, max_positions=4).double()
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, length + 1, (batch,), generator=g)
+    lengths[0] = 0  # an empty history
+    if batch > 1:
+        lengths[1] = length  # a full one
+    mask = torch.arange(length) < lengths[:, None]
+    history = torch.randn(batch, length, 3, generator=g, dtype=torch.float64)
+    zeros = torch.zeros(batch, length, dtype=torch.float64)
+
+    def call(form):
+        def run(v):
+            x = InterestInputs(v["query"], v["history"], mask, zeros, zeros.long(), lengths)
+            return form(x)
+
+        return run
+
+    inputs = {"query": torch.randn(batch, 3, generator=g, dtype=torch.float64), "history": history}
+    got, want = (
+        outputs_and_gradients(arch, call(form), inputs, seed)
+        for form in (arch.forward, arch.forward_reference)
+    )
+    assert (got[0][0] == 0).all()
+    assert_same_outputs_and_gradients(got, want)
+
+
+def test_sasrec_of_an_empty_batch_of_histories_is_zero() -> None:
+    """L = 0 (no behaviour in any sample): zeros of the interest's width."""
+    from models.interest import InterestInputs
+    from models.sasrec import SASRecInterest
+
+    arch = SASRecInterest(3, 4, 2, 2, max_positions=4)
+    empty = torch.zeros(2, 0)
+    x = InterestInputs(torch.randn(2, 3), torch.zeros(2, 0, 3), empty.bool(), empty,
+                       empty.long(), torch.zeros(2, dtype=torch.long))  # fmt: skip
+    assert torch.equal(arch(x), torch.zeros(2, 4))
