@@ -23,6 +23,7 @@ import resource
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.data import PreparedData
@@ -74,6 +75,7 @@ def measure(data: PreparedData, batch_size: int, workers: int, args) -> dict:
         world_size=args.world_size,
         num_workers=workers,
         shuffle_buffer_row_groups=args.shuffle_buffer_row_groups,
+        extras=replace(data.history_extras, times=data.history_extras.times and args.times),
     )
     read_seconds = [0.0]
     if workers == 0:  # time the window reads inside the synchronous run
@@ -127,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="runs per count (median reported)")
     p.add_argument(
         "--ceiling-seconds", type=float, default=2.0, help="per measurement of machine_scaling"
+    )
+    p.add_argument(
+        "--times",
+        action="store_true",
+        help="also read the behaviour times, as the trainer does for a model that reads them "
+        "(DMAE); without it the columns of every other model (PreparedData.history_extras_for)",
     )
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args(argv)

@@ -289,6 +289,7 @@ def build_run(config: TrainConfig, env: DistEnv, data: PreparedData, output_dir:
         "world_size": env.world_size,
         "num_workers": config.reader_workers,  # batches read ahead (pipeline/loader.py)
         "pin_memory": env.device.type == "cuda",
+        "extras": data.history_extras_for(model.over_arch.interest),  # what the model reads
     }
     if getattr(model_config, "managed_collisions", False):
         ranks["vocab_sizes"] = None  # ids from an open space: no table bounds to check

@@ -98,3 +98,36 @@ def test_categories_become_kjt_keys(tmp_path: Path):
 def test_missing_manifest_is_a_clear_error(tmp_path: Path):
     with pytest.raises(DataError, match="no manifest"):
         PreparedData(tmp_path)
+
+
+def test_a_reader_decodes_only_the_columns_its_batches_get(tmp_path: Path, monkeypatch):
+    """The shards hold `ts` and the behaviour times; a model that reads no times gets
+    readers that never decode them (`PreparedData.history_extras_for`), DMAE's readers do,
+    and the batches of both are otherwise the same."""
+    from models.dmae import DMAEInterest
+    from models.interest import InterestArch
+
+    data = PreparedData(write_prepared(tmp_path / "d", categories=True, times=True))
+    plain, timed = InterestArch(), DMAEInterest.__new__(DMAEInterest)
+    timed.needs_times, timed.needs_modality_sims = True, False
+    assert not data.history_extras_for(plain).times and data.history_extras_for(timed).times
+    read: list[list[str]] = []
+    original = pq.ParquetFile.read_row_group
+
+    def spy(self, i, columns=None, **kwargs):
+        table = original(self, i, columns=columns, **kwargs)
+        read.append(table.column_names)
+        return table
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    batches = {}
+    for name, arch in (("plain", plain), ("timed", timed)):
+        read.clear()
+        reader = data.reader("train", 8, extras=data.history_extras_for(arch))
+        batches[name] = list(reader.iter_batches(0))
+        assert read and all("ts" not in cols for cols in read)
+        assert all(("hist_ts_delta" in cols) == (name == "timed") for cols in read)
+    assert all(b.hist_times is None for b in batches["plain"])
+    assert all(b.hist_times is not None for b in batches["timed"])
+    for a, b in zip(batches["plain"], batches["timed"], strict=True):
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.hist_sims, b.hist_sims)
