@@ -25,6 +25,7 @@ PAPER_ABLATION = {
 PAPER_SHORT_SHARE = 0.8475  # Sec. V-E4: share of Amazon users with L <= 10
 PAPER_SHORT_MAX = 10  # Fig. 6: the paper's activity split
 PAPER_ALPHA = 0.3  # Fig. 5: the best alpha on Amazon
+ALPHAS = [round(0.1 * i, 1) for i in range(11)]  # Fig. 5: the sweep, 0 to 1 by 0.1
 PAPER_DATA = {"users": "192k", "items": "63k", "samples": "1.7M"}  # Table I, Amazon
 ID_ONLY = ["sasrec", "din", "ta", "bfs_mf"]  # no multimodal signal in the interest arch
 

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.paper import BASELINES, LABELS, PAPER_ALPHA, RELATED, TABLE2, TABLE4
+from experiments.paper import ALPHAS, BASELINES, LABELS, PAPER_ALPHA, RELATED, TABLE2, TABLE4
 from experiments.records import record_study, restore_records
 from pipeline.config import ConfigError, TrainConfig, load_config_file, merge, preset_layers
 
@@ -73,7 +73,6 @@ UNTRAINED = ("popularity",)  # no training steps, no validation
 # first (DMF at the paper's alpha right after DTA), the costliest (DMAE and SASRec, about
 # 3x TA on CPU) last, so an interrupted study has them; then the ablations.
 RUN_ORDER = ["popularity", "dnn", "ta", "dta", "din", "bfs_mf", "simtier", "make", "dmae", "sasrec"]
-ALPHAS = [round(0.1 * i, 1) for i in range(11)]
 CASE_MODELS = ("ta", "dta")
 CASE_SEED = 0  # the seed whose TA and DTA runs keep a checkpoint for the case study
 PRESET = "amazon"  # the Amazon recipe chosen on validation (pipeline/config.py PRESETS)

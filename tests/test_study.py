@@ -20,7 +20,7 @@ import pytest
 
 from experiments import records as records_module
 from experiments import report, runs, study
-from experiments.paper import BASELINES, LABELS, PAPER_AMAZON, TABLE2, TABLE4
+from experiments.paper import BASELINES, ID_ONLY, LABELS, PAPER_AMAZON, TABLE2, TABLE4
 from experiments.records import restore_records
 from experiments.worker import run_status
 from models.zoo import make_config
@@ -248,6 +248,12 @@ def test_report_and_plots_from_fake_metrics(fake_runs: Path, tmp_path: Path):
     ):
         assert expected in text, expected
     assert "$" not in text and "\n\n\n" not in text  # every placeholder filled, no gaps
+    # the ID-only verdict follows the numbers (popularity 0.7031 in the fake evidence)
+    gains = [np.mean([m["test"]["auc"] for m in results["runs"][k]]) - 0.7031
+             for k in ID_ONLY if results["runs"].get(k)]  # fmt: skip
+    near = max(gains) < report.NEAR_POPULARITY
+    assert ("do no better than popularity" in text) == near
+    assert ("points of AUC above popularity alone" in text) == (not near)
     # Every Table II model and the extra row, with the paper's numbers next to ours.
     for key in [*BASELINES, *TABLE2, "dmf_gate", *TABLE4]:
         assert f"| {LABELS[key]} |" in text, key
@@ -629,3 +635,12 @@ def test_data_without_behaviour_times_is_prepared_again(tmp_path: Path):
     assert study.data_is_current(config) == (True, "up to date")
     write_manifest(data, manifest)
     assert study.data_is_current(config) == (False, "no behaviour times (hist_ts_delta)")
+
+
+def test_an_unfinished_sweep_says_which_alphas_and_seeds_it_holds():
+    """The report of a study still running names the sweep's finished runs, not the plan."""
+    full = {a: [{"seed": s} for s in (0, 1, 2)] for a in study.ALPHAS}
+    assert report._sweep_seeds_note(full, [0, 1, 2]).startswith("Seeds [0, 1, 2] for every α")
+    partial = {0.3: [{"seed": 0}]}
+    note = report._sweep_seeds_note(partial, [0, 1, 2])
+    assert "unfinished" in note and "α 0.3: seeds [0]" in note
