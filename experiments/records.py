@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 RUN_FILES = ("config.json", "study_run.json", "metrics.json")  # metrics.json last: it marks
@@ -33,8 +34,26 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _same(a: Path, b: Path) -> bool:
-    return b.is_file() and a.read_bytes() == b.read_bytes()
+def _changed(src: Path, dst: Path) -> bool:
+    return not (dst.is_file() and src.read_bytes() == dst.read_bytes())
+
+
+def _absent(src: Path, dst: Path) -> bool:
+    return not dst.exists()
+
+
+def _copy_files(
+    src_dir: Path, dst_dir: Path, names: tuple[str, ...], when: Callable[[Path, Path], bool]
+) -> list[Path]:
+    """Copy each of `names` present in src_dir to dst_dir where `when(src, dst)`; returns
+    the files written."""
+    written = []
+    for name in names:
+        src, dst = src_dir / name, dst_dir / name
+        if src.is_file() and when(src, dst):
+            _copy_atomic(src, dst)
+            written.append(dst)
+    return written
 
 
 def record_run(run_dir: Path, records_run_dir: Path) -> list[Path]:
@@ -43,13 +62,7 @@ def record_run(run_dir: Path, records_run_dir: Path) -> list[Path]:
     run_dir, records_run_dir = Path(run_dir), Path(records_run_dir)
     if not (run_dir / "metrics.json").is_file():
         return []
-    written = []
-    for name in RUN_FILES:
-        src, dst = run_dir / name, records_run_dir / name
-        if src.is_file() and not _same(src, dst):
-            _copy_atomic(src, dst)
-            written.append(dst)
-    return written
+    return _copy_files(run_dir, records_run_dir, RUN_FILES, _changed)
 
 
 def record_study(runs_dir: Path, records_dir: Path) -> list[Path]:
@@ -63,12 +76,7 @@ def record_study(runs_dir: Path, records_dir: Path) -> list[Path]:
         if ".stale" in run_dir.name or ".stale" in run_dir.parent.name:
             continue
         written += record_run(run_dir, records_dir / run_dir.relative_to(runs_dir))
-    for name in STUDY_FILES:
-        src, dst = runs_dir / name, records_dir / name
-        if src.is_file() and not _same(src, dst):
-            _copy_atomic(src, dst)
-            written.append(dst)
-    return written
+    return written + _copy_files(runs_dir, records_dir, STUDY_FILES, _changed)
 
 
 def restore_records(records_dir: Path, runs_dir: Path) -> list[Path]:
@@ -79,16 +87,6 @@ def restore_records(records_dir: Path, runs_dir: Path) -> list[Path]:
     written = []
     for metrics in sorted(records_dir.glob("*/*/seed*/metrics.json")):
         target = runs_dir / metrics.parent.relative_to(records_dir)
-        if (target / "metrics.json").is_file():
-            continue
-        for name in RUN_FILES:
-            src = metrics.parent / name
-            if src.is_file():
-                _copy_atomic(src, target / name)
-                written.append(target / name)
-    for name in STUDY_FILES:
-        src, dst = records_dir / name, runs_dir / name
-        if src.is_file() and not dst.exists():
-            _copy_atomic(src, dst)
-            written.append(dst)
-    return written
+        if not (target / "metrics.json").is_file():
+            written += _copy_files(metrics.parent, target, RUN_FILES, lambda src, dst: True)
+    return written + _copy_files(records_dir, runs_dir, STUDY_FILES, _absent)
