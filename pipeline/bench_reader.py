@@ -23,8 +23,8 @@ import resource
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from pipeline.data import PreparedData
 
@@ -75,7 +75,7 @@ def measure(data: PreparedData, batch_size: int, workers: int, args) -> dict:
         world_size=args.world_size,
         num_workers=workers,
         shuffle_buffer_row_groups=args.shuffle_buffer_row_groups,
-        extras=replace(data.history_extras, times=data.history_extras.times and args.times),
+        extras=data.history_extras_for(SimpleNamespace(needs_times=args.times)),
     )
     read_seconds = [0.0]
     if workers == 0:  # time the window reads inside the synchronous run
