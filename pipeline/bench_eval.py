@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipeline.distributed import close_distributed
+
 
 def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -86,6 +88,7 @@ def _worker(rank: int, world: int, port: int, method: str, n: int, users: int, o
         world_size=world,
         timeout=timedelta(seconds=600),
     )
+    clean = False
     try:
         from pipeline.metrics import EvalAccumulator
 
@@ -105,8 +108,9 @@ def _worker(rank: int, world: int, port: int, method: str, n: int, users: int, o
         record["auc"] = result["auc"] if method == "routed" else result["all"]["auc"]
         record["gauc"] = result["gauc"] if method == "routed" else result["all"]["gauc"]
         Path(out, f"{method}-{rank}.json").write_text(json.dumps(record))
+        clean = True
     finally:
-        dist.destroy_process_group()
+        close_distributed(clean)
 
 
 def _free_port() -> int:

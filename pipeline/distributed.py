@@ -99,3 +99,15 @@ def init_distributed(device: str = "auto") -> DistEnv:
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())),
         device=dev,
     )
+
+
+def close_distributed(clean: bool) -> None:
+    """Leave the process group. `clean` (this rank finished without an error): wait at a
+    barrier for the other ranks first, so no rank closes its connections while a peer is
+    still in the last collective (gloo aborts that peer with SIGABRT). After an error the
+    others may be gone, so the group is destroyed at once."""
+    if not dist.is_initialized():
+        return
+    if clean and dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -46,6 +46,38 @@ def require_shared(*parts: str) -> Path:
 
 
 @contextlib.contextmanager
+def gloo_group(rank: int, world: int, init: str, timeout_s: float = 60) -> Iterator[None]:
+    """Rank `rank` of a `world`-rank gloo group (init method `init`) for the duration of the
+    block, in a spawned test process.
+
+    It is left as the trainer leaves it (`pipeline.distributed.close_distributed`: a barrier
+    first when the block ended without an error). `faulthandler` prints every thread's Python stack if the process dies by a signal: a
+    spawned child's crash otherwise reaches the test only as "terminated with signal".
+    """
+    import faulthandler
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from pipeline.distributed import close_distributed
+
+    faulthandler.enable()
+    dist.init_process_group(
+        "gloo",
+        init_method=init,
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    clean = False
+    try:
+        yield
+        clean = True
+    finally:
+        close_distributed(clean)
+
+
+@contextlib.contextmanager
 def one_rank_process_group(store_dir: Path) -> Iterator[None]:
     """A gloo process group of one rank (its file store in `store_dir`) for the duration of
     the block: what torchrec's sharding needs in a single-process test."""

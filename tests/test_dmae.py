@@ -10,7 +10,6 @@ import math
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from models.batch import Batch
@@ -34,7 +32,7 @@ from models.features import FeatureSpec
 from models.interest import InterestInputs, request_inputs
 from models.zoo import build_model, make_config
 from pipeline.data import PreparedData, table_to_batch
-from tests.fixtures import write_prepared
+from tests.fixtures import gloo_group, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
@@ -488,10 +486,7 @@ WORLD = 2
 
 
 def _worker(rank: int, init: str, root: str, out: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
-    )
-    try:
+    with gloo_group(rank, WORLD, init):
         from pipeline.distributed import DistEnv
         from pipeline.sharding import ShardingSettings, shard_model
         from tests.test_sharded_equivalence import copy_weights
@@ -524,8 +519,6 @@ def _worker(rank: int, init: str, root: str, out: str) -> None:
             "plan": str(dmp.plan),
         }
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.multiprocess

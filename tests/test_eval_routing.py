@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pipeline.metrics import EvalAccumulator, _user_owner, ne, to_jsonable
+from tests.fixtures import gloo_group
 from tests.test_metrics import (
     assert_metrics_close,
     feed,
@@ -62,10 +61,7 @@ def test_ne_matches_torchrec() -> None:
 
 
 def _worker(rank: int, init: str, out: str, cases: dict) -> None:
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
-    )
-    try:
+    with gloo_group(rank, WORLD, init):
         from pipeline.metrics import _exchange
 
         results = {}
@@ -86,8 +82,6 @@ def _worker(rank: int, init: str, out: str, cases: dict) -> None:
             results[name + "/received_users"] = sorted(set(routed[:, 0].tolist()))
             results[name + "/received_rows"] = int(routed.shape[0])
         Path(out, f"rank{rank}.json").write_text(json.dumps(to_jsonable(results)))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.multiprocess

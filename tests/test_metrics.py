@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +24,7 @@ from pipeline.metrics import (
     ne,
     to_jsonable,
 )
+from tests.fixtures import gloo_group
 
 
 def pairwise_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -267,10 +266,7 @@ def test_to_jsonable_and_format_table() -> None:
 
 def _distributed_worker(rank: int, world: int, init: str, out: str, rows: dict) -> None:
     """Rank `rank` of a gloo group: every other row (users split across ranks), in batches."""
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=60)
-    )
-    try:
+    with gloo_group(rank, world, init):
         mine = {k: v[rank::world] for k, v in rows.items()}
         acc = EvalAccumulator()
         feed(acc, mine, batch=37 + 20 * rank)
@@ -279,8 +275,6 @@ def _distributed_worker(rank: int, world: int, init: str, out: str, rows: dict) 
             feed(lonely, rows, batch=100)
         result = {"split": acc.compute(), "lonely": lonely.compute()}
         Path(out, f"rank{rank}.json").write_text(json.dumps(to_jsonable(result)))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.multiprocess

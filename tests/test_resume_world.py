@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import socket
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.fixtures import write_prepared
+from tests.fixtures import gloo_group, write_prepared
 
 SMALL = {"embedding_dim": 8, "hidden_dim": 8, "num_heads": 2, "mlp_dims": [16]}
 
@@ -32,18 +30,9 @@ def _free_port() -> int:
 
 def _phase(rank: int, world: int, port: int, data_root: str, jobs: list[tuple]) -> None:
     """Each job: (checkpoint folder, embedding optimizer, sharding type, "train" | "resume")."""
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=120),
-    )
-    try:
+    with gloo_group(rank, world, f"tcp://127.0.0.1:{port}", timeout_s=120):
         for job in jobs:
             _job(rank, world, data_root, *job)
-    finally:
-        dist.destroy_process_group()
 
 
 def _job(

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 
-from tests.fixtures import write_prepared
+from tests.fixtures import gloo_group, write_prepared
 
 WORLD = 2
 SMALL = {"embedding_dim": 8, "hidden_dim": 8, "num_heads": 2, "mlp_dims": [16]}
@@ -44,10 +42,7 @@ def copy_weights(reference: dict[str, torch.Tensor], sharded: dict[str, torch.Te
 
 
 def _worker(rank: int, init: str, root: str, out: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
-    )
-    try:
+    with gloo_group(rank, WORLD, init):
         from models.ctr import CTRTask
         from models.zoo import build_model, make_config
         from pipeline.data import PreparedData
@@ -83,8 +78,6 @@ def _worker(rank: int, init: str, root: str, out: str) -> None:
                 "plan": str(dmp.plan),
             }
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.multiprocess

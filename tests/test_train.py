@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.checkpoint import best_or_latest_checkpoint
-from tests.fixtures import one_rank_process_group, write_prepared
+from tests.fixtures import gloo_group, one_rank_process_group, write_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -459,15 +459,11 @@ def _adam_dense_worker(rank: int, init: str, root: str, out: str, optimizer: str
     tables) on the mean loss of both ranks' batches (what DDP's averaged gradient is the
     gradient of); both take the same steps."""
     import copy
-    from datetime import timedelta
 
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo", init_method=init, rank=rank, world_size=2, timeout=timedelta(seconds=60)
-    )
-    try:
+    with gloo_group(rank, 2, init):
         from models.ctr import CTRTask
         from models.zoo import build_model, make_config
         from pipeline.data import PreparedData
@@ -518,8 +514,6 @@ def _adam_dense_worker(rank: int, init: str, root: str, out: str, optimizer: str
             for k, v in reference.state_dict().items()
         }
         Path(out, f"rank{rank}.json").write_text(json.dumps({"losses": losses, "diffs": diffs}))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
