@@ -37,12 +37,12 @@ class MiniLMEncoder:
 
     The model runs in float64 and its normalised vectors are rounded to float32. In float32 a
     title's vector changes in its last bits with the matrix kernel's path (the CPU's vector
-    width, the padded length of the batch it falls in: up to 9e-8 here), and with it every
-    similarity, bucket boundary and file checksum: the same inputs prepared on another CPU
-    kind gave another manifest checksum, so no study record made on one machine counted on
-    the next. float64 keeps those differences (about 1e-16) below float32's rounding step,
-    so the stored vectors are the same bits on any machine (tested across batch
-    compositions), for about 1.5-2x the encoder's time.
+    width, the padded length of the batch it falls in), and with it every similarity,
+    bucket boundary and file checksum: the same inputs prepared on another CPU kind gave
+    another manifest checksum, so no study record made on one machine counted on the next.
+    float64 keeps those differences below float32's rounding step, so the stored vectors
+    are expected to be the same bits on any machine (tested here across batch
+    compositions, where float32 fails); the cost in time is in docs/data-prep.md.
     """
 
     name = "minilm"

@@ -12,9 +12,8 @@ import numpy as np
 
 from data_prep.ragged import row_ids
 
-CHUNK_VALUES = (
-    1 << 22
-)  # values gathered per block (32 MiB per float64 operand): bounds temporary memory
+# Values gathered per block (32 MiB per float64 operand): bounds temporary memory.
+CHUNK_VALUES = 1 << 22
 HISTOGRAM_BINS = 1 << 16
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pipeline.distributed import close_distributed
+from pipeline.distributed import leaving_distributed
 
 
 def _peak_bytes() -> int:
@@ -88,8 +88,7 @@ def _worker(rank: int, world: int, port: int, method: str, n: int, users: int, o
         world_size=world,
         timeout=timedelta(seconds=600),
     )
-    clean = False
-    try:
+    with leaving_distributed():
         from pipeline.metrics import EvalAccumulator
 
         acc = EvalAccumulator()
@@ -108,9 +107,6 @@ def _worker(rank: int, world: int, port: int, method: str, n: int, users: int, o
         record["auc"] = result["auc"] if method == "routed" else result["all"]["auc"]
         record["gauc"] = result["gauc"] if method == "routed" else result["all"]["gauc"]
         Path(out, f"{method}-{rank}.json").write_text(json.dumps(record))
-        clean = True
-    finally:
-        close_distributed(clean)
 
 
 def _free_port() -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -101,13 +103,18 @@ def init_distributed(device: str = "auto") -> DistEnv:
     )
 
 
-def close_distributed(clean: bool) -> None:
-    """Leave the process group. `clean` (this rank finished without an error): wait at a
-    barrier for the other ranks first, so no rank closes its connections while a peer is
-    still in the last collective (gloo aborts that peer with SIGABRT). After an error the
-    others may be gone, so the group is destroyed at once."""
-    if not dist.is_initialized():
-        return
-    if clean and dist.get_world_size() > 1:
-        dist.barrier()
-    dist.destroy_process_group()
+@contextlib.contextmanager
+def leaving_distributed() -> Iterator[None]:
+    """Leave the process group when the block ends. A rank whose block ended without an
+    error first waits at a barrier for the others, so no rank closes its connections while a
+    peer is still in the last collective (gloo aborts that peer with SIGABRT); after an
+    error the others may be gone, so the group is destroyed at once."""
+    clean = False
+    try:
+        yield
+        clean = True
+    finally:
+        if dist.is_initialized():
+            if clean and dist.get_world_size() > 1:
+                dist.barrier()
+            dist.destroy_process_group()

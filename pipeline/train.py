@@ -54,7 +54,7 @@ from models.zoo import build_model, make_config
 from pipeline.checkpoint import Checkpointer
 from pipeline.config import TrainConfig, resolve
 from pipeline.data import PreparedData, ShardReader
-from pipeline.distributed import DistEnv, close_distributed, init_distributed
+from pipeline.distributed import DistEnv, init_distributed, leaving_distributed
 from pipeline.metrics import EvalAccumulator, to_jsonable
 from pipeline.planner_inputs import pooling_factors
 from pipeline.progress import Progress
@@ -805,12 +805,8 @@ parse_args = resolve
 
 def main(argv: list[str] | None = None) -> int:
     config = resolve(argv)
-    clean = False
-    try:
+    with leaving_distributed():
         train(config)
-        clean = True
-    finally:
-        close_distributed(clean)
     return 0
 
 

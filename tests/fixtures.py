@@ -48,18 +48,16 @@ def require_shared(*parts: str) -> Path:
 @contextlib.contextmanager
 def gloo_group(rank: int, world: int, init: str, timeout_s: float = 60) -> Iterator[None]:
     """Rank `rank` of a `world`-rank gloo group (init method `init`) for the duration of the
-    block, in a spawned test process.
-
-    It is left as the trainer leaves it (`pipeline.distributed.close_distributed`: a barrier
-    first when the block ended without an error). `faulthandler` prints every thread's Python stack if the process dies by a signal: a
-    spawned child's crash otherwise reaches the test only as "terminated with signal".
-    """
+    block, in a spawned test process, left as the trainer leaves it
+    (`pipeline.distributed.leaving_distributed`). `faulthandler` prints every thread's
+    Python stack if the process dies by a signal: a spawned child's crash otherwise reaches
+    the test only as "terminated with signal"."""
     import faulthandler
     from datetime import timedelta
 
     import torch.distributed as dist
 
-    from pipeline.distributed import close_distributed
+    from pipeline.distributed import leaving_distributed
 
     faulthandler.enable()
     dist.init_process_group(
@@ -69,12 +67,8 @@ def gloo_group(rank: int, world: int, init: str, timeout_s: float = 60) -> Itera
         world_size=world,
         timeout=timedelta(seconds=timeout_s),
     )
-    clean = False
-    try:
+    with leaving_distributed():
         yield
-        clean = True
-    finally:
-        close_distributed(clean)
 
 
 @contextlib.contextmanager
