@@ -33,13 +33,14 @@ optional float columns aligned with the history that a model may read (every key
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from models.batch import Batch
@@ -518,45 +519,159 @@ def assemble(
 
 
 class SharedArrays:
-    """An `Empty` whose arrays live in shared memory: views of torch tensors that a
-    DataLoader worker hands to the main process without another copy."""
+    """An `Empty` whose arrays live in fresh shared-memory segments, one per array: views
+    of torch tensors that a DataLoader worker hands to the main process without a copy."""
 
     def __init__(self) -> None:
         self.tensors: dict[int, torch.Tensor] = {}
 
     def __call__(self, n: int, dtype: type) -> np.ndarray:
         kind = torch.from_numpy(np.empty(0, dtype)).dtype
-        nbytes = n * np.dtype(dtype).itemsize
-        new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
-        if new_shared is None:  # allocated, then moved to shared memory (one more copy)
-            tensor = torch.empty(n, dtype=kind).share_memory_()
-        else:  # allocated in shared memory directly
-            tensor = torch.empty(0, dtype=kind).set_(new_shared(nbytes), 0, (n,), (1,))
+        tensor = _new_shared(n * np.dtype(dtype).itemsize).view(kind)
         array = tensor.numpy()
         self.tensors[array.__array_interface__["data"][0]] = tensor
         return array
 
-    def tensor(self, array: np.ndarray) -> torch.Tensor:
-        """The shared tensor behind `array` if it is one of ours, else a copy of it."""
+    def tensor(self, array: np.ndarray) -> torch.Tensor | None:
+        """The shared tensor behind `array` if it is one of ours (whole), else None."""
         shared = self.tensors.get(array.__array_interface__["data"][0])
-        if shared is not None and shared.numel() == array.size:
-            return shared
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return shared if shared is not None and shared.numel() == array.size else None
+
+
+def _new_shared(nbytes: int) -> torch.Tensor:
+    """A (nbytes,) uint8 tensor allocated in shared memory."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if new_shared is None:  # allocated, then moved to shared memory (one more copy)
+        return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(nbytes), 0, (nbytes,), (1,))
+
+
+_ALIGN = 64  # bytes: every array of an arena starts on a cache line
+
+
+class SharedArena:
+    """An `Empty` that carves a window's arrays out of one shared-memory buffer (bump
+    allocation, `_ALIGN`-aligned). The buffer is reused window after window by the worker
+    that owns it (`ArenaPool`), so its pages are already mapped and written: packing into
+    it costs no page faults and no zeroing, where a fresh shared segment costs both (4 KiB
+    pages: `python -m scripts.bench_shared_pages`). What does not fit goes to fresh
+    segments (`SharedArrays`); `needed` is the size the buffer should have had."""
+
+    def __init__(self, buffer: torch.Tensor | None = None) -> None:
+        self.buffer = buffer
+        self.bytes = buffer.numpy() if buffer is not None else np.empty(0, np.uint8)
+        self.start = self.bytes.__array_interface__["data"][0]
+        self.used = self.needed = 0
+        self.overflow = SharedArrays()
+
+    def __call__(self, n: int, dtype: type) -> np.ndarray:
+        offset = -(-self.needed // _ALIGN) * _ALIGN
+        self.needed = offset + n * np.dtype(dtype).itemsize
+        if self.needed > self.bytes.size:
+            return self.overflow(n, dtype)
+        self.used = self.needed
+        return self.bytes[offset : self.needed].view(dtype)
+
+    def offset(self, array: np.ndarray) -> int | None:
+        """Where `array` starts in the buffer, or None if it is not (contiguously) in it."""
+        at = array.__array_interface__["data"][0] - self.start
+        inside = 0 <= at and at + array.nbytes <= self.used and array.flags.c_contiguous
+        return at if inside else None
+
+    def message(self, packed: dict[str, np.ndarray], slot: tuple[int, int] | None) -> dict:
+        """`packed` as the worker sends it: {"arena": the used part of the buffer,
+        "layout": {key: (offset, dtype, shape)}, "arrays": {key: tensor} for what lies
+        outside it, "slot": (worker, slot) of the buffer in its pool, or None}. Arrays not allocated here (small: the batch index,
+        fragments) are copied in first."""
+        layout, arrays = {}, {}
+        for key, array in packed.items():
+            if array.size == 0:  # no memory to share
+                arrays[key] = torch.from_numpy(np.empty(array.shape, array.dtype))
+                continue
+            if self.offset(array) is None and self.overflow.tensor(array) is None:
+                array = _copy_into(self, np.ascontiguousarray(array))
+            at = self.offset(array)
+            if at is not None:
+                layout[key] = (at, array.dtype.str, array.shape)
+            else:
+                arrays[key] = self.overflow.tensor(array).view(array.shape)
+        arena = self.buffer[: self.used] if self.buffer is not None else None
+        return {"arena": arena, "layout": layout, "arrays": arrays, "slot": slot}
+
+
+class ArenaPool:
+    """A worker's `SharedArena`s, one per slot of its row of `busy` (shared, (W, S)
+    int32, W workers, S slots each): the worker marks a slot busy when it packs a window into it, the
+    consuming process marks it free when the last array of that window is released
+    (`unpack_message`). A worker never waits: with every slot busy, or before its first
+    window (no size known yet), it packs into fresh segments as before. Buffers are
+    sized from the largest window seen (x1.5; pages never written cost nothing)."""
+
+    def __init__(self, busy: np.ndarray, worker: int) -> None:
+        self.busy, self.worker = busy, worker
+        self.buffers: list[torch.Tensor | None] = [None] * busy.shape[1]
+        self.high_water = 0
+
+    def acquire(self) -> tuple[tuple[int, int] | None, SharedArena]:
+        """A free slot (worker, slot) marked busy and its buffer, or (None, fresh segments)."""
+        if self.high_water:
+            for slot in range(len(self.buffers)):
+                if self.busy[self.worker, slot] == 0:
+                    self.busy[self.worker, slot] = 1
+                    buffer = self.buffers[slot]
+                    if buffer is None or buffer.numel() < self.high_water:
+                        buffer = self.buffers[slot] = _new_shared(self.high_water * 3 // 2)
+                    return (self.worker, slot), SharedArena(buffer)
+        return None, SharedArena()
+
+    def done(self, arena: SharedArena) -> None:
+        self.high_water = max(self.high_water, arena.needed)
+
+
+class _Held:
+    """The consumer's view of a worker's arena: every array of the window is a view of
+    it, so it lives until the last of them is released; then its slot is freed."""
+
+    def __init__(self, arena: np.ndarray, busy: np.ndarray | None, slot: tuple | None) -> None:
+        self.__array_interface__ = arena.__array_interface__
+        self.arena = arena  # keeps the mapping (the tensor behind it) alive
+        if busy is not None and slot is not None:
+            weakref.finalize(self, busy.__setitem__, tuple(slot), 0)
+
+
+def unpack_message(message: dict, busy: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A worker's `SharedArena.message` as the window's arrays (views, no copy); `busy`:
+    the pools' slot flags, the message's slot freed when the views are all released."""
+    out = {key: tensor.numpy() for key, tensor in message["arrays"].items()}
+    if message["arena"] is not None:
+        base = np.asarray(_Held(message["arena"].numpy(), busy, message["slot"]))
+        for key, (at, dtype, shape) in message["layout"].items():
+            size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            out[key] = base[at : at + size].view(dtype).reshape(shape)
+    return out
 
 
 class _Windows(Dataset):
-    """Window index -> its packed arrays as tensors in shared memory (`read(i, empty)`)."""
+    """Window index -> its packed arrays (`read(i, empty)`) as a `SharedArena.message`,
+    packed into this worker's pool (row `worker id` of `busy`)."""
 
-    def __init__(self, read: Callable[[int, Empty], dict[str, np.ndarray]], size: int) -> None:
-        self.read, self.size = read, size
+    def __init__(
+        self, read: Callable[[int, Empty], dict[str, np.ndarray]], size: int, busy: torch.Tensor
+    ) -> None:
+        self.read, self.size, self.busy = read, size, busy
+        self.pool: ArenaPool | None = None
 
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        shared = SharedArrays()
-        packed = self.read(index, shared)
-        return {k: shared.tensor(v) for k, v in packed.items()}
+    def __getitem__(self, index: int) -> dict:
+        if self.pool is None:  # first window in this worker process
+            info = get_worker_info()
+            self.pool = ArenaPool(self.busy.numpy(), info.id if info else 0)
+        slot, arena = self.pool.acquire()
+        message = arena.message(self.read(index, arena), slot)
+        self.pool.done(arena)
+        return message
 
 
 def _as_is(item):
@@ -572,8 +687,10 @@ def iter_windows(
 ) -> Iterator[dict[str, np.ndarray]]:
     """`read(i, empty)` for i in `indices`, in order: here, or by `num_workers` DataLoader
     workers that each read whole windows ahead (at most num_workers x prefetch_factor in
-    flight), their arrays allocated in shared memory. pin_memory: the arrays are pinned
-    (by the DataLoader's pinning thread with workers), so the batches that view them are."""
+    flight) into a pool of shared buffers they reuse once this process has released a
+    window (`ArenaPool`: prefetch_factor + 3 per worker, the windows in flight and those
+    the consumer still holds). pin_memory: the arrays are pinned (by the DataLoader's
+    pinning thread with workers), so the batches that view them are."""
     if num_workers <= 0:
         for index in indices:
             packed = read(index, _empty)
@@ -581,8 +698,9 @@ def iter_windows(
                 packed = {k: torch.from_numpy(v).pin_memory().numpy() for k, v in packed.items()}
             yield packed
         return
+    busy = torch.zeros((num_workers, prefetch_factor + 3), dtype=torch.int32).share_memory_()
     loader = DataLoader(
-        _Windows(read, max(indices, default=-1) + 1),
+        _Windows(read, max(indices, default=-1) + 1, busy),
         batch_size=None,
         sampler=list(indices),
         num_workers=num_workers,
@@ -590,9 +708,12 @@ def iter_windows(
         collate_fn=_as_is,
         pin_memory=pin_memory,
     )
+    flags = busy.numpy()
     stream = iter(loader)
     try:
-        for item in stream:
-            yield {k: v.numpy() for k, v in item.items()}
+        for message in stream:
+            if pin_memory and message["slot"] is not None:  # pinned: a copy, made already
+                flags[tuple(message["slot"])] = 0
+            yield unpack_message(message, None if pin_memory else flags)
     finally:
         del stream  # stops the workers when the consumer stops early

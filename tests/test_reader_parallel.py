@@ -11,7 +11,14 @@ import torch
 
 from models.features import HIST_ITEM
 from pipeline.data import PreparedData
-from pipeline.loader import columns_to_batch, pack_window, table_columns, window_batches
+from pipeline.loader import (
+    SharedArena,
+    columns_to_batch,
+    iter_windows,
+    pack_window,
+    table_columns,
+    window_batches,
+)
 from tests.fixtures import write_prepared
 from tests.test_reader import _all_rows
 
@@ -92,6 +99,44 @@ def test_resume_positions_are_exact(data: PreparedData) -> None:
         assert _epoch(_reader(data), epoch=3, start=start) == full[start:]
     assert _epoch(_reader(data, num_workers=2), epoch=3, start=5) == full[5:]
     assert _epoch(_reader(data), epoch=3, start=len(full)) == []
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_batches_held_to_the_end_keep_their_values(data: PreparedData) -> None:
+    """Workers reuse shared buffers (ArenaPool): one the consumer still holds a batch of
+    is never packed into again, however many batches it keeps."""
+    want = _epoch(_reader(data, batch_size=4), epoch=1)
+    held = list(_reader(data, num_workers=1, batch_size=4).iter_batches(1))
+    assert [_tensors(b) for b in held] == want
+
+
+def _window_in_arena(index: int, empty) -> dict[str, np.ndarray]:
+    """Window `index`: 1000 int64s of value index, and where the worker packed them (the
+    start of its arena's buffer, 0 outside one)."""
+    values = empty(1000, np.int64)
+    values[:] = index
+    buffer = empty.buffer if isinstance(empty, SharedArena) else None
+    start = buffer.data_ptr() if buffer is not None else 0
+    return {"values": values, "buffer": np.array([start], np.int64)}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_workers_reuse_the_buffers_the_consumer_released() -> None:
+    # Releasing each window as the next comes: after the first (sizes unknown), every window is
+    # packed into one of a few pooled buffers (at most the prefetched ones and the one in use).
+    stream = iter_windows(_window_in_arena, range(12), num_workers=1)
+    seen = [(int(w["buffer"][0]), int(w["values"][0])) for w in stream]
+    starts = [start for start, _ in seen]
+    assert starts[0] == 0 and 0 not in starts[1:]
+    assert len(set(starts[1:])) <= 4
+    assert [value for _, value in seen] == list(range(12))
+    # Holding every window: no buffer is reused while held (they are all still intact above),
+    # so once the pool's slots are taken the worker packs into fresh segments again.
+    held = list(iter_windows(_window_in_arena, range(12), num_workers=1))
+    assert all((w["values"] == i).all() for i, w in enumerate(held))
+    assert len({int(w["buffer"][0]) for w in held} - {0}) == 5  # prefetch_factor + 3 slots
 
 
 def test_order_depends_on_seed_and_epoch(data: PreparedData) -> None:
