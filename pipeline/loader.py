@@ -20,7 +20,8 @@ out the same:
 Resuming at batch `start` reads nothing before the window holding its first row, and that
 window packs only batches from `start` on. Memory: each worker holds the window it packs
 (about 3x its packed size while reading) and up to `prefetch_factor` packed windows wait
-per worker.
+per worker; a worker keeps the shared buffers of its pool (`ArenaPool`, at most
+prefetch_factor + 3, those it has used) until the epoch's stream ends.
 
 Columns (`Columns`, a window's rows before packing): `user`, `item`, `label` (B,),
 `hist_offsets` (B+1,) from 0, `hist_items`, `hist_sims` (N,) aligned with them;
