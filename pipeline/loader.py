@@ -21,7 +21,7 @@ Resuming at batch `start` reads nothing before the window holding its first row,
 window packs only batches from `start` on. Memory: each worker holds the window it packs
 (about 3x its packed size while reading) and up to `prefetch_factor` packed windows wait
 per worker; a worker keeps the shared buffers of its pool (`ArenaPool`, at most
-prefetch_factor + 3, those it has used) until the epoch's stream ends.
+prefetch_factor + SPARE_SLOTS, those it has used) until the epoch's stream ends.
 
 Columns (`Columns`, a window's rows before packing): `user`, `item`, `label` (B,),
 `hist_offsets` (B+1,) from 0, `hist_items`, `hist_sims` (N,) aligned with them;
@@ -582,29 +582,33 @@ class SharedArena:
     def message(self, packed: dict[str, np.ndarray], slot: tuple[int, int] | None) -> dict:
         """`packed` as the worker sends it: {"arena": the used part of the buffer,
         "layout": {key: (offset, dtype, shape)}, "arrays": {key: tensor} for what lies
-        outside it, "slot": (worker, slot) of the buffer in its pool, or None}. Arrays not allocated here (small: the batch index,
-        fragments) are copied in first."""
+        outside it, "slot": (worker, slot) of the buffer in its pool, or None}. Arrays
+        not allocated here (small: the batch index, fragments) are copied in first."""
         layout, arrays = {}, {}
         for key, array in packed.items():
             if array.size == 0:  # no memory to share
                 arrays[key] = torch.from_numpy(np.empty(array.shape, array.dtype))
                 continue
-            if self.offset(array) is None and self.overflow.tensor(array) is None:
+            at, shared = self.offset(array), self.overflow.tensor(array)
+            if at is None and shared is None:
                 array = _copy_into(self, np.ascontiguousarray(array))
-            at = self.offset(array)
+                at, shared = self.offset(array), self.overflow.tensor(array)
             if at is not None:
                 layout[key] = (at, array.dtype.str, array.shape)
             else:
-                arrays[key] = self.overflow.tensor(array).view(array.shape)
+                arrays[key] = shared.view(array.shape)
         arena = self.buffer[: self.used] if self.buffer is not None else None
         return {"arena": arena, "layout": layout, "arrays": arrays, "slot": slot}
 
 
+SPARE_SLOTS = 3  # a worker's pool: prefetch_factor windows in flight + these held downstream
+
+
 class ArenaPool:
     """A worker's `SharedArena`s, one per slot of its row of `busy` (shared, (W, S)
-    int32, W workers, S slots each): the worker marks a slot busy when it packs a window into it, the
-    consuming process marks it free when the last array of that window is released
-    (`unpack_message`). A worker never waits: with every slot busy, or before its first
+    int32, W workers, S = prefetch_factor + SPARE_SLOTS slots each): the worker marks a
+    slot busy when it packs a window into it, the consuming process marks it free when
+    the last array of that window is released (`unpack_message`). A worker never waits: with every slot busy, or before its first
     window (no size known yet), it packs into fresh segments as before. Buffers are
     sized from the largest window seen (x1.5; pages never written cost nothing)."""
 
@@ -689,8 +693,8 @@ def iter_windows(
     """`read(i, empty)` for i in `indices`, in order: here, or by `num_workers` DataLoader
     workers that each read whole windows ahead (at most num_workers x prefetch_factor in
     flight) into a pool of shared buffers they reuse once this process has released a
-    window (`ArenaPool`: prefetch_factor + 3 per worker, the windows in flight and those
-    the consumer still holds). pin_memory: the arrays are pinned (by the DataLoader's
+    window (`ArenaPool`: prefetch_factor + SPARE_SLOTS per worker, the windows in flight
+    and those the consumer still holds). pin_memory: the arrays are pinned (by the DataLoader's
     pinning thread with workers), so the batches that view them are."""
     if num_workers <= 0:
         for index in indices:
@@ -699,7 +703,8 @@ def iter_windows(
                 packed = {k: torch.from_numpy(v).pin_memory().numpy() for k, v in packed.items()}
             yield packed
         return
-    busy = torch.zeros((num_workers, prefetch_factor + 3), dtype=torch.int32).share_memory_()
+    slots = prefetch_factor + SPARE_SLOTS
+    busy = torch.zeros((num_workers, slots), dtype=torch.int32).share_memory_()
     loader = DataLoader(
         _Windows(read, max(indices, default=-1) + 1, busy),
         batch_size=None,

@@ -12,6 +12,7 @@ import torch
 from models.features import HIST_ITEM
 from pipeline.data import PreparedData
 from pipeline.loader import (
+    SPARE_SLOTS,
     SharedArena,
     columns_to_batch,
     iter_windows,
@@ -136,7 +137,7 @@ def test_workers_reuse_the_buffers_the_consumer_released() -> None:
     # so once the pool's slots are taken the worker packs into fresh segments again.
     held = list(iter_windows(_window_in_arena, range(12), num_workers=1))
     assert all((w["values"] == i).all() for i, w in enumerate(held))
-    assert len({int(w["buffer"][0]) for w in held} - {0}) == 5  # prefetch_factor + 3 slots
+    assert len({int(w["buffer"][0]) for w in held} - {0}) == 2 + SPARE_SLOTS  # prefetch 2
 
 
 def test_order_depends_on_seed_and_epoch(data: PreparedData) -> None:
